@@ -1,0 +1,39 @@
+"""Pictures for reports: image grids and a confusion matrix, drawn with PIL only."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def image_grid(rows: list[list[np.ndarray]], scale: int = 2, pad: int = 2, labels: list[str] | None = None) -> Image.Image:
+    """rows of uint8 [H, W, 3] tiles (all the same size) -> one picture, optional row labels on the left."""
+    h, w = rows[0][0].shape[:2]
+    n_cols = max(len(r) for r in rows)
+    label_w = 90 if labels else 0
+    canvas = Image.new("RGB", (label_w + n_cols * (w * scale + pad) + pad, len(rows) * (h * scale + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        y = pad + r * (h * scale + pad)
+        if labels:
+            draw.text((4, y + h * scale // 2 - 5), labels[r], fill="black")
+        for c, tile in enumerate(row):
+            x = label_w + pad + c * (w * scale + pad)
+            canvas.paste(Image.fromarray(tile).resize((w * scale, h * scale), Image.NEAREST), (x, y))
+    return canvas
+
+
+def confusion_image(confusion: np.ndarray, names, cell: int = 36) -> Image.Image:
+    n = len(names)
+    left, top = 110, 20
+    img = Image.new("RGB", (left + n * cell + 10, top + n * cell + 10), "white")
+    draw = ImageDraw.Draw(img)
+    norm = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    for i, name in enumerate(names):
+        draw.text((4, top + i * cell + cell // 2 - 5), name[:16], fill="black")
+        draw.text((left + i * cell + 4, 4), str(i), fill="black")
+        for j in range(n):
+            v = int(255 * (1 - norm[i, j]))
+            draw.rectangle([left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1], fill=(v, v, 255))
+            draw.text((left + j * cell + 6, top + i * cell + cell // 2 - 5), f"{norm[i, j]:.2f}"[1:] if norm[i, j] < 1 else "1", fill="black")
+    return img

@@ -1,0 +1,60 @@
+"""Train the scene classifier (the fixed feature extractor of the Semantic Pyramid)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from semgen.checkpoints import save_checkpoint
+from semgen.data.loaders import make_source
+from semgen.networks.classifier import Classifier
+from training.common import Progress, load_state, save_state, setup_torch, write_options
+
+
+@dataclass
+class ClassifierOptions:
+    out: str = "artifacts/classifier"  # the checkpoint serving loads
+    run_dir: str = "runs/classifier"  # resumable state, options, log
+    data: str = "scenes"  # 'scenes' or an image folder (one subfolder per class)
+    image_size: int = 64
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    save_every: int = 100
+    threads: int = 2
+    seed: int = 0
+
+
+def train_classifier(opt: ClassifierOptions) -> Path:
+    run_dir, out = Path(opt.run_dir), Path(opt.out)
+    setup_torch(opt.threads, opt.seed)
+    write_options(run_dir, opt)
+    source = make_source(opt.data, opt.image_size)
+    model = Classifier(image_size=opt.image_size, num_classes=len(source.class_names), class_names=source.class_names)
+    model = model.to(memory_format=torch.channels_last)
+    optim = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=opt.lr, total_steps=opt.steps, pct_start=0.15)
+    start = load_state(run_dir, model=model, optim=optim, sched=sched)
+    progress = Progress(run_dir, opt.steps, start, "classifier")
+    model.train()
+    for step in range(start, opt.steps):
+        images, labels = source.batch(step, opt.batch_size)
+        flip = torch.rand(len(images)) < 0.5  # left-right flips keep the scene category
+        images[flip] = images[flip].flip(-1)
+        logits = model(images.contiguous(memory_format=torch.channels_last))
+        loss = F.cross_entropy(logits, labels)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        sched.step()
+        acc = (logits.argmax(1) == labels).float().mean().item()
+        progress.update(step + 1, loss=loss.item(), acc=acc)
+        if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps:
+            save_state(run_dir, step + 1, model=model, optim=optim, sched=sched)
+            save_checkpoint(out, model, model.config, step=step + 1, training={"data": opt.data})
+    progress.close()
+    return out

@@ -1,0 +1,142 @@
+"""Train the Semantic Pyramid generator against a fixed classifier (paper §3.2–3.4).
+
+Each step draws B/2 reference images, duplicates them into pairs that share features, masks
+and class but not noise, and optimises
+    LSGAN adversarial + rec_weight · reconstruction + div_weight · diversity
+where reconstruction is an L1 between 2×2 max-pooled classifier features of the reference and
+of the generated image on the levels that were passed (normalised together), and diversity is
+‖z1 − z2‖₁ / (‖G(z1) − G(z2)‖₁ + ε) over the pairs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from semgen.checkpoints import load_checkpoint, save_checkpoint
+from semgen.data.loaders import make_source
+from semgen.networks.classifier import LEVELS
+from semgen.networks.pyramid import PyramidDiscriminator, PyramidGenerator
+from training.common import Progress, load_state, save_state, setup_torch, write_options
+from training.masks import sample_training_masks
+
+
+@dataclass
+class PyramidOptions:
+    classifier: str = "artifacts/classifier"  # fixed feature extractor (a checkpoint folder)
+    out: str = "artifacts/pyramid"  # EMA generator checkpoint that serving loads
+    run_dir: str = "runs/pyramid"
+    data: str = "scenes"  # 'scenes' or an image folder (one subfolder per class)
+    steps: int = 4000
+    batch_size: int = 32  # B/2 references, each twice
+    lr: float = 2e-4
+    rec_weight: float = 1.0
+    div_weight: float = 0.1
+    div_eps: float = 0.1
+    p_crop: float = 0.3
+    ema: float = 0.999
+    z_dim: int = 64
+    save_every: int = 100
+    threads: int = 2
+    seed: int = 0
+
+
+def reconstruction_loss(real: dict, fake: dict, masks: dict) -> torch.Tensor:
+    """Masked L1 between pooled, jointly normalised features, summed over passed levels."""
+    total = 0.0
+    for level in LEVELS:
+        m = masks[level]
+        if not m.any():
+            continue
+        r, f = real[level], fake[level]
+        if r.dim() == 4:
+            if r.shape[-1] >= 2:
+                r, f = F.max_pool2d(r, 2), F.max_pool2d(f, 2)
+                m = F.adaptive_avg_pool2d(m, r.shape[-2:])
+            dims = (0, 2, 3)
+        else:
+            dims = (0,)
+        both = torch.cat([r, f]).detach()
+        mean, std = both.mean(dims, keepdim=True), both.std(dims, keepdim=True) + 1e-5
+        err = ((r - mean) / std - (f - mean) / std).abs()
+        total = total + (err * m).sum() / (m.sum() * err.shape[1] + 1e-8)
+    return total
+
+
+def diversity_loss(z: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
+    half = z.shape[0] // 2
+    dz = (z[:half] - z[half:]).abs().mean(1)
+    dx = (images[:half] - images[half:]).abs().mean((1, 2, 3))
+    return (dz / (dx + eps)).mean()
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float):
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p, 1 - decay)
+    for be, b in zip(ema.buffers(), model.buffers()):
+        be.copy_(b)
+
+
+def train_pyramid(opt: PyramidOptions) -> Path:
+    run_dir, out = Path(opt.run_dir), Path(opt.out)
+    setup_torch(opt.threads, opt.seed)
+    write_options(run_dir, opt)
+    classifier = load_checkpoint(opt.classifier).requires_grad_(False)
+    size = classifier.image_size
+    source = make_source(opt.data, size)
+    if len(source.class_names) != classifier.num_classes:
+        raise ValueError(f"data has {len(source.class_names)} classes, the classifier {classifier.num_classes}")
+    shapes = classifier.level_shapes()
+    G = PyramidGenerator(
+        image_size=size,
+        num_classes=classifier.num_classes,
+        z_dim=opt.z_dim,
+        level_channels=tuple(shapes[l][0] for l in LEVELS[:5]),
+        fc_dims=(shapes["fc7"][0], shapes["fc8"][0]),
+        class_names=source.class_names,
+    )
+    D = PyramidDiscriminator(image_size=size, num_classes=classifier.num_classes)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(G.parameters(), lr=opt.lr, betas=(0.0, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=opt.lr, betas=(0.0, 0.999))
+    start = load_state(run_dir, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
+    progress = Progress(run_dir, opt.steps, start, "pyramid")
+    half = opt.batch_size // 2
+    for step in range(start, opt.steps):
+        gen = torch.Generator().manual_seed(opt.seed * 1_000_003 + step)  # step-seeded: resumes replay exactly
+        refs, labels = source.batch(step, half)
+        with torch.no_grad():
+            feats = classifier.features(refs)
+        masks, _ = sample_training_masks(shapes, half, size, opt.p_crop, gen)
+        pair = lambda t: torch.cat([t, t])  # noqa: E731  (both halves share features/masks/labels)
+        feats2, masks2, labels2 = {k: pair(v) for k, v in feats.items()}, {k: pair(v) for k, v in masks.items()}, pair(labels)
+        z = torch.randn(opt.batch_size, opt.z_dim, generator=gen)
+        fake = G(z, feats2, masks2, labels2)
+
+        # discriminator: LSGAN, real -> 1, fake -> 0
+        d_loss = (D(refs, labels) - 1).pow(2).mean() + D(fake.detach(), labels2).pow(2).mean()
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+
+        # generator
+        adv = (D(fake, labels2) - 1).pow(2).mean()
+        rec = reconstruction_loss(feats2, classifier.features(fake), masks2)
+        div = diversity_loss(z, fake, opt.div_eps)
+        g_loss = adv + opt.rec_weight * rec + opt.div_weight * div
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        ema_update(G_ema, G, opt.ema)
+
+        progress.update(step + 1, d=d_loss.item(), adv=adv.item(), rec=float(rec), div=div.item())
+        if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps:
+            save_state(run_dir, step + 1, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
+            save_checkpoint(out, G_ema, G_ema.config, step=step + 1, training={"data": opt.data, "classifier": opt.classifier})
+    progress.close()
+    return out
