@@ -63,6 +63,12 @@ def cmd_eval_classifier(args):
     _print(eval_classifier(args.checkpoint, n=args.n), args.json)
 
 
+def cmd_eval_pyramid(args):
+    from training.evaluate import eval_pyramid
+
+    _print(eval_pyramid(args.models, n=args.n), args.json)
+
+
 def cmd_serve(args):
     from serving.server import run
 
@@ -105,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_classifier)
+
+    p = ev.add_parser("pyramid")
+    p.add_argument("--models", default="artifacts")
+    p.add_argument("--n", type=int, default=48)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_pyramid)
 
     p = sub.add_parser("serve", help="serve the models over gRPC")
     from serving.server import add_arguments

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +21,22 @@ class ClassifierOptions:
     run_dir: str = "runs/classifier"  # resumable state, options, log
     data: str = "scenes"  # 'scenes' or an image folder (one subfolder per class)
     image_size: int = 64
-    steps: int = 1500
+    steps: int = 500
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 5e-4
     save_every: int = 100
     threads: int = 2
     seed: int = 0
+
+
+def one_cycle_lr(step: int, total: int, peak: float, warmup: float = 0.15) -> float:
+    """Linear warm-up to `peak`, then cosine decay to zero. A function of the step alone, so a
+    resumed run (even with a longer --steps) needs no scheduler state."""
+    ramp = max(int(total * warmup), 1)
+    if step < ramp:
+        return peak * (step + 1) / ramp
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - ramp) / max(total - ramp, 1)))
 
 
 def train_classifier(opt: ClassifierOptions) -> Path:
@@ -37,8 +47,7 @@ def train_classifier(opt: ClassifierOptions) -> Path:
     model = Classifier(image_size=opt.image_size, num_classes=len(source.class_names), class_names=source.class_names)
     model = model.to(memory_format=torch.channels_last)
     optim = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=opt.lr, total_steps=opt.steps, pct_start=0.15)
-    start = load_state(run_dir, model=model, optim=optim, sched=sched)
+    start = load_state(run_dir, model=model, optim=optim)
     progress = Progress(run_dir, opt.steps, start, "classifier")
     model.train()
     for step in range(start, opt.steps):
@@ -47,14 +56,15 @@ def train_classifier(opt: ClassifierOptions) -> Path:
         images[flip] = images[flip].flip(-1)
         logits = model(images.contiguous(memory_format=torch.channels_last))
         loss = F.cross_entropy(logits, labels)
+        for group in optim.param_groups:
+            group["lr"] = one_cycle_lr(step, opt.steps, opt.lr)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
-        sched.step()
         acc = (logits.argmax(1) == labels).float().mean().item()
         progress.update(step + 1, loss=loss.item(), acc=acc)
         if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps:
-            save_state(run_dir, step + 1, model=model, optim=optim, sched=sched)
+            save_state(run_dir, step + 1, model=model, optim=optim)
             save_checkpoint(out, model, model.config, step=step + 1, training={"data": opt.data})
     progress.close()
     return out

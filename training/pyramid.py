@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from semgen.checkpoints import load_checkpoint, save_checkpoint
-from semgen.data.loaders import make_source
+from semgen.data.loaders import make_source, to_uint8
 from semgen.networks.classifier import LEVELS
 from semgen.networks.pyramid import PyramidDiscriminator, PyramidGenerator
+from semgen.pipelines.masks import level_masks
+from semgen.reports import image_grid
 from training.common import Progress, load_state, save_state, setup_torch, write_options
 from training.masks import sample_training_masks
 
@@ -41,6 +43,7 @@ class PyramidOptions:
     ema: float = 0.999
     z_dim: int = 64
     save_every: int = 100
+    sample_every: int = 250  # picture of EMA samples by level in run_dir/samples/
     threads: int = 2
     seed: int = 0
 
@@ -80,6 +83,20 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float):
         pe.lerp_(p, 1 - decay)
     for be, b in zip(ema.buffers(), model.buffers()):
         be.copy_(b)
+
+
+@torch.no_grad()
+def write_samples(path: Path, G, classifier, source, n_refs: int = 6):
+    """Rows: a fixed reference, then one sample from each level conv1..fc8."""
+    refs, labels = source.batch(10_000_000, n_refs)  # a batch index training never reaches
+    feats = classifier.features(refs)
+    z = torch.randn(n_refs, G.z_dim, generator=torch.Generator().manual_seed(0))
+    columns = [refs]
+    for level in LEVELS:
+        columns.append(G(z, feats, level_masks(classifier.level_shapes(), {level: None}, n_refs), labels))
+    tiles = [to_uint8(c) for c in columns]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid([[t[i] for t in tiles] for i in range(n_refs)]).save(path)
 
 
 def train_pyramid(opt: PyramidOptions) -> Path:
@@ -134,9 +151,11 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         opt_g.step()
         ema_update(G_ema, G, opt.ema)
 
-        progress.update(step + 1, d=d_loss.item(), adv=adv.item(), rec=float(rec), div=div.item())
+        progress.update(step + 1, d=d_loss.item(), adv=adv.item(), rec=rec.item(), div=div.item())
         if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps:
             save_state(run_dir, step + 1, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
             save_checkpoint(out, G_ema, G_ema.config, step=step + 1, training={"data": opt.data, "classifier": opt.classifier})
+        if (step + 1) % opt.sample_every == 0:
+            write_samples(run_dir / "samples" / f"{step + 1:06d}.png", G_ema, classifier, source)
     progress.close()
     return out

@@ -1,0 +1,126 @@
+"""Engines: where inference runs. Servicers talk to the `Engine` interface only.
+
+`EmbeddedEngine` runs the semgen pipeline in this process on a small thread pool, so the
+CPU/GPU-bound torch work never blocks the gRPC event loop. torch and semgen are imported
+only when a real pipeline is loaded; this module itself needs numpy only.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from serving.metrics import ServingMetrics
+
+
+class InvalidInput(ValueError):
+    """Bad client input; the message starts with the field name ("level: ...")."""
+
+
+class Unavailable(RuntimeError):
+    """The engine cannot take work now (loading, shutting down); the client may retry."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    levels: tuple[str, ...]
+    class_names: tuple[str, ...]
+    image_size: int
+
+
+@dataclass(frozen=True)
+class Generated:
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    class_index: int
+    level: str
+
+
+class Engine(abc.ABC):
+    """One interface for every backend (embedded now; TorchServe later)."""
+
+    info: ModelInfo
+
+    @abc.abstractmethod
+    async def generate(
+        self, image: np.ndarray, level: str, num_samples: int, seed: int, class_index: int | None = None
+    ) -> Generated:
+        """Pyramid generation from a decoded uint8 [H, W, 3] reference. Raises InvalidInput."""
+
+    async def close(self) -> None:
+        """Finish running work and release resources."""
+
+
+class EmbeddedEngine(Engine):
+    """Runs a `PyramidPipeline`-like object in-process on `workers` threads.
+
+    With workers > 1 the pipeline's `generate` must be thread-safe; 1 is the safe default
+    (torch already uses several cores inside one call).
+    """
+
+    def __init__(self, pipeline: Any, levels: tuple[str, ...], workers: int = 1,
+                 metrics: ServingMetrics | None = None):
+        if workers < 1:
+            raise ValueError(f"workers: must be >= 1, got {workers}")
+        self._pipeline = pipeline
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="semgen-engine")
+        self._metrics = metrics or ServingMetrics()
+        self._closed = False
+        self.info = ModelInfo(
+            levels=tuple(levels),
+            class_names=tuple(pipeline.class_names),
+            image_size=int(pipeline.image_size),
+        )
+
+    @classmethod
+    def from_dir(cls, models_dir: str | Path, device: str = "auto", workers: int = 1,
+                 metrics: ServingMetrics | None = None) -> "EmbeddedEngine":
+        """Load the pyramid bundle in `models_dir` (blocking; call it off the event loop)."""
+        import torch
+        from semgen.pipelines.pyramid import LEVELS, PyramidPipeline
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        pipeline = PyramidPipeline.from_dir(models_dir, device=device)
+        return cls(pipeline, LEVELS, workers=workers, metrics=metrics)
+
+    async def generate(self, image, level, num_samples, seed, class_index=None) -> Generated:
+        result = await self._call(
+            "generate", self._pipeline.generate,
+            image, level=level, num_samples=num_samples, seed=seed, class_index=class_index,
+        )
+        return Generated(images=result.images, class_index=int(result.class_index), level=result.level)
+
+    async def close(self) -> None:
+        self._closed = True
+        await asyncio.to_thread(self._pool.shutdown, wait=True)
+
+    async def _call(self, op: str, fn: Callable, *args, **kwargs):
+        if self._closed:
+            raise Unavailable("engine: shutting down; retry on another replica")
+        m = self._metrics
+        submitted = time.perf_counter()
+
+        def work():
+            started = time.perf_counter()
+            m.engine_queue_depth.dec()
+            m.engine_queue_latency.labels(op=op).observe(started - submitted)
+            try:
+                return fn(*args, **kwargs)
+            except ValueError as e:
+                # The pipeline's documented input checks raise short ValueErrors (convention 4).
+                raise InvalidInput(str(e)) from e
+            finally:
+                m.engine_compute_latency.labels(op=op).observe(time.perf_counter() - started)
+
+        m.engine_queue_depth.inc()
+        future = self._pool.submit(work)
+        # A call cancelled while still queued never runs `work`, so fix the depth here.
+        future.add_done_callback(lambda f: m.engine_queue_depth.dec() if f.cancelled() else None)
+        return await asyncio.wrap_future(future)

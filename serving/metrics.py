@@ -1,0 +1,61 @@
+"""Every Prometheus metric semgen serving exports (the only module that declares metrics).
+
+Metrics live in their own CollectorRegistry, not prometheus_client's global one, so two
+servers (or a server and a test) in one process never share or collide on counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import start_http_server
+
+# 1 ms .. 60 s: a health check is ~1 ms, a large CPU generation can take tens of seconds.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+)
+
+
+class ServingMetrics:
+    """The serving metrics, bound to one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        # End-to-end, as the server sees an RPC: from handler entry to the final status.
+        self.request_latency = Histogram(
+            "semgen_request_latency_seconds", "gRPC request latency by method and final status code.",
+            ["method", "code"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.requests = Counter(  # exported as semgen_requests_total
+            "semgen_requests", "gRPC requests finished, by method and final status code.",
+            ["method", "code"], registry=r,
+        )
+        self.in_flight = Gauge(
+            "semgen_requests_in_flight", "gRPC requests being handled now.", ["method"], registry=r,
+        )
+        # Inside the engine: time waiting for a worker thread, and time computing.
+        self.engine_queue_latency = Histogram(
+            "semgen_engine_queue_seconds", "Time an engine call waits for a free worker.",
+            ["op"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.engine_compute_latency = Histogram(
+            "semgen_engine_compute_seconds", "Time an engine call computes on a worker.",
+            ["op"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.engine_queue_depth = Gauge(
+            "semgen_engine_queue_depth", "Engine calls waiting for a free worker.", registry=r,
+        )
+
+    def observe_request(self, method: str, code: str, seconds: float) -> None:
+        self.request_latency.labels(method=method, code=code).observe(seconds)
+        self.requests.labels(method=method, code=code).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)
+
+    def serve_http(self, host: str, port: int):
+        """Serve /metrics from a daemon thread; returns the WSGI server (port 0 picks one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server

@@ -1,0 +1,195 @@
+"""The gRPC server bootstrap (the one module that wires serving together).
+
+    semgen serve --models artifacts --port 50051 --metrics-port 9464
+    python -m serving.server --models artifacts            # same flags, no CLI needed
+
+Order of events: bind gRPC + metrics ports with health NOT_SERVING, load the model off the
+event loop, attach it and switch health to SERVING. On SIGINT/SIGTERM: health NOT_SERVING,
+stop accepting RPCs, let in-flight ones finish for up to --grace-seconds, close the engine, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from serving.engine import Engine, EmbeddedEngine
+from serving.interceptors import TelemetryInterceptor
+from serving.metrics import ServingMetrics
+from serving.protos import PYRAMID_SERVICE
+from serving.servicers import PyramidServicer, add_pyramid_servicer
+from serving.validation import Limits
+
+log = logging.getLogger("serving.server")
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    models: str = "artifacts"
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9464
+    device: str = "auto"
+    workers: int = 1
+    max_samples: int = 16
+    max_image_bytes: int = 8 * MiB
+    max_image_pixels: int = 4096 * 4096
+    max_message_bytes: int = 64 * MiB
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ServeOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+    def check(self) -> None:
+        if self.max_samples < 1 or self.workers < 1:
+            raise ValueError("--max-samples and --workers must be >= 1")
+        if self.max_image_bytes >= self.max_message_bytes:
+            raise ValueError("--max-image-bytes must be below --max-message-bytes (the image travels inside a message)")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_samples, self.max_image_bytes, self.max_image_pixels)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ServeOptions()
+    a = parser.add_argument
+    a("--models", default=d.models, help="model bundle folder (classifier/ and pyramid/) (default: %(default)s)")
+    a("--host", default=d.host, help="address to bind gRPC and metrics on (default: %(default)s)")
+    a("--port", type=int, default=d.port, help="gRPC port; 0 picks a free one (default: %(default)s)")
+    a("--metrics-port", type=int, default=d.metrics_port, help="Prometheus /metrics port (default: %(default)s)")
+    a("--device", default=d.device, help="torch device: auto (cuda if available), cpu, cuda, cuda:1 (default: %(default)s)")
+    a("--workers", type=int, default=d.workers, help="engine threads running the model (default: %(default)s)")
+    a("--max-samples", type=int, default=d.max_samples, help="largest num_samples per request (default: %(default)s)")
+    a("--max-image-bytes", type=int, default=d.max_image_bytes, help="largest encoded reference image (default: %(default)s)")
+    a("--max-image-pixels", type=int, default=d.max_image_pixels, help="largest reference width*height (default: %(default)s)")
+    a("--max-message-bytes", type=int, default=d.max_message_bytes, help="gRPC send/receive message limit (default: %(default)s)")
+    a("--grace-seconds", type=float, default=d.grace_seconds, help="time in-flight RPCs get on shutdown (default: %(default)s)")
+    a("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING, ... (default: %(default)s)")
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def create_server(opts: ServeOptions, metrics: ServingMetrics):
+    """The gRPC server with every service registered and health NOT_SERVING, not started.
+
+    Returns (server, health, pyramid servicer); attach an engine and set SERVING when it is loaded.
+    """
+    server = grpc.aio.server(
+        interceptors=[TelemetryInterceptor(metrics)],
+        options=[
+            ("grpc.max_send_message_length", opts.max_message_bytes),
+            ("grpc.max_receive_message_length", opts.max_message_bytes),
+        ],
+    )
+    pyramid = PyramidServicer(opts.limits)
+    add_pyramid_servicer(server, pyramid)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (PYRAMID_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    await set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)  # the default is SERVING
+    return server, health, pyramid
+
+
+async def set_health(health: health_aio.HealthServicer, status) -> None:
+    for service in ("", PYRAMID_SERVICE):  # "" is the whole server
+        await health.set(service, status)
+
+
+def load_embedded(opts: ServeOptions, metrics: ServingMetrics) -> Engine:
+    return EmbeddedEngine.from_dir(opts.models, device=opts.device, workers=opts.workers, metrics=metrics)
+
+
+async def serve(opts: ServeOptions,
+                load_engine: Callable[[ServeOptions, ServingMetrics], Engine] = load_embedded) -> int:
+    """Run until SIGINT/SIGTERM; returns the exit code. `load_engine` runs in a thread."""
+    opts.check()
+    metrics = ServingMetrics()
+    server, health, pyramid = await create_server(opts, metrics)
+
+    port = server.add_insecure_port(_hostport(opts.host, opts.port))  # raises if it cannot bind
+    metrics_http = metrics.serve_http(opts.host, opts.metrics_port)
+    await server.start()
+    print(f"gRPC listening on {_hostport(opts.host, port)}", flush=True)
+    print(f"metrics on http://{_hostport(opts.host, metrics_http.server_port)}/metrics", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    engine: Engine | None = None
+    code = 0
+    started = time.perf_counter()
+    loading = asyncio.ensure_future(asyncio.to_thread(load_engine, opts, metrics))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            engine = loading.result()  # a load error propagates to the except below
+            pyramid.attach(engine)
+            await set_health(health, health_pb2.HealthCheckResponse.SERVING)
+            print(f"model loaded from {opts.models} in {time.perf_counter() - started:.1f}s; "
+                  f"health SERVING", flush=True)
+            await stopping
+        # A signal during loading: the load thread cannot be interrupted; exit once it returns.
+        print("shutting down: health NOT_SERVING, draining in-flight requests", flush=True)
+    except Exception as e:
+        log.debug("model load failed", exc_info=True)
+        print(f"error: could not load the model bundle {opts.models!r}: {e}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        stopping.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await health.enter_graceful_shutdown()
+        await server.stop(opts.grace_seconds)  # new RPCs are refused; running ones get the grace
+        if engine is not None:
+            await engine.close()
+        metrics_http.shutdown()
+    print("stopped", flush=True)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point for `semgen serve` (and `python -m serving.server`)."""
+    opts = ServeOptions.from_args(args)
+    logging.basicConfig(level=opts.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("options %s", json.dumps(dataclasses.asdict(opts)))
+    try:
+        return asyncio.run(serve(opts))
+    except (ValueError, RuntimeError, OSError) as e:  # bad flags, port already in use
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.server", description="semgen gRPC server")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""gRPC servicers: decode + validate the proto, await the engine, encode the reply.
+
+No torch here. Exceptions become status codes in one place, `rpc_errors`:
+InvalidInput -> INVALID_ARGUMENT, Unavailable -> UNAVAILABLE, anything else -> INTERNAL with a
+short message (the stack trace goes to the server log under the request id, never to the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+import grpc
+
+from serving.engine import Engine, InvalidInput, Unavailable
+from serving.images import decode_image, encode_pngs
+from serving.interceptors import REQUEST_ID
+from serving.protos import PYRAMID_SERVICE, pyramid_pb2 as pb
+from serving.validation import Limits, MalformedRequest, check_generate, lenient_deserializer
+
+log = logging.getLogger(__name__)
+
+
+def rpc_errors(method):
+    """Wrap an async servicer method so every failure leaves as an actionable gRPC status."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            if isinstance(request, MalformedRequest):
+                raise InvalidInput(request.reason)
+            return await method(self, request, context)
+        except grpc.aio.AbortError:  # the method already chose a status
+            raise
+        except InvalidInput as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except Unavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except Exception:
+            rid = REQUEST_ID.get()
+            log.exception("internal error in %s (request id %s)", method.__qualname__, rid)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error; see the server log for request id {rid}")
+
+    return wrapper
+
+
+class PyramidServicer:
+    """semgen.v1.PyramidService. Registered before the model loads; answers UNAVAILABLE until `attach`."""
+
+    def __init__(self, limits: Limits, engine: Engine | None = None):
+        self.limits = limits
+        self.engine = engine
+
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @rpc_errors
+    async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        engine = self.engine
+        if engine is None:
+            raise Unavailable("model: still loading; retry shortly")
+        info = engine.info
+        args = check_generate(request, info, self.limits)
+        # PIL decode/encode is CPU work too: keep it off the event loop.
+        image = await asyncio.to_thread(
+            decode_image, request.image, self.limits.max_image_bytes, self.limits.max_image_pixels
+        )
+        result = await engine.generate(image, args.level, args.num_samples, args.seed, args.class_index)
+        n, height, width, _ = result.images.shape
+        if n != args.num_samples or not 0 <= result.class_index < len(info.class_names):
+            raise RuntimeError(f"engine broke its contract: {n} images, class {result.class_index}")
+        pngs = await asyncio.to_thread(encode_pngs, result.images)
+        return pb.GenerateResponse(
+            images=pngs,
+            class_index=result.class_index,
+            class_name=info.class_names[result.class_index],
+            level=result.level,
+            width=width,
+            height=height,
+        )
+
+
+def add_pyramid_servicer(server, servicer: PyramidServicer) -> None:
+    """Register like the generated `add_PyramidServiceServicer_to_server`, but with a lenient
+    deserializer so malformed request bytes get INVALID_ARGUMENT instead of UNKNOWN."""
+    handlers = {
+        "Generate": grpc.unary_unary_rpc_method_handler(
+            servicer.Generate,
+            request_deserializer=lenient_deserializer(pb.GenerateRequest),
+            response_serializer=pb.GenerateResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PYRAMID_SERVICE, handlers),))
+    server.add_registered_method_handlers(PYRAMID_SERVICE, handlers)

@@ -1,0 +1,122 @@
+"""Helpers shared by the serving tests (imported by name; conftest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from serving.engine import EmbeddedEngine
+from serving.metrics import ServingMetrics
+from serving.protos import pyramid_pb2 as pb, pyramid_pb2_grpc
+from serving.server import ServeOptions, create_server, set_health
+
+LEVELS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc7", "fc8")
+
+
+def png_bytes(width: int = 24, height: int = 16, color=(200, 30, 40), mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (width, height), color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+class FakePipeline:
+    """Stands in for PyramidPipeline: deterministic noise images from the seed.
+
+    Magic seeds exercise the engine's error paths: 666 raises a RuntimeError (a bug),
+    777 raises the pipeline's ValueError for bad input, 888 returns one image too few.
+    `gate` (if set) blocks generation until the test releases it.
+    """
+
+    image_size = 8
+    class_names = ("beach", "lake", "forest")
+
+    def __init__(self):
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def generate(self, image, level, num_samples, seed, class_index=None):
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(10)
+        if seed == 666:
+            raise RuntimeError("secret internals /home/model/weights.bin")
+        if seed == 777:
+            raise ValueError("image: too small (2x2); need at least 8x8")
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, 256, (num_samples - (seed == 888), 8, 8, 3), dtype=np.uint8)
+        return SimpleNamespace(images=images, class_index=0 if class_index is None else class_index, level=level)
+
+
+@contextlib.asynccontextmanager
+async def in_process_server(pipeline=None, **options):
+    """The real gRPC server (create_server) on a free loopback port, with `pipeline` attached."""
+    opts = ServeOptions(port=0, **options)
+    metrics = ServingMetrics()
+    server, health, pyramid = await create_server(opts, metrics)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    engine = None
+    if pipeline is not None:
+        engine = EmbeddedEngine(pipeline, LEVELS, metrics=metrics)
+        pyramid.attach(engine)
+        await set_health(health, health_pb2.HealthCheckResponse.SERVING)
+    try:
+        yield SimpleNamespace(address=f"127.0.0.1:{port}", metrics=metrics, pipeline=pipeline)
+    finally:
+        await server.stop(0)
+        if engine is not None:
+            await engine.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sample_value(metrics: ServingMetrics, name: str, **labels) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+
+GENERATE_METHOD = "/semgen.v1.PyramidService/Generate"
+
+
+async def generate(address: str, request: pb.GenerateRequest, metadata=None, timeout: float = 10.0):
+    """One Generate call on a fresh aio channel: (reply, None) or (None, grpc.aio.AioRpcError)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            call = pyramid_pb2_grpc.PyramidServiceStub(channel).Generate(request, metadata=metadata, timeout=timeout)
+            return await call, None
+        except grpc.aio.AioRpcError as e:
+            return None, e
+
+
+async def generate_raw(address: str, payload: bytes, timeout: float = 10.0):
+    """Send `payload` as the Generate request bytes, bypassing the client-side serializer."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        raw = channel.unary_unary(GENERATE_METHOD, request_serializer=None, response_deserializer=None)
+        try:
+            return await raw(payload, timeout=timeout), None
+        except grpc.aio.AioRpcError as e:
+            return None, e
