@@ -34,7 +34,8 @@ def server(tmp_path_factory):
     bundle = make_random_bundle(tmp_path_factory.mktemp("bundle"), image_size=IMAGE_SIZE)
     port, metrics_port = free_port(), free_port()
     log_path = tmp_path_factory.mktemp("log") / "server.log"
-    command = [sys.executable, "-m", "serving.server", "--models", str(bundle),
+    # `python -m semgen_cli serve` is exactly what the `semgen serve` console script runs
+    command = [sys.executable, "-m", "semgen_cli", "serve", "--models", str(bundle),
                "--port", str(port), "--metrics-port", str(metrics_port), "--device", "cpu",
                "--max-image-bytes", str(MAX_IMAGE_BYTES), "--max-image-pixels", str(MAX_IMAGE_PIXELS),
                "--grace-seconds", "5"]
