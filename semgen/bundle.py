@@ -22,11 +22,8 @@ def make_random_bundle(path: str | Path, image_size: int = 32, seed: int = 0) ->
     torch.manual_seed(seed)
     classifier = Classifier(image_size=image_size, num_classes=len(CATEGORIES), stage_channels=(4, 8, 8, 8, 8),
                             convs_per_stage=(1, 1, 1, 1, 1), fc_dim=16, class_names=CATEGORIES)
-    shapes = classifier.level_shapes()
-    generator = PyramidGenerator(image_size=image_size, num_classes=len(CATEGORIES), z_dim=8, embed_dim=8,
-                                 level_channels=tuple(shapes[k][0] for k in ("conv1", "conv2", "conv3", "conv4", "conv5")),
-                                 fc_dims=(shapes["fc7"][0], shapes["fc8"][0]), hidden_dim=16,
-                                 gen_channels=(8, 8, 8, 8, 8, 8), class_names=CATEGORIES)
+    generator = PyramidGenerator.mirroring(classifier, z_dim=8, embed_dim=8, hidden_dim=16,
+                                           gen_channels=(8, 8, 8, 8, 8, 8), class_names=CATEGORIES)
     save_checkpoint(path / "classifier", classifier.eval(), classifier.config)
     save_checkpoint(path / "pyramid", generator.eval(), generator.config)
     return path

@@ -77,6 +77,10 @@ def diversity_loss(z: torch.Tensor, images: torch.Tensor, eps: float) -> torch.T
     return (dz / (dx + eps)).mean()
 
 
+def _twice(tensors: dict) -> dict:
+    return {k: torch.cat([v, v]) for k, v in tensors.items()}
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float):
     for pe, p in zip(ema.parameters(), model.parameters()):
@@ -109,14 +113,7 @@ def train_pyramid(opt: PyramidOptions) -> Path:
     if len(source.class_names) != classifier.num_classes:
         raise ValueError(f"data has {len(source.class_names)} classes, the classifier {classifier.num_classes}")
     shapes = classifier.level_shapes()
-    G = PyramidGenerator(
-        image_size=size,
-        num_classes=classifier.num_classes,
-        z_dim=opt.z_dim,
-        level_channels=tuple(shapes[l][0] for l in LEVELS[:5]),
-        fc_dims=(shapes["fc7"][0], shapes["fc8"][0]),
-        class_names=source.class_names,
-    )
+    G = PyramidGenerator.mirroring(classifier, z_dim=opt.z_dim, class_names=source.class_names)
     D = PyramidDiscriminator(image_size=size, num_classes=classifier.num_classes)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=opt.lr, betas=(0.0, 0.999))
@@ -130,8 +127,8 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         with torch.no_grad():
             feats = classifier.features(refs)
         masks, _ = sample_training_masks(shapes, half, size, opt.p_crop, gen)
-        pair = lambda t: torch.cat([t, t])  # noqa: E731  (both halves share features/masks/labels)
-        feats2, masks2, labels2 = {k: pair(v) for k, v in feats.items()}, {k: pair(v) for k, v in masks.items()}, pair(labels)
+        # both halves of the batch share features, masks and labels; only z differs
+        feats2, masks2, labels2 = _twice(feats), _twice(masks), torch.cat([labels, labels])
         z = torch.randn(opt.batch_size, opt.z_dim, generator=gen)
         fake = G(z, feats2, masks2, labels2)
 
@@ -149,7 +146,7 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
-        ema_update(G_ema, G, opt.ema)
+        ema_update(G_ema, G, min(opt.ema, (1 + step) / (10 + step)))  # ramp: early EMA tracks G closely
 
         progress.update(step + 1, d=d_loss.item(), adv=adv.item(), rec=rec.item(), div=div.item())
         if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps:

@@ -108,6 +108,18 @@ class PyramidGenerator(nn.Module):
         self.out_bn = nn.BatchNorm2d(gen_channels[-1])
         self.to_rgb = nn.Conv2d(gen_channels[-1], 3, 3, padding=1)
 
+    @classmethod
+    def mirroring(cls, classifier, **kwargs) -> "PyramidGenerator":
+        """A generator whose level inputs match `classifier`'s feature shapes."""
+        shapes = classifier.level_shapes()
+        return cls(
+            image_size=classifier.image_size,
+            num_classes=classifier.num_classes,
+            level_channels=tuple(shapes[level][0] for level in SPATIAL_LEVELS),
+            fc_dims=(shapes["fc7"][0], shapes["fc8"][0]),
+            **kwargs,
+        )
+
     def forward(self, z, features: dict, masks: dict, labels):
         """z [B, z_dim]; features {level: tensor}; masks {level: [B, 1, h, w] (conv) or [B, 1] (fc)};
         labels int64 [B]. A level missing from `masks` is fully masked out (same as an all-zero
