@@ -33,7 +33,7 @@ class PyramidOptions:
     out: str = "artifacts/pyramid"  # EMA generator checkpoint that serving loads
     run_dir: str = "runs/pyramid"
     data: str = "scenes"  # 'scenes' or an image folder (one subfolder per class)
-    steps: int = 4000
+    steps: int = 6000  # the shipped default model
     batch_size: int = 32  # B/2 references, each twice
     lr: float = 2e-4
     rec_weight: float = 1.0
