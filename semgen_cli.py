@@ -64,9 +64,10 @@ def cmd_eval_classifier(args):
 
 
 def cmd_eval_pyramid(args):
-    from training.evaluate import eval_pyramid
+    from training.eval_pyramid import eval_pyramid
 
-    _print(eval_pyramid(args.models, n=args.n), args.json)
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    _print(eval_pyramid(args.models, n=args.n, samples=args.samples, ops_n=args.ops_n, progress=log), args.json)
 
 
 def cmd_serve(args):
@@ -114,9 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ev.add_parser("pyramid")
     p.add_argument("--models", default="artifacts")
-    p.add_argument("--n", type=int, default=48)
+    p.add_argument("--n", type=int, default=200, help="held-out reference scenes per level")
+    p.add_argument("--samples", type=int, default=2, help="samples per reference (>= 2 for diversity)")
+    p.add_argument("--ops-n", type=int, default=48, help="references for repaint/composite/relabel/unnatural")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_pyramid)
+
+    client = sub.add_parser("client", help="call a running server").add_subparsers(dest="service", required=True)
+    from serving.client import add_pyramid_commands
+
+    add_pyramid_commands(client.add_parser("pyramid", help="PyramidService: generate, repaint, composite"))
 
     p = sub.add_parser("serve", help="serve the models over gRPC")
     from serving.server import add_arguments

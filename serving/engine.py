@@ -13,7 +13,7 @@ import concurrent.futures
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -48,10 +48,20 @@ class Engine(abc.ABC):
     info: ModelInfo
 
     @abc.abstractmethod
-    async def generate(
-        self, image: np.ndarray, level: str, num_samples: int, seed: int, class_index: int | None = None
-    ) -> Generated:
-        """Pyramid generation from a decoded uint8 [H, W, 3] reference. Raises InvalidInput."""
+    async def generate(self, image: np.ndarray, levels: Mapping[str, np.ndarray | None], num_samples: int,
+                       seed: int, class_index: int | None = None) -> Generated:
+        """Pyramid generation from a decoded uint8 [H, W, 3] reference; `levels` maps each level to
+        None (whole map) or a float mask [H, W] in [0, 1]. Raises InvalidInput."""
+
+    @abc.abstractmethod
+    async def repaint(self, image: np.ndarray, region: np.ndarray, level: str, num_samples: int, seed: int,
+                      class_index: int | None = None) -> Generated:
+        """Regenerate `region` (float [H, W], 1 = repaint) of `image` from `level`."""
+
+    @abc.abstractmethod
+    async def composite(self, image: np.ndarray, object_image: np.ndarray, box: tuple[int, int, int, int],
+                        level: str, num_samples: int, seed: int, class_index: int | None = None) -> Generated:
+        """Paste `object_image` into box (left, top, width, height) of `image`, regenerate the box from `level`."""
 
     async def close(self) -> None:
         """Finish running work and release resources."""
@@ -90,11 +100,21 @@ class EmbeddedEngine(Engine):
         pipeline = PyramidPipeline.from_dir(models_dir, device=device)
         return cls(pipeline, LEVELS, workers=workers, metrics=metrics)
 
-    async def generate(self, image, level, num_samples, seed, class_index=None) -> Generated:
-        result = await self._call(
-            "generate", self._pipeline.generate,
-            image, level=level, num_samples=num_samples, seed=seed, class_index=class_index,
-        )
+    async def generate(self, image, levels, num_samples, seed, class_index=None) -> Generated:
+        return await self._generated("generate", self._pipeline.generate, image, levels=levels,
+                                     num_samples=num_samples, seed=seed, class_index=class_index)
+
+    async def repaint(self, image, region, level, num_samples, seed, class_index=None) -> Generated:
+        return await self._generated("repaint", self._pipeline.repaint, image, region=region, level=level,
+                                     num_samples=num_samples, seed=seed, class_index=class_index)
+
+    async def composite(self, image, object_image, box, level, num_samples, seed, class_index=None) -> Generated:
+        return await self._generated("composite", self._pipeline.composite, image, object_image=object_image,
+                                     box=box, level=level, num_samples=num_samples, seed=seed,
+                                     class_index=class_index)
+
+    async def _generated(self, op: str, fn: Callable, *args, **kwargs) -> Generated:
+        result = await self._call(op, fn, *args, **kwargs)
         return Generated(images=result.images, class_index=int(result.class_index), level=result.level)
 
     async def close(self) -> None:

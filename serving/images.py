@@ -19,6 +19,31 @@ ACCEPTED_FORMATS = ("PNG", "JPEG")
 
 def decode_image(data: bytes, max_bytes: int, max_pixels: int, field: str = "image") -> np.ndarray:
     """Decode PNG/JPEG bytes to uint8 RGB [H, W, 3]; raises InvalidInput naming `field`."""
+    return np.asarray(_open(data, max_bytes, max_pixels, field).convert("RGB"), dtype=np.uint8)
+
+
+def decode_mask(mask, field: str, width: int, height: int, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """A `Mask` message -> float32 [height, width] in [0, 1]; it must match the image's size."""
+    which = mask.WhichOneof("data")
+    if which == "png":
+        values = np.asarray(_open(mask.png, max_bytes, max_pixels, f"{field}.png").convert("L"), np.float32) / 255
+    elif which == "array":
+        arr = mask.array
+        if len(arr.values) != arr.width * arr.height or arr.width < 1 or arr.height < 1:
+            raise InvalidInput(f"{field}.array: {len(arr.values)} values do not fill {arr.width}x{arr.height}")
+        values = np.asarray(arr.values, np.float32).reshape(arr.height, arr.width)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise InvalidInput(f"{field}.array: values must be in [0, 1]")
+    else:
+        raise InvalidInput(f"{field}: empty; set png or array")
+    if values.shape != (height, width):
+        raise InvalidInput(f"{field}: size {values.shape[1]}x{values.shape[0]} does not match "
+                           f"the image's {width}x{height}")
+    return values
+
+
+def _open(data: bytes, max_bytes: int, max_pixels: int, field: str) -> Image.Image:
+    """Identify, limit-check and load PNG/JPEG bytes (orientation applied); raises InvalidInput."""
     if not data:
         raise InvalidInput(f"{field}: empty; send PNG or JPEG bytes")
     if len(data) > max_bytes:
@@ -38,11 +63,9 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, field: str = "ima
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             img.load()
-            img = ImageOps.exif_transpose(img)  # honour the JPEG orientation tag, as viewers do
-            rgb = img.convert("RGB")
+            return ImageOps.exif_transpose(img)  # honour the JPEG orientation tag, as viewers do
     except Exception as e:  # corrupt or truncated data: PIL raises OSError, SyntaxError, ...
         raise InvalidInput(f"{field}: could not decode {img.format} data ({type(e).__name__})") from None
-    return np.asarray(rgb, dtype=np.uint8)
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -14,10 +14,18 @@ import logging
 import grpc
 
 from serving.engine import Engine, InvalidInput, Unavailable
-from serving.images import decode_image, encode_pngs
+from serving.images import decode_image, decode_mask, encode_pngs
 from serving.interceptors import REQUEST_ID
 from serving.protos import PYRAMID_SERVICE, pyramid_pb2 as pb
-from serving.validation import Limits, MalformedRequest, check_generate, lenient_deserializer
+from serving.validation import (
+    Limits,
+    MalformedRequest,
+    check_box_inside,
+    check_composite,
+    check_generate,
+    check_repaint,
+    lenient_deserializer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +65,58 @@ class PyramidServicer:
 
     @rpc_errors
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        engine, info = self._engine()
+        args = check_generate(request, info, self.limits)
+        image = await self._decode(request.image, "image")
+        levels = {}
+        for i, (level, mask) in enumerate(args.levels.items()):
+            levels[level] = None if mask is None else self._mask(mask, f"level_masks[{i}].mask", image)
+        result = await engine.generate(image, levels, args.num_samples, args.seed, args.class_index)
+        return await self._reply(result, args.num_samples, info)
+
+    @rpc_errors
+    async def Repaint(self, request: pb.RepaintRequest, context) -> pb.GenerateResponse:
+        engine, info = self._engine()
+        args = check_repaint(request, info, self.limits)
+        image = await self._decode(request.image, "image")
+        region = self._mask(request.region, "region", image)
+        if not region.any():
+            raise InvalidInput("region: empty (no pixel above 0); mark the region to repaint")
+        result = await engine.repaint(image, region, args.level, args.num_samples, args.seed, args.class_index)
+        return await self._reply(result, args.num_samples, info)
+
+    @rpc_errors
+    async def Composite(self, request: pb.CompositeRequest, context) -> pb.GenerateResponse:
+        engine, info = self._engine()
+        args = check_composite(request, info, self.limits)
+        image = await self._decode(request.image, "image")
+        check_box_inside(args.box, image.shape[1], image.shape[0])
+        obj = await self._decode(request.object_image, "object_image")
+        result = await engine.composite(image, obj, args.box, args.level, args.num_samples, args.seed,
+                                        args.class_index)
+        return await self._reply(result, args.num_samples, info)
+
+    # ---- shared steps ------------------------------------------------------------------
+
+    def _engine(self):
         engine = self.engine
         if engine is None:
             raise Unavailable("model: still loading; retry shortly")
-        info = engine.info
-        args = check_generate(request, info, self.limits)
+        return engine, engine.info
+
+    async def _decode(self, data: bytes, field: str):
         # PIL decode/encode is CPU work too: keep it off the event loop.
-        image = await asyncio.to_thread(
-            decode_image, request.image, self.limits.max_image_bytes, self.limits.max_image_pixels
+        return await asyncio.to_thread(
+            decode_image, data, self.limits.max_image_bytes, self.limits.max_image_pixels, field
         )
-        result = await engine.generate(image, args.level, args.num_samples, args.seed, args.class_index)
+
+    def _mask(self, mask, field: str, image):
+        height, width = image.shape[:2]
+        return decode_mask(mask, field, width, height, self.limits.max_image_bytes, self.limits.max_image_pixels)
+
+    async def _reply(self, result, num_samples: int, info) -> pb.GenerateResponse:
         n, height, width, _ = result.images.shape
-        if n != args.num_samples or not 0 <= result.class_index < len(info.class_names):
+        if n != num_samples or not 0 <= result.class_index < len(info.class_names):
             raise RuntimeError(f"engine broke its contract: {n} images, class {result.class_index}")
         pngs = await asyncio.to_thread(encode_pngs, result.images)
         return pb.GenerateResponse(
@@ -84,12 +132,14 @@ class PyramidServicer:
 def add_pyramid_servicer(server, servicer: PyramidServicer) -> None:
     """Register like the generated `add_PyramidServiceServicer_to_server`, but with a lenient
     deserializer so malformed request bytes get INVALID_ARGUMENT instead of UNKNOWN."""
+    rpcs = {"Generate": pb.GenerateRequest, "Repaint": pb.RepaintRequest, "Composite": pb.CompositeRequest}
     handlers = {
-        "Generate": grpc.unary_unary_rpc_method_handler(
-            servicer.Generate,
-            request_deserializer=lenient_deserializer(pb.GenerateRequest),
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=lenient_deserializer(request_cls),
             response_serializer=pb.GenerateResponse.SerializeToString,
-        ),
+        )
+        for name, request_cls in rpcs.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PYRAMID_SERVICE, handlers),))
     server.add_registered_method_handlers(PYRAMID_SERVICE, handlers)

@@ -33,6 +33,8 @@ class PyramidOptions:
     out: str = "artifacts/pyramid"  # EMA generator checkpoint that serving loads
     run_dir: str = "runs/pyramid"
     data: str = "scenes"  # 'scenes' or an image folder (one subfolder per class)
+    init_from: str = ""  # warm start: a generator checkpoint to start G and its EMA from (D starts fresh)
+    d_warmup: int = 0  # steps at the start of a run that train only D (lets a fresh D catch up)
     steps: int = 6000  # the shipped default model
     batch_size: int = 32  # B/2 references, each twice
     lr: float = 2e-4
@@ -119,6 +121,10 @@ def train_pyramid(opt: PyramidOptions) -> Path:
     opt_g = torch.optim.Adam(G.parameters(), lr=opt.lr, betas=(0.0, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=opt.lr, betas=(0.0, 0.999))
     start = load_state(run_dir, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
+    if start == 0 and opt.init_from:
+        warm = load_checkpoint(opt.init_from).state_dict()
+        G.load_state_dict(warm)
+        G_ema.load_state_dict(warm)
     progress = Progress(run_dir, opt.steps, start, "pyramid")
     half = opt.batch_size // 2
     for step in range(start, opt.steps):
@@ -137,6 +143,10 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
+
+        if step < opt.d_warmup:
+            progress.update(step + 1, d=d_loss.item())
+            continue
 
         # generator
         adv = (D(fake, labels2) - 1).pow(2).mean()

@@ -1,26 +1,40 @@
-"""Semantic Pyramid inference: generate images from a reference image's features at a level."""
+"""Semantic Pyramid inference (Shocher et al. §4): every operation runs the same trained generator.
+
+- generate:  features from any set of levels, each with an optional spatial mask;
+- repaint:   a region is regenerated from one level, shallower levels masked out in the region;
+- composite: an object crop pasted into a box; the paste feeds the chosen level, shallower
+             levels are masked out in the box, so the object is re-drawn to fit its surroundings;
+- re-label:  any of the above with `class_index` set to another class.
+
+Masks and regions are given at the reference image's own size (1 = pass the reference's
+features for a level mask, 1 = regenerate for a repaint region) and follow the image through
+the same centre crop and resize.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
+from PIL import Image
 
 from semgen.checkpoints import load_checkpoint
 from semgen.data.loaders import square_resize, to_tensor, to_uint8
 from semgen.networks.classifier import LEVELS
 from semgen.pipelines.masks import check_levels, level_masks
 
-__all__ = ["LEVELS", "GenerateResult", "PyramidPipeline"]
+__all__ = ["LEVELS", "GenerateResult", "PyramidPipeline", "paste_box"]
 
 
 @dataclass
 class GenerateResult:
-    images: np.ndarray  # uint8 [N, H, W, 3]
+    images: np.ndarray  # uint8 [N, S, S, 3]
     class_index: int  # class label used for generation
-    level: str
+    level: str  # the deepest level used
+    reference: np.ndarray  # uint8 [S, S, 3]: the image whose features were used (the paste, for composite)
 
 
 class PyramidPipeline:
@@ -40,12 +54,45 @@ class PyramidPipeline:
         return cls(load_checkpoint(models_dir / "classifier"), load_checkpoint(models_dir / "pyramid"), device)
 
     @torch.no_grad()
-    def generate(self, image: np.ndarray, level: str, num_samples: int, seed: int,
-                 class_index: int | None = None) -> GenerateResult:
-        """Samples from one level of `image`'s features (uint8 [H, W, 3] RGB, any size)."""
+    def generate(self, image: np.ndarray, levels: str | Mapping[str, np.ndarray | None], num_samples: int,
+                 seed: int, class_index: int | None = None) -> GenerateResult:
+        """Samples from `image`'s features (uint8 [H, W, 3] RGB, any size).
+
+        levels: a level name (passed whole), or {level: None (whole) or mask [H, W] in [0, 1]}.
+        """
         # 1. check inputs
+        if isinstance(levels, str):
+            levels = {levels: None}
+        if not levels:
+            raise ValueError("levels: give at least one level")
+        check_levels(levels)
+        ref = self._check_image(image)
+        regions = {lv: None if m is None else self._check_mask(m, image, f"mask[{lv}]") for lv, m in levels.items()}
+        return self._run(ref, regions, num_samples, seed, class_index)
+
+    def repaint(self, image: np.ndarray, region: np.ndarray, level: str, num_samples: int, seed: int,
+                class_index: int | None = None) -> GenerateResult:
+        """Regenerate `region` (mask [H, W], 1 = repaint) from `level`; outside it the shallower
+        levels pin the reference."""
         check_levels([level])
         ref = self._check_image(image)
+        keep = 1.0 - self._check_mask(region, image, "region", nonempty=True)
+        regions = {lv: keep for lv in LEVELS[: LEVELS.index(level)] if len(self.level_shapes[lv]) == 3}
+        regions[level] = None
+        return self._run(ref, regions, num_samples, seed, class_index)
+
+    def composite(self, image: np.ndarray, object_image: np.ndarray, box: tuple[int, int, int, int], level: str,
+                  num_samples: int, seed: int, class_index: int | None = None) -> GenerateResult:
+        """Paste `object_image` (resized) into `box` = (left, top, width, height) of `image`, then
+        repaint the box from `level` of the paste (paper §4.3, semantic image composition)."""
+        self._check_image(object_image, "object_image")
+        pasted, region = paste_box(image, object_image, box)
+        return self.repaint(pasted, region, level, num_samples, seed, class_index)
+
+    # ---- steps shared by every operation -------------------------------------------------
+
+    @torch.no_grad()
+    def _run(self, ref: torch.Tensor, regions: dict, num_samples: int, seed: int, class_index: int | None):
         if num_samples < 1:
             raise ValueError(f"num_samples: must be >= 1, got {num_samples}")
         # 2. features of the reference, and its class unless overridden
@@ -53,19 +100,32 @@ class PyramidPipeline:
         label = self._class(feats, class_index)
         # 3. seeded noise, masks, forward
         z = self._noise(seed, num_samples)
-        masks = {k: v.to(self.device) for k, v in level_masks(self.level_shapes, {level: None}, num_samples).items()}
+        masks = {k: v.to(self.device) for k, v in level_masks(self.level_shapes, regions, num_samples).items()}
         feats = {k: v.expand(num_samples, *v.shape[1:]) for k, v in feats.items()}
         labels = torch.full((num_samples,), label, dtype=torch.long, device=self.device)
         images = self.generator(z, feats, masks, labels)
         # 4. postprocess
-        return GenerateResult(images=to_uint8(images), class_index=label, level=level)
+        deepest = max(regions, key=LEVELS.index)
+        return GenerateResult(images=to_uint8(images), class_index=label, level=deepest, reference=to_uint8(ref)[0])
 
-    def _check_image(self, image: np.ndarray) -> torch.Tensor:
+    def _check_image(self, image: np.ndarray, field: str = "image") -> torch.Tensor:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError("image: expected uint8 RGB array [H, W, 3]")
+            raise ValueError(f"{field}: expected uint8 RGB array [H, W, 3]")
         if min(image.shape[:2]) < 8:
-            raise ValueError(f"image: too small ({image.shape[1]}x{image.shape[0]}); need at least 8x8")
+            raise ValueError(f"{field}: too small ({image.shape[1]}x{image.shape[0]}); need at least 8x8")
         return to_tensor(square_resize(image, self.image_size)[None]).to(self.device)
+
+    def _check_mask(self, mask: np.ndarray, image: np.ndarray, field: str, nonempty: bool = False) -> torch.Tensor:
+        """A mask at the image's size -> float [S, S] on the model's grid (same crop and resize)."""
+        mask = np.asarray(mask)
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"{field}: size {_wh(mask.shape)} does not match the image's {_wh(image.shape)}")
+        mask = mask.astype(np.float32)
+        if not np.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+            raise ValueError(f"{field}: values must be in [0, 1]")
+        if nonempty and mask.max() == 0:
+            raise ValueError(f"{field}: empty (no pixel above 0); mark the region to change with values > 0")
+        return torch.from_numpy(_resize_mask(mask, self.image_size))
 
     def _class(self, feats: dict, class_index: int | None) -> int:
         if class_index is None:
@@ -78,3 +138,35 @@ class PyramidPipeline:
         # drawn on the CPU so that the same seed gives the same noise on every device
         gen = torch.Generator().manual_seed(int(seed))
         return torch.randn(n, self.generator.z_dim, generator=gen).to(self.device)
+
+
+def paste_box(image: np.ndarray, object_image: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
+    """Naive paste: `object_image` resized into box = (left, top, width, height) of `image`.
+    Returns (pasted uint8 [H, W, 3], box mask float [H, W])."""
+    left, top, width, height = (int(v) for v in box)
+    h, w = image.shape[:2]
+    if width < 1 or height < 1:
+        raise ValueError(f"box: width and height must be >= 1, got {width}x{height}")
+    if left < 0 or top < 0 or left + width > w or top + height > h:
+        raise ValueError(f"box: ({left}, {top}, {width}, {height}) is not inside the {w}x{h} image")
+    pasted = image.copy()
+    pasted[top : top + height, left : left + width] = np.asarray(
+        Image.fromarray(object_image).resize((width, height), Image.BICUBIC))
+    region = np.zeros((h, w), np.float32)
+    region[top : top + height, left : left + width] = 1.0
+    return pasted, region
+
+
+def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """float [H, W] -> [size, size] with the centre crop of `square_resize` and area resampling."""
+    h, w = mask.shape
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    crop = np.ascontiguousarray(mask[top : top + s, left : left + s])
+    if s == size:
+        return crop
+    return np.array(Image.fromarray(crop).resize((size, size), Image.BOX), dtype=np.float32)  # a writable copy
+
+
+def _wh(shape) -> str:
+    return f"{shape[1]}x{shape[0]}" if len(shape) >= 2 else str(tuple(shape))

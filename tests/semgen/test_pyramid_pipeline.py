@@ -4,7 +4,7 @@ import pytest
 from semgen.bundle import make_random_bundle
 from semgen.data.scenes import render_scene
 from semgen.networks.classifier import LEVELS
-from semgen.pipelines.pyramid import PyramidPipeline
+from semgen.pipelines.pyramid import PyramidPipeline, paste_box
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_class_override_changes_output(pipe):
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        (dict(level="conv9"), "level"),
+        (dict(levels="conv9"), "level"),
         (dict(num_samples=0), "num_samples"),
         (dict(class_index=99), "class_index"),
         (dict(image=np.zeros((4, 4, 3), np.uint8)), "image"),
@@ -45,6 +45,56 @@ def test_class_override_changes_output(pipe):
     ],
 )
 def test_bad_input_names_the_field(pipe, kwargs, field):
-    args = dict(image=render_scene(4, 64).image, level="conv1", num_samples=1, seed=0) | kwargs
+    args = dict(image=render_scene(4, 64).image, levels="conv1", num_samples=1, seed=0) | kwargs
     with pytest.raises(ValueError, match=f"^{field}:"):
         pipe.generate(**args)
+
+
+def test_level_masks_pass_features_only_where_on(pipe):
+    ref = render_scene(5, 48).image
+    zeros, ones = np.zeros((48, 48), np.float32), np.ones((48, 48), np.float32)
+    deep = pipe.generate(ref, {"conv4": None}, 2, seed=3)
+    # an all-zero mask adds nothing, an all-one mask is the whole map, a half mask is something else
+    assert np.array_equal(pipe.generate(ref, {"conv1": zeros, "conv4": None}, 2, seed=3).images, deep.images)
+    whole = pipe.generate(ref, {"conv1": None, "conv4": None}, 2, seed=3)
+    assert np.array_equal(pipe.generate(ref, {"conv1": ones, "conv4": None}, 2, seed=3).images, whole.images)
+    half = ones.copy()
+    half[:, :24] = 0
+    mixed = pipe.generate(ref, {"conv1": half, "conv4": None}, 2, seed=3)
+    assert mixed.level == "conv4"
+    assert not np.array_equal(mixed.images, deep.images) and not np.array_equal(mixed.images, whole.images)
+
+
+def test_repaint_is_the_level_whole_and_shallower_levels_outside_the_region(pipe):
+    ref = render_scene(6, 40).image
+    region = np.zeros((40, 40), np.float32)
+    region[8:24, 10:30] = 1
+    got = pipe.repaint(ref, region, "conv4", 2, seed=9)
+    keep = 1 - region
+    by_hand = pipe.generate(ref, {"conv1": keep, "conv2": keep, "conv3": keep, "conv4": None}, 2, seed=9)
+    assert got.level == "conv4" and np.array_equal(got.images, by_hand.images)
+
+
+def test_composite_is_a_repaint_of_the_naive_paste(pipe):
+    background, obj = render_scene(7, 32).image, render_scene(8, 50).image
+    got = pipe.composite(background, obj, (4, 6, 16, 12), "conv5", 2, seed=1)
+    pasted, region = paste_box(background, obj, (4, 6, 16, 12))
+    assert region.sum() == 16 * 12 and np.array_equal(pasted[:6], background[:6])
+    assert not np.array_equal(pasted[6:18, 4:20], background[6:18, 4:20])
+    assert np.array_equal(got.reference, pasted) and np.array_equal(got.images, pipe.repaint(pasted, region, "conv5", 2, 1).images)
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda p, ref: p.generate(ref, {"conv1": np.ones((10, 10))}, 1, 0), r"mask\[conv1\]"),
+    (lambda p, ref: p.generate(ref, {"conv1": np.full((64, 64), 2.0)}, 1, 0), r"mask\[conv1\]"),
+    (lambda p, ref: p.generate(ref, {}, 1, 0), "levels"),
+    (lambda p, ref: p.repaint(ref, np.zeros((64, 64)), "conv5", 1, 0), "region"),
+    (lambda p, ref: p.repaint(ref, np.ones((64, 65)), "conv5", 1, 0), "region"),
+    (lambda p, ref: p.repaint(ref, np.ones((64, 64)), "conv6", 1, 0), "level"),
+    (lambda p, ref: p.composite(ref, ref, (60, 0, 10, 10), "conv5", 1, 0), "box"),
+    (lambda p, ref: p.composite(ref, ref, (0, 0, 0, 10), "conv5", 1, 0), "box"),
+    (lambda p, ref: p.composite(ref, ref[:4], (0, 0, 10, 10), "conv5", 1, 0), "object_image"),
+])
+def test_operation_errors_name_the_field(pipe, call, field):
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        call(pipe, render_scene(9, 64).image)

@@ -43,8 +43,21 @@ class FakePipeline:
     def __init__(self):
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
+        self.calls: list[tuple[str, dict]] = []  # (operation, its arguments) as the engine passed them
 
-    def generate(self, image, level, num_samples, seed, class_index=None):
+    def generate(self, image, levels, num_samples, seed, class_index=None):
+        deepest = max(levels, key=LEVELS.index)
+        return self._images("generate", dict(image=image, levels=levels), deepest, num_samples, seed, class_index)
+
+    def repaint(self, image, region, level, num_samples, seed, class_index=None):
+        return self._images("repaint", dict(image=image, region=region), level, num_samples, seed, class_index)
+
+    def composite(self, image, object_image, box, level, num_samples, seed, class_index=None):
+        args = dict(image=image, object_image=object_image, box=box)
+        return self._images("composite", args, level, num_samples, seed, class_index)
+
+    def _images(self, op, args, level, num_samples, seed, class_index):
+        self.calls.append((op, args))
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(10)
@@ -102,14 +115,18 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
 GENERATE_METHOD = "/semgen.v1.PyramidService/Generate"
 
 
-async def generate(address: str, request: pb.GenerateRequest, metadata=None, timeout: float = 10.0):
-    """One Generate call on a fresh aio channel: (reply, None) or (None, grpc.aio.AioRpcError)."""
+async def call(address: str, method: str, request, metadata=None, timeout: float = 10.0):
+    """One PyramidService call on a fresh aio channel: (reply, None) or (None, grpc.aio.AioRpcError)."""
     async with grpc.aio.insecure_channel(address) as channel:
         try:
-            call = pyramid_pb2_grpc.PyramidServiceStub(channel).Generate(request, metadata=metadata, timeout=timeout)
-            return await call, None
+            rpc = getattr(pyramid_pb2_grpc.PyramidServiceStub(channel), method)
+            return await rpc(request, metadata=metadata, timeout=timeout), None
         except grpc.aio.AioRpcError as e:
             return None, e
+
+
+async def generate(address: str, request: pb.GenerateRequest, metadata=None, timeout: float = 10.0):
+    return await call(address, "Generate", request, metadata, timeout)
 
 
 async def generate_raw(address: str, payload: bytes, timeout: float = 10.0):

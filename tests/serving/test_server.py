@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import grpc
+import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -155,6 +156,58 @@ def test_metrics_count_calls_by_code(server):
     while (after := counted()) != expected and time.monotonic() < deadline:
         time.sleep(0.05)
     assert after == expected
+
+
+def decoded(reply) -> list:
+    return [np.asarray(Image.open(io.BytesIO(png))) for png in reply.images]
+
+
+def test_generate_with_level_masks(server):
+    left = np.zeros((40, 48), np.float32)
+    left[:, :24] = 1
+    reply = generate(server, level=None, level_masks={"conv1": left, "conv4": None}, num_samples=2)
+    assert reply.level == "conv4" and [im.shape for im in decoded(reply)] == [(IMAGE_SIZE, IMAGE_SIZE, 3)] * 2
+    whole = generate(server, level=None, level_masks={"conv1": None, "conv4": None}, num_samples=2)
+    assert reply.images != whole.images  # the mask changed what the generator saw
+
+
+def test_repaint_and_composite_over_grpc(server):
+    image = png_bytes(48, 40, (30, 120, 200))
+    region = np.zeros((40, 48), np.float32)
+    region[10:30, 12:36] = 1
+    repainted = [server.client.repaint(image, region, "conv5", num_samples=2, seed=seed) for seed in (1, 1, 2)]
+    assert repainted[0].images == repainted[1].images != repainted[2].images
+    assert [im.shape for im in decoded(repainted[0])] == [(IMAGE_SIZE, IMAGE_SIZE, 3)] * 2
+    composite = server.client.composite(image, png_bytes(10, 10, (250, 250, 0)), (4, 4, 20, 16), "conv4",
+                                        num_samples=3, seed=5, class_name="forest")
+    assert (len(composite.images), composite.class_name, composite.level) == (3, "forest", "conv4")
+    with pytest.raises(grpc.RpcError) as e:
+        server.client.composite(image, image, (40, 0, 20, 20), "conv4")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("box:")
+    with pytest.raises(grpc.RpcError) as e:
+        server.client.repaint(image, np.ones((8, 8)), "conv5")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("region: size 8x8")
+    assert health_check(server.address) == "SERVING"
+
+
+def test_client_command_writes_pngs(server, tmp_path):
+    (tmp_path / "ref.png").write_bytes(png_bytes(48, 40, (30, 120, 200)))
+    mask = np.zeros((40, 48), np.uint8)
+    mask[5:20, 5:20] = 255
+    Image.fromarray(mask).save(tmp_path / "region.png")
+    base = [sys.executable, "-m", "semgen_cli", "client", "pyramid"]
+    common = ["--address", server.address, "--image", str(tmp_path / "ref.png"), "--num-samples", "2"]
+    for op, extra in (("generate", ["--mask", "conv2=" + str(tmp_path / "region.png"), "--mask", "fc8"]),
+                      ("repaint", ["--region", str(tmp_path / "region.png")]),
+                      ("composite", ["--object", str(tmp_path / "ref.png"), "--box", "1,2,20,10"])):
+        out = tmp_path / op
+        done = subprocess.run(base + [op] + common + extra + ["--out", str(out)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert len(list(out.glob("*.png"))) == 2 and "2 images 32x32" in done.stdout
+    bad = subprocess.run(base + ["repaint"] + common + ["--region", str(tmp_path / "ref.png"), "--level", "x"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "INVALID_ARGUMENT: level: unknown level 'x'" in bad.stderr
 
 
 def test_sigint_stops_cleanly(server):  # keep last: it stops the module's server

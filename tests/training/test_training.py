@@ -3,12 +3,14 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from semgen.bundle import make_random_bundle
 from semgen.checkpoints import load_checkpoint, read_config
 from semgen.data.loaders import ImageFolderSource
+from semgen.pipelines.pyramid import PyramidPipeline
 from training.classifier import ClassifierOptions, train_classifier
 from training.pyramid import PyramidOptions, train_pyramid
 
@@ -61,3 +63,24 @@ def test_pyramid_trains_and_resumes(tmp_path):
     after = load_checkpoint(tmp_path / "g").state_dict()
     assert read_config(tmp_path / "g")["step"] == 3
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the EMA generator moved
+
+
+def test_pyramid_trains_on_an_image_folder(tmp_path):
+    data = write_folder(tmp_path / "data")
+    train_classifier(ClassifierOptions(out=str(tmp_path / "models" / "classifier"), run_dir=str(tmp_path / "run_c"),
+                                       data=str(data), image_size=32, steps=2, batch_size=4, threads=1))
+    train_pyramid(PyramidOptions(classifier=str(tmp_path / "models" / "classifier"), data=str(data),
+                                 out=str(tmp_path / "models" / "pyramid"), run_dir=str(tmp_path / "run_p"),
+                                 steps=2, batch_size=4, threads=1))
+    pipe = PyramidPipeline.from_dir(tmp_path / "models")
+    assert pipe.class_names == ("cats", "dogs")
+    reply = pipe.generate(np.asarray(Image.open(data / "dogs" / "0.png")), "conv3", 2, seed=0, class_index=1)
+    assert reply.images.shape == (2, 32, 32, 3) and reply.class_index == 1
+
+
+def test_pyramid_refuses_a_folder_whose_classes_the_classifier_lacks(tmp_path):
+    make_random_bundle(tmp_path / "bundle", image_size=32)  # 8 scene categories
+    opt = PyramidOptions(classifier=str(tmp_path / "bundle" / "classifier"), data=str(write_folder(tmp_path / "d")),
+                         out=str(tmp_path / "g"), run_dir=str(tmp_path / "run"), steps=1, batch_size=4, threads=1)
+    with pytest.raises(ValueError, match="data has 2 classes, the classifier 8"):
+        train_pyramid(opt)
