@@ -90,14 +90,14 @@ class EmbeddedEngine(Engine):
 
     @classmethod
     def from_dir(cls, models_dir: str | Path, device: str = "auto", workers: int = 1,
-                 metrics: ServingMetrics | None = None) -> "EmbeddedEngine":
+                 metrics: ServingMetrics | None = None, classifier: str | None = None) -> "EmbeddedEngine":
         """Load the pyramid bundle in `models_dir` (blocking; call it off the event loop)."""
         import torch
         from semgen.pipelines.pyramid import LEVELS, PyramidPipeline
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipeline = PyramidPipeline.from_dir(models_dir, device=device)
+        pipeline = PyramidPipeline.from_dir(models_dir, device=device, classifier=classifier)
         return cls(pipeline, LEVELS, workers=workers, metrics=metrics)
 
     async def generate(self, image, levels, num_samples, seed, class_index=None) -> Generated:

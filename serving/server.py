@@ -40,6 +40,7 @@ MiB = 1024 * 1024
 @dataclass(frozen=True)
 class ServeOptions:
     models: str = "artifacts"
+    classifier: str = ""  # replaces <models>/classifier: a checkpoint folder or torchvision-vgg16:PATH
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9464
@@ -72,6 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServeOptions()
     a = parser.add_argument
     a("--models", default=d.models, help="model bundle folder (classifier/ and pyramid/) (default: %(default)s)")
+    a("--classifier", default=d.classifier,
+      help="use this classifier instead of <models>/classifier: a checkpoint folder or torchvision-vgg16:PATH")
     a("--host", default=d.host, help="address to bind gRPC and metrics on (default: %(default)s)")
     a("--port", type=int, default=d.port, help="gRPC port; 0 picks a free one (default: %(default)s)")
     a("--metrics-port", type=int, default=d.metrics_port, help="Prometheus /metrics port (default: %(default)s)")
@@ -119,7 +122,8 @@ async def set_health(health: health_aio.HealthServicer, status) -> None:
 
 
 def load_embedded(opts: ServeOptions, metrics: ServingMetrics) -> Engine:
-    return EmbeddedEngine.from_dir(opts.models, device=opts.device, workers=opts.workers, metrics=metrics)
+    return EmbeddedEngine.from_dir(opts.models, device=opts.device, workers=opts.workers, metrics=metrics,
+                                   classifier=opts.classifier or None)
 
 
 async def serve(opts: ServeOptions,

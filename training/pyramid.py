@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from semgen.checkpoints import load_checkpoint, save_checkpoint
+from semgen.checkpoints import load_checkpoint, load_classifier, save_checkpoint
 from semgen.data.loaders import make_source, to_uint8
 from semgen.networks.classifier import LEVELS
 from semgen.networks.pyramid import PyramidDiscriminator, PyramidGenerator
@@ -29,7 +29,7 @@ from training.masks import sample_training_masks
 
 @dataclass
 class PyramidOptions:
-    classifier: str = "artifacts/classifier"  # fixed feature extractor (a checkpoint folder)
+    classifier: str = "artifacts/classifier"  # fixed feature extractor: a checkpoint folder or torchvision-vgg16:PATH
     out: str = "artifacts/pyramid"  # EMA generator checkpoint that serving loads
     run_dir: str = "runs/pyramid"
     data: str = "scenes"  # 'scenes' or an image folder (one subfolder per class)
@@ -109,7 +109,7 @@ def train_pyramid(opt: PyramidOptions) -> Path:
     run_dir, out = Path(opt.run_dir), Path(opt.out)
     setup_torch(opt.threads, opt.seed)
     write_options(run_dir, opt)
-    classifier = load_checkpoint(opt.classifier).requires_grad_(False)
+    classifier = load_classifier(opt.classifier).requires_grad_(False)
     size = classifier.image_size
     source = make_source(opt.data, size)
     if len(source.class_names) != classifier.num_classes:

@@ -98,3 +98,67 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, 3, S, S] -> logits [B, num_classes]."""
         return self.features(x)["fc8"]
+
+
+VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TorchvisionVGG16(nn.Module):
+    """torchvision's VGG16 (no batch norm), layer for layer: torchvision's `features.N` are our
+    `convs.N` (pools at 4, 9, 16, 23, 30) and its `classifier.{0,3,6}` (fc6, fc7, fc8) our
+    `fcs.{0,3,6}`; `semgen.checkpoints.load_torchvision_vgg16` renames the keys on load.
+
+    Same interface as `Classifier`: inputs RGB in [-1, 1] (ImageNet normalisation is applied
+    inside), levels conv1..conv5 after each pooling, fc7 after its ReLU, fc8 the logits.
+    """
+
+    def __init__(self, image_size: int = 224, num_classes: int = 1000, class_names: tuple[str, ...] = ()):
+        super().__init__()
+        self.config = dict(image_size=image_size, num_classes=num_classes, class_names=tuple(class_names))
+        if image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (five poolings), got {image_size}")
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.class_names = tuple(class_names)
+        layers, c_in = [], 3
+        for stage in VGG16_STAGES:
+            for c_out in stage:
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True)]
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2, 2))
+        self.convs = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.fcs = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(),
+            nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(),
+            nn.Linear(4096, num_classes),
+        )
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def level_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes = {}
+        for i, name in enumerate(SPATIAL_LEVELS):
+            shapes[name] = (VGG16_STAGES[i][-1], self.image_size // 2 ** (i + 1), self.image_size // 2 ** (i + 1))
+        shapes["fc7"] = (4096,)
+        shapes["fc8"] = (self.num_classes,)
+        return shapes
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x [B, 3, S, S] in [-1, 1] -> {level: [B, C, h, w] or [B, D]}."""
+        x = ((x + 1) / 2 - self.mean) / self.std
+        feats, level = {}, 0
+        for layer in self.convs:
+            x = layer(x)
+            if isinstance(layer, nn.MaxPool2d):
+                feats[SPATIAL_LEVELS[level]] = x
+                level += 1
+        h = torch.flatten(self.avgpool(x), 1)
+        feats["fc7"] = self.fcs[:5](h)
+        feats["fc8"] = self.fcs[5:](feats["fc7"])
+        return feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)["fc8"]

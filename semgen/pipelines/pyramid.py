@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from semgen.checkpoints import load_checkpoint
+from semgen.checkpoints import load_checkpoint, load_classifier
 from semgen.data.loaders import square_resize, to_tensor, to_uint8
 from semgen.networks.classifier import LEVELS
 from semgen.pipelines.masks import check_levels, level_masks
@@ -49,9 +49,11 @@ class PyramidPipeline:
         self.level_shapes = classifier.level_shapes()
 
     @classmethod
-    def from_dir(cls, models_dir: str | Path, device: str = "cpu") -> "PyramidPipeline":
+    def from_dir(cls, models_dir: str | Path, device: str = "cpu", classifier: str | None = None) -> "PyramidPipeline":
+        """The bundle in `models_dir`; `classifier` (a checkpoint folder or torchvision-vgg16:PATH)
+        replaces its classifier/ folder, for a generator trained against that classifier."""
         models_dir = Path(models_dir)
-        return cls(load_checkpoint(models_dir / "classifier"), load_checkpoint(models_dir / "pyramid"), device)
+        return cls(load_classifier(classifier or models_dir / "classifier"), load_checkpoint(models_dir / "pyramid"), device)
 
     @torch.no_grad()
     def generate(self, image: np.ndarray, levels: str | Mapping[str, np.ndarray | None], num_samples: int,
