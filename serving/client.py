@@ -79,9 +79,10 @@ class SemgenClient:
         return self._call(self._pyramid.Repaint, request, class_index, class_name, metadata)
 
     def composite(self, image_bytes: bytes, object_bytes: bytes, box: tuple[int, int, int, int],
-                  level: str = "conv5", num_samples: int = 1, seed: int = 0, class_index: int | None = None,
+                  level: str = "conv4", num_samples: int = 1, seed: int = 0, class_index: int | None = None,
                   class_name: str | None = None, metadata=None) -> pb.GenerateResponse:
-        """Implant the object image at box = (left, top, width, height) of the image."""
+        """Implant the object image at box = (left, top, width, height) of the image. At the default
+        64 px model conv4 keeps the object recognisable; conv5 re-draws it more freely."""
         left, top, width, height = box
         request = pb.CompositeRequest(image=image_bytes, object_image=object_bytes, level=level,
                                       box=pb.Box(left=left, top=top, width=width, height=height),
@@ -117,7 +118,7 @@ def add_pyramid_commands(parser: argparse.ArgumentParser) -> None:
         p = ops.add_parser(op, help=help_text)
         p.add_argument("--address", default="127.0.0.1:50051")
         p.add_argument("--image", type=Path, required=True, help="reference / background PNG or JPEG")
-        p.add_argument("--level", default=None if op == "generate" else "conv5")
+        p.add_argument("--level", default={"generate": None, "repaint": "conv5", "composite": "conv4"}[op])
         p.add_argument("--num-samples", type=int, default=4)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--class-index", type=int, default=None)

@@ -70,7 +70,7 @@ class PyramidServicer:
         image = await self._decode(request.image, "image")
         levels = {}
         for i, (level, mask) in enumerate(args.levels.items()):
-            levels[level] = None if mask is None else self._mask(mask, f"level_masks[{i}].mask", image)
+            levels[level] = None if mask is None else await self._mask(mask, f"level_masks[{i}].mask", image)
         result = await engine.generate(image, levels, args.num_samples, args.seed, args.class_index)
         return await self._reply(result, args.num_samples, info)
 
@@ -79,7 +79,7 @@ class PyramidServicer:
         engine, info = self._engine()
         args = check_repaint(request, info, self.limits)
         image = await self._decode(request.image, "image")
-        region = self._mask(request.region, "region", image)
+        region = await self._mask(request.region, "region", image)
         if not region.any():
             raise InvalidInput("region: empty (no pixel above 0); mark the region to repaint")
         result = await engine.repaint(image, region, args.level, args.num_samples, args.seed, args.class_index)
@@ -110,9 +110,11 @@ class PyramidServicer:
             decode_image, data, self.limits.max_image_bytes, self.limits.max_image_pixels, field
         )
 
-    def _mask(self, mask, field: str, image):
+    async def _mask(self, mask, field: str, image):
         height, width = image.shape[:2]
-        return decode_mask(mask, field, width, height, self.limits.max_image_bytes, self.limits.max_image_pixels)
+        return await asyncio.to_thread(
+            decode_mask, mask, field, width, height, self.limits.max_image_bytes, self.limits.max_image_pixels
+        )
 
     async def _reply(self, result, num_samples: int, info) -> pb.GenerateResponse:
         n, height, width, _ = result.images.shape

@@ -35,11 +35,6 @@ class SampleArgs:
 class GenerateArgs(SampleArgs):
     levels: dict  # level -> the LevelMask's Mask message, or None for the whole map
 
-    @property
-    def level(self) -> str:
-        """The deepest level asked for."""
-        return max(self.levels, key=_LEVEL_ORDER.index)
-
 
 @dataclass(frozen=True)
 class RepaintArgs(SampleArgs):
@@ -50,9 +45,6 @@ class RepaintArgs(SampleArgs):
 class CompositeArgs(SampleArgs):
     level: str
     box: tuple[int, int, int, int]  # left, top, width, height
-
-
-_LEVEL_ORDER = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc7", "fc8")
 
 
 def _choices(names: tuple[str, ...], limit: int = 20) -> str:

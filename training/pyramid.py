@@ -161,7 +161,8 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         progress.update(step + 1, d=d_loss.item(), adv=adv.item(), rec=rec.item(), div=div.item())
         if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps:
             save_state(run_dir, step + 1, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
-            save_checkpoint(out, G_ema, G_ema.config, step=step + 1, training={"data": opt.data, "classifier": opt.classifier})
+            save_checkpoint(out, G_ema, G_ema.config, step=step + 1,
+                            training={"data": opt.data, "classifier": opt.classifier, "init_from": opt.init_from})
         if (step + 1) % opt.sample_every == 0:
             write_samples(run_dir / "samples" / f"{step + 1:06d}.png", G_ema, classifier, source)
     progress.close()

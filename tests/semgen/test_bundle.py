@@ -52,3 +52,28 @@ def test_deep_levels_are_more_diverse_than_shallow(pipe, heldout):
         return np.mean([np.abs(p[0] - p[1]).mean() for p in pairs])
 
     assert diversity("fc8") > diversity("conv1")
+
+
+def test_repaint_changes_the_region_and_keeps_the_rest(pipe, heldout):
+    refs, _ = heldout
+    region = np.zeros((64, 64), np.float32)
+    region[16:48, 12:44] = 1
+    outside, inside = [], []
+    for i, ref in enumerate(refs[:12]):
+        diff = np.abs(pipe.repaint(ref, region, "conv5", 1, seed=i).images[0].astype(np.float32) - ref).mean(-1) / 255
+        outside.append(diff[region == 0].mean())
+        inside.append(diff[region == 1].mean())
+    assert np.mean(outside) < 0.08 and np.mean(inside) > 1.5 * np.mean(outside)
+
+
+def test_grayscale_and_line_drawing_references_give_colour_photos(pipe):
+    from semgen.data.scenes import render_batch
+
+    def chroma(images):
+        x = images.astype(np.float32) / 255
+        return (x.max(-1) - x.min(-1)).mean()
+
+    for rendition in ("grayscale", "line_drawing"):
+        inputs = render_batch(range(2_000_000_000, 2_000_000_012), 64, rendition)[0]
+        outs = np.stack([pipe.generate(im, "conv5", 1, seed=i).images[0] for i, im in enumerate(inputs)])
+        assert chroma(inputs) < 0.01 and chroma(outs) > 0.1, rendition

@@ -24,7 +24,7 @@ def request(**fields) -> pb.GenerateRequest:
 
 def test_valid_request_becomes_args():
     args = check_generate(request(seed=2**64 - 1), INFO, LIMITS)
-    assert (args.level, args.num_samples, args.seed, args.class_index) == ("conv3", 2, 2**64 - 1, None)
+    assert (args.levels, args.num_samples, args.seed, args.class_index) == ({"conv3": None}, 2, 2**64 - 1, None)
 
 
 def test_class_override_by_index_and_by_name():
