@@ -121,8 +121,9 @@ def add_pyramid_commands(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--level", default={"generate": None, "repaint": "conv5", "composite": "conv4"}[op])
         p.add_argument("--num-samples", type=int, default=4)
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--class-index", type=int, default=None)
-        p.add_argument("--class-name", default=None)
+        relabel = p.add_mutually_exclusive_group()
+        relabel.add_argument("--class-index", type=int, default=None)
+        relabel.add_argument("--class-name", default=None)
         p.add_argument("--out", type=Path, default=Path("samples"))
         p.add_argument("--timeout", type=float, default=60.0)
         if op == "generate":
@@ -132,8 +133,18 @@ def add_pyramid_commands(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--region", type=Path, required=True, help="mask PNG, white = repaint")
         else:
             p.add_argument("--object", type=Path, required=True, help="object PNG or JPEG")
-            p.add_argument("--box", required=True, help="left,top,width,height in pixels of --image")
+            p.add_argument("--box", required=True, type=_box, help="left,top,width,height in pixels of --image")
         p.set_defaults(func=run_pyramid_command)
+
+
+def _box(text: str) -> tuple[int, int, int, int]:
+    try:
+        box = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"expected left,top,width,height (four integers), got {text!r}")
+    return box
 
 
 def run_pyramid_command(args) -> int:
@@ -146,6 +157,9 @@ def run_pyramid_command(args) -> int:
                 masks = {}
                 for item in args.mask:
                     level, _, path = item.partition("=")
+                    if level in masks:
+                        print(f"error: --mask: level {level} is given twice", file=sys.stderr)
+                        return 2
                     masks[level] = Path(path).read_bytes() if path else None
                 if not masks and not args.level:
                     args.level = "conv5"
@@ -153,11 +167,7 @@ def run_pyramid_command(args) -> int:
             elif args.op == "repaint":
                 reply = client.repaint(image, args.region.read_bytes(), args.level, **common)
             else:
-                box = tuple(int(v) for v in args.box.split(","))
-                if len(box) != 4:
-                    print("error: --box: expected left,top,width,height", file=sys.stderr)
-                    return 2
-                reply = client.composite(image, args.object.read_bytes(), box, args.level, **common)
+                reply = client.composite(image, args.object.read_bytes(), args.box, args.level, **common)
         except grpc.RpcError as e:
             print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1

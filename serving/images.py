@@ -26,7 +26,13 @@ def decode_mask(mask, field: str, width: int, height: int, max_bytes: int, max_p
     """A `Mask` message -> float32 [height, width] in [0, 1]; it must match the image's size."""
     which = mask.WhichOneof("data")
     if which == "png":
-        values = np.asarray(_open(mask.png, max_bytes, max_pixels, f"{field}.png").convert("L"), np.float32) / 255
+        img = _open(mask.png, max_bytes, max_pixels, f"{field}.png")
+        if img.mode.startswith("I;16"):  # 16-bit grayscale: scale its own range, do not clip to 8 bits
+            values = np.asarray(img, np.float32) / 65535
+        elif img.mode in ("I", "F"):
+            raise InvalidInput(f"{field}.png: 32-bit mode {img.mode} is not supported; send 8- or 16-bit grayscale")
+        else:
+            values = np.asarray(img.convert("L"), np.float32) / 255
     elif which == "array":
         arr = mask.array
         if len(arr.values) != arr.width * arr.height or arr.width < 1 or arr.height < 1:

@@ -22,6 +22,7 @@ from semgen.data.loaders import make_source, to_uint8
 from semgen.networks.classifier import LEVELS
 from semgen.networks.pyramid import PyramidDiscriminator, PyramidGenerator
 from semgen.pipelines.masks import level_masks
+from semgen.pipelines.pyramid import check_pair
 from semgen.reports import image_grid
 from training.common import Progress, load_state, save_state, setup_torch, write_options
 from training.masks import sample_training_masks
@@ -43,7 +44,7 @@ class PyramidOptions:
     div_eps: float = 0.1
     p_crop: float = 0.3
     ema: float = 0.999
-    z_dim: int = 64
+    z_dim: int = 64  # for a new generator; a warm start keeps its own
     save_every: int = 100
     sample_every: int = 250  # picture of EMA samples by level in run_dir/samples/
     threads: int = 2
@@ -115,50 +116,52 @@ def train_pyramid(opt: PyramidOptions) -> Path:
     if len(source.class_names) != classifier.num_classes:
         raise ValueError(f"data has {len(source.class_names)} classes, the classifier {classifier.num_classes}")
     shapes = classifier.level_shapes()
-    G = PyramidGenerator.mirroring(classifier, z_dim=opt.z_dim, class_names=source.class_names)
+    if opt.init_from:  # warm start: the checkpoint's architecture and weights (replaced below when resuming)
+        G = load_checkpoint(opt.init_from).train()
+        check_pair(classifier, G)
+    else:
+        G = PyramidGenerator.mirroring(classifier, z_dim=opt.z_dim, class_names=source.class_names)
     D = PyramidDiscriminator(image_size=size, num_classes=classifier.num_classes)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=opt.lr, betas=(0.0, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=opt.lr, betas=(0.0, 0.999))
     start = load_state(run_dir, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
-    if start == 0 and opt.init_from:
-        warm = load_checkpoint(opt.init_from).state_dict()
-        G.load_state_dict(warm)
-        G_ema.load_state_dict(warm)
+    if start and opt.init_from:
+        print(f"resuming {run_dir} at step {start}; --init-from applies only to a new run", flush=True)
     progress = Progress(run_dir, opt.steps, start, "pyramid")
     half = opt.batch_size // 2
     for step in range(start, opt.steps):
         gen = torch.Generator().manual_seed(opt.seed * 1_000_003 + step)  # step-seeded: resumes replay exactly
+        train_g = step >= opt.d_warmup  # during the warm-up only D learns
         refs, labels = source.batch(step, half)
         with torch.no_grad():
             feats = classifier.features(refs)
         masks, _ = sample_training_masks(shapes, half, size, opt.p_crop, gen)
         # both halves of the batch share features, masks and labels; only z differs
         feats2, masks2, labels2 = _twice(feats), _twice(masks), torch.cat([labels, labels])
-        z = torch.randn(opt.batch_size, opt.z_dim, generator=gen)
-        fake = G(z, feats2, masks2, labels2)
+        z = torch.randn(opt.batch_size, G.z_dim, generator=gen)
+        with torch.set_grad_enabled(train_g):
+            fake = G(z, feats2, masks2, labels2)
 
         # discriminator: LSGAN, real -> 1, fake -> 0
         d_loss = (D(refs, labels) - 1).pow(2).mean() + D(fake.detach(), labels2).pow(2).mean()
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
+        numbers = {"d": d_loss.item()}
 
-        if step < opt.d_warmup:
-            progress.update(step + 1, d=d_loss.item())
-            continue
+        if train_g:
+            adv = (D(fake, labels2) - 1).pow(2).mean()
+            rec = reconstruction_loss(feats2, classifier.features(fake), masks2)
+            div = diversity_loss(z, fake, opt.div_eps)
+            g_loss = adv + opt.rec_weight * rec + opt.div_weight * div
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+            ema_update(G_ema, G, min(opt.ema, (1 + step) / (10 + step)))  # ramp: early EMA tracks G closely
+            numbers.update(adv=adv.item(), rec=rec.item(), div=div.item())
 
-        # generator
-        adv = (D(fake, labels2) - 1).pow(2).mean()
-        rec = reconstruction_loss(feats2, classifier.features(fake), masks2)
-        div = diversity_loss(z, fake, opt.div_eps)
-        g_loss = adv + opt.rec_weight * rec + opt.div_weight * div
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
-        ema_update(G_ema, G, min(opt.ema, (1 + step) / (10 + step)))  # ramp: early EMA tracks G closely
-
-        progress.update(step + 1, d=d_loss.item(), adv=adv.item(), rec=rec.item(), div=div.item())
+        progress.update(step + 1, **numbers)
         if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps:
             save_state(run_dir, step + 1, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
             save_checkpoint(out, G_ema, G_ema.config, step=step + 1,

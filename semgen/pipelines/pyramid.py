@@ -26,7 +26,7 @@ from semgen.data.loaders import square_resize, to_tensor, to_uint8
 from semgen.networks.classifier import LEVELS
 from semgen.pipelines.masks import check_levels, level_masks
 
-__all__ = ["LEVELS", "GenerateResult", "PyramidPipeline", "paste_box"]
+__all__ = ["LEVELS", "GenerateResult", "PyramidPipeline", "check_pair", "paste_box"]
 
 
 @dataclass
@@ -41,6 +41,7 @@ class PyramidPipeline:
     """The classifier (feature extractor) and the EMA pyramid generator, ready for inference."""
 
     def __init__(self, classifier, generator, device: str = "cpu"):
+        check_pair(classifier, generator)
         self.classifier = classifier.to(device).eval()
         self.generator = generator.to(device).eval()
         self.device = torch.device(device)
@@ -87,7 +88,9 @@ class PyramidPipeline:
                   num_samples: int, seed: int, class_index: int | None = None) -> GenerateResult:
         """Paste `object_image` (resized) into `box` = (left, top, width, height) of `image`, then
         repaint the box from `level` of the paste (paper §4.3, semantic image composition)."""
-        self._check_image(object_image, "object_image")
+        if (not isinstance(object_image, np.ndarray) or object_image.dtype != np.uint8 or object_image.ndim != 3
+                or object_image.shape[2] != 3 or object_image.size == 0):
+            raise ValueError("object_image: expected uint8 RGB array [H, W, 3]")
         pasted, region = paste_box(image, object_image, box)
         return self.repaint(pasted, region, level, num_samples, seed, class_index)
 
@@ -127,7 +130,10 @@ class PyramidPipeline:
             raise ValueError(f"{field}: values must be in [0, 1]")
         if nonempty and mask.max() == 0:
             raise ValueError(f"{field}: empty (no pixel above 0); mark the region to change with values > 0")
-        return torch.from_numpy(_resize_mask(mask, self.image_size))
+        small = _resize_mask(mask, self.image_size)
+        if nonempty and small.max() == 0:
+            raise ValueError(f"{field}: lies outside the centre square of the image, which is all the model sees")
+        return torch.from_numpy(small)
 
     def _class(self, feats: dict, class_index: int | None) -> int:
         if class_index is None:
@@ -140,6 +146,17 @@ class PyramidPipeline:
         # drawn on the CPU so that the same seed gives the same noise on every device
         gen = torch.Generator().manual_seed(int(seed))
         return torch.randn(n, self.generator.z_dim, generator=gen).to(self.device)
+
+
+def check_pair(classifier, generator) -> None:
+    """The generator must have been built for this classifier's levels and classes."""
+    shapes = classifier.level_shapes()
+    expected = dict(image_size=classifier.image_size, num_classes=classifier.num_classes,
+                    level_channels=[shapes[lv][0] for lv in LEVELS[:5]], fc_dims=[shapes["fc7"][0], shapes["fc8"][0]])
+    got = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in generator.config.items() if k in expected}
+    wrong = [f"{k} {got[k]} (classifier: {v})" for k, v in expected.items() if got[k] != v]
+    if wrong:
+        raise ValueError(f"classifier: does not match the generator, which was built for another one: {', '.join(wrong)}")
 
 
 def paste_box(image: np.ndarray, object_image: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:

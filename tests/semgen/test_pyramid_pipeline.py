@@ -93,7 +93,8 @@ def test_composite_is_a_repaint_of_the_naive_paste(pipe):
     (lambda p, ref: p.repaint(ref, np.ones((64, 64)), "conv6", 1, 0), "level"),
     (lambda p, ref: p.composite(ref, ref, (60, 0, 10, 10), "conv5", 1, 0), "box"),
     (lambda p, ref: p.composite(ref, ref, (0, 0, 0, 10), "conv5", 1, 0), "box"),
-    (lambda p, ref: p.composite(ref, ref[:4], (0, 0, 10, 10), "conv5", 1, 0), "object_image"),
+    (lambda p, ref: p.composite(ref, ref[:, :, 0], (0, 0, 10, 10), "conv5", 1, 0), "object_image"),
+    (lambda p, ref: p.repaint(np.zeros((64, 96, 3), np.uint8), np.pad(np.ones((64, 10)), ((0, 0), (0, 86))), "conv5", 1, 0), "region"),
 ])
 def test_operation_errors_name_the_field(pipe, call, field):
     with pytest.raises(ValueError, match=f"^{field}:"):

@@ -116,3 +116,10 @@ def test_bad_masks_and_boxes_are_invalid_argument(method, request_, message):
     [(_, error)], pipeline, healthy = run_calls((method, request_))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and message in error.details()
     assert healthy and [op for op, _ in pipeline.calls] == ["generate"]  # only the follow-up call ran
+
+
+def test_a_16_bit_png_mask_keeps_its_range():
+    buf = io.BytesIO()
+    Image.fromarray((region() * 65535).astype(np.uint16)).save(buf, format="PNG")
+    [(_, error)], pipeline, _ = run_calls(("Repaint", repaint_req(region=pb.Mask(png=buf.getvalue()))))
+    assert error is None and np.array_equal(pipeline.calls[0][1]["region"], region())

@@ -84,3 +84,18 @@ def test_pyramid_refuses_a_folder_whose_classes_the_classifier_lacks(tmp_path):
                          out=str(tmp_path / "g"), run_dir=str(tmp_path / "run"), steps=1, batch_size=4, threads=1)
     with pytest.raises(ValueError, match="data has 2 classes, the classifier 8"):
         train_pyramid(opt)
+
+
+def test_warm_start_keeps_the_generator_through_the_d_warmup(tmp_path):
+    bundle = make_random_bundle(tmp_path / "bundle", image_size=32)
+    start = load_checkpoint(bundle / "pyramid").state_dict()
+    opt = PyramidOptions(classifier=str(bundle / "classifier"), init_from=str(bundle / "pyramid"), d_warmup=1,
+                         out=str(tmp_path / "g"), run_dir=str(tmp_path / "run"), steps=1, batch_size=4, threads=1)
+    train_pyramid(opt)  # one step of D only: the generator is the warm start (its architecture too), saved
+    after_warmup = load_checkpoint(tmp_path / "g").state_dict()
+    opt.steps = 2
+    train_pyramid(opt)  # resumes; now G learns
+    trained = load_checkpoint(tmp_path / "g").state_dict()
+    assert read_config(tmp_path / "g")["training"]["init_from"] == str(bundle / "pyramid")
+    assert all(torch.equal(start[k], after_warmup[k]) for k in start if "running" not in k and "batches" not in k)
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
