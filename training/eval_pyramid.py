@@ -2,9 +2,8 @@
 
 Per level (conv1 … fc8), over n held-out reference scenes with `samples` samples each:
   fd_fc7           Fréchet distance of the classifier's fc7 features, generated vs real held-out
-                   scenes (our stand-in for the paper's FID, Table 1); fd_fc7_inf the same with
-                   the generated set's small-sample bias extrapolated away (training.fd); the
-                   real set keeps its own, so compare both with fd_fc7_real / fd_fc7_inf_real;
+                   scenes (our stand-in for the paper's FID, Table 1); fd_fc7_real is the same
+                   between two real sets of these sizes, the floor set by finite samples;
   fidelity         distance between reference and sample features at the generating level,
                    divided by the distance between two different reference scenes there
                    (0 = same features, 1 = as far as another scene);
@@ -27,7 +26,7 @@ from semgen.data.scenes import HELDOUT_SEED_OFFSET, RENDITIONS, render_batch
 from semgen.networks.classifier import LEVELS
 from semgen.pipelines.pyramid import PyramidPipeline
 from semgen.reports import image_grid
-from training.fd import classifier_outputs, frechet_distance, frechet_distance_inf
+from training.fd import classifier_outputs, frechet_distance
 
 REAL_SEEDS = HELDOUT_SEED_OFFSET + 500_000  # real scenes for fd_fc7, apart from the references
 REPAINT_LEVELS = ("conv3", "conv5", "fc8")
@@ -56,7 +55,6 @@ def eval_pyramid(models: str = "artifacts", n: int = 200, samples: int = 2, ops_
     floor, _, _, _ = render_batch(REAL_SEEDS + 100_000 + np.arange(n * samples), pipe.image_size)
     floor_fc7 = classifier_outputs(pipe.classifier, floor)["fc7"]
     result["fd_fc7_real"] = round(frechet_distance(floor_fc7, real_fc7), 3)
-    result["fd_fc7_inf_real"] = round(frechet_distance_inf(floor_fc7, real_fc7), 3)
     figure = [[r] for r in refs[:6]]
     for level in LEVELS:
         progress(f"eval pyramid: level {level}")
@@ -90,7 +88,6 @@ def _level_metrics(pipe, level, refs, ref_feats, cats, gen, real_fc7) -> dict:
     pixels = gen.astype(np.float32) / 255
     return {
         "fd_fc7": round(frechet_distance(feats["fc7"], real_fc7), 3),
-        "fd_fc7_inf": round(frechet_distance_inf(feats["fc7"], real_fc7), 3),
         "fidelity": round(float(np.linalg.norm(f_gen - f_ref[:, None], axis=2).mean() / scale), 4),
         "pixel_l1": round(float(np.abs(pixels - refs[:, None].astype(np.float32) / 255).mean()), 4),
         "class_agreement": round(float((feats["fc8"].argmax(1).reshape(n, k) == cats[:, None]).mean()), 4),
@@ -113,7 +110,6 @@ def _shape(levels: dict) -> dict:
         "pixel_l1_inversions": inversions("pixel_l1"),
         "diversity_inversions": inversions("diversity"),
         "fd_fc7_inversions": inversions("fd_fc7"),
-        "fd_fc7_inf_inversions": inversions("fd_fc7_inf"),
         "class_agreement_min_conv1_to_conv5": agreement,
         "diversity_fc8_over_conv1": round(ratio, 3),
     }

@@ -34,15 +34,3 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
 
-
-def frechet_distance_inf(a: np.ndarray, b: np.ndarray, seed: int = 0,
-                         fractions: tuple[float, ...] = (0.4, 0.55, 0.7, 0.85, 1.0)) -> float:
-    """FD with the finite-sample bias of `a` removed (Chong & Forsyth 2020, "FID∞"): FD grows
-    like c + k/N with the number N of samples of `a`, so it is measured on nested random subsets
-    and the fitted intercept c is returned. With a few hundred samples in 256 dimensions the
-    bias is large and depends on the set's own spread, so plain FD can rank sets wrongly."""
-    order = np.random.default_rng(seed).permutation(len(a))
-    sizes = np.array([max(int(f * len(a)), 2) for f in fractions])
-    values = [frechet_distance(a[order[:n]], b) for n in sizes]
-    _, intercept = np.polyfit(1.0 / sizes, values, 1)
-    return float(intercept)

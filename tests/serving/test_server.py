@@ -190,6 +190,15 @@ def test_repaint_and_composite_over_grpc(server):
     assert health_check(server.address) == "SERVING"
 
 
+def test_unnatural_reference_over_grpc(server):
+    from semgen.data.scenes import render_scene
+
+    buf = io.BytesIO()
+    Image.fromarray(render_scene(5, 64, rendition="line_drawing").image).save(buf, format="PNG")
+    reply = server.client.generate_response(buf.getvalue(), "conv5", num_samples=2, seed=3)
+    assert [im.shape for im in decoded(reply)] == [(IMAGE_SIZE, IMAGE_SIZE, 3)] * 2 and reply.level == "conv5"
+
+
 def test_client_command_writes_pngs(server, tmp_path):
     (tmp_path / "ref.png").write_bytes(png_bytes(48, 40, (30, 120, 200)))
     mask = np.zeros((40, 48), np.uint8)
