@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from semgen.data.scenes import HELDOUT_SEED_OFFSET, RENDITIONS, render_batch
 from semgen.networks.classifier import LEVELS
@@ -205,8 +206,6 @@ def _cells_inside(mask: np.ndarray, side: int) -> np.ndarray:
 
 
 def _tile(obj: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
     return np.asarray(Image.fromarray(obj).resize((size, size), Image.NEAREST))
 
 
