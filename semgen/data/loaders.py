@@ -84,13 +84,18 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
 
 def square_resize(image: np.ndarray, size: int) -> np.ndarray:
     """uint8 [H, W, 3] -> centre-cropped square uint8 [size, size, 3] (bicubic)."""
-    h, w = image.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    crop = image[top : top + s, left : left + s]
-    if s == size:
+    crop = center_square(image)
+    if crop.shape[0] == size:
         return np.ascontiguousarray(crop)
     return np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
+
+
+def center_square(array: np.ndarray) -> np.ndarray:
+    """The centred square [s, s, ...] of an [H, W, ...] array, s = min(H, W) (a view)."""
+    h, w = array.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return array[top : top + s, left : left + s]
 
 
 def make_source(data: str | None, size: int):

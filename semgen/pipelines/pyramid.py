@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from semgen.checkpoints import load_checkpoint, load_classifier
-from semgen.data.loaders import square_resize, to_tensor, to_uint8
-from semgen.networks.classifier import LEVELS
+from semgen.data.loaders import center_square, square_resize, to_tensor, to_uint8
+from semgen.networks.classifier import LEVELS, SPATIAL_LEVELS
 from semgen.pipelines.masks import check_levels, level_masks
 
 __all__ = ["LEVELS", "GenerateResult", "PyramidPipeline", "check_pair", "paste_box"]
@@ -80,7 +80,7 @@ class PyramidPipeline:
         check_levels([level])
         ref = self._check_image(image)
         keep = 1.0 - self._check_mask(region, image, "region", nonempty=True)
-        regions = {lv: keep for lv in LEVELS[: LEVELS.index(level)] if len(self.level_shapes[lv]) == 3}
+        regions = {lv: keep for lv in LEVELS[: LEVELS.index(level)] if lv in SPATIAL_LEVELS}
         regions[level] = None
         return self._run(ref, regions, num_samples, seed, class_index)
 
@@ -152,7 +152,7 @@ def check_pair(classifier, generator) -> None:
     """The generator must have been built for this classifier's levels and classes."""
     shapes = classifier.level_shapes()
     expected = dict(image_size=classifier.image_size, num_classes=classifier.num_classes,
-                    level_channels=[shapes[lv][0] for lv in LEVELS[:5]], fc_dims=[shapes["fc7"][0], shapes["fc8"][0]])
+                    level_channels=[shapes[lv][0] for lv in SPATIAL_LEVELS], fc_dims=[shapes["fc7"][0], shapes["fc8"][0]])
     got = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in generator.config.items() if k in expected}
     wrong = [f"{k} {got[k]} (classifier: {v})" for k, v in expected.items() if got[k] != v]
     if wrong:
@@ -178,11 +178,8 @@ def paste_box(image: np.ndarray, object_image: np.ndarray, box) -> tuple[np.ndar
 
 def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """float [H, W] -> [size, size] with the centre crop of `square_resize` and area resampling."""
-    h, w = mask.shape
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    crop = np.ascontiguousarray(mask[top : top + s, left : left + s])
-    if s == size:
+    crop = np.ascontiguousarray(center_square(mask))
+    if crop.shape[0] == size:
         return crop
     return np.array(Image.fromarray(crop).resize((size, size), Image.BOX), dtype=np.float32)  # a writable copy
 
