@@ -34,10 +34,13 @@ RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/constr
 COPY . .
 RUN pip install -c /tmp/constraints.txt --no-deps -e . \
  && python -m serving.build_protos \
- && python -c "from serving.protos import pyramid_pb2; import semgen_cli"
+ && python -c "from serving.protos import pyramid_pb2, semantics_pb2; import semgen_cli"
 
-# 3. Run as a non-root user; the code stays root-owned and read-only to it.
-RUN useradd --create-home --uid 10001 semgen
+# 3. Run as a non-root user; the code stays root-owned and read-only to it. Heads fitted with
+#    FitHead are the one thing it writes: mount a volume there to keep them across containers.
+RUN useradd --create-home --uid 10001 semgen \
+ && mkdir -p /app/var/heads && chown semgen /app/var/heads
+VOLUME /app/var/heads
 USER semgen
 
 EXPOSE 50051 9464
@@ -49,5 +52,5 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
 # Exec form: the server is PID 1 and gets SIGTERM itself (health NOT_SERVING, drain, exit 0).
 # The grace period stays below `docker stop`'s default 10 s; raise both together (docker stop -t).
 STOPSIGNAL SIGTERM
-CMD ["semgen", "serve", "--models", "/app/artifacts", "--host", "0.0.0.0", "--port", "50051", \
-     "--metrics-port", "9464", "--device", "cuda", "--grace-seconds", "8"]
+CMD ["semgen", "serve", "--models", "/app/artifacts", "--heads-dir", "/app/var/heads", "--host", "0.0.0.0", \
+     "--port", "50051", "--metrics-port", "9464", "--device", "cuda", "--grace-seconds", "8"]

@@ -57,6 +57,58 @@ def cmd_train_pyramid(args):
     print(f"checkpoint: {train_pyramid(_options(args, PyramidOptions))}")
 
 
+def cmd_train_stylegan(args):
+    from training.stylegan import StyleGANOptions, train_stylegan
+
+    print(f"checkpoint: {train_stylegan(_options(args, StyleGANOptions))}")
+
+
+def cmd_train_segmenter(args):
+    from training.heads import HeadsOptions
+    from training.segmenter import SegmenterOptions, train_segmenter
+
+    print(f"checkpoint: {train_segmenter(_options(args, SegmenterOptions))}")
+
+
+def cmd_eval_segmenter(args):
+    from training.segmenter import eval_segmenter
+
+    _print(eval_segmenter(args.checkpoint, n=args.n), args.json)
+
+
+def cmd_train_heads(args):
+    from training.heads import HeadsOptions, train_heads
+
+    for path in train_heads(_options(args, HeadsOptions)):
+        print(f"checkpoint: {path}")
+
+
+def cmd_eval_heads(args):
+    from training.eval_heads import eval_heads
+
+    shots = tuple(int(s) for s in args.shots.split(","))
+    _print(eval_heads(args.models, n=args.n, repeats=args.repeats, shots=shots, n_centers=args.n_centers,
+                      progress=_log(args)), args.json)
+
+
+def _log(args):
+    """Progress lines: on stderr when stdout carries JSON."""
+    return (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+
+
+def cmd_eval_stylegan(args):
+    from training.eval_stylegan import eval_stylegan
+
+    _print(eval_stylegan(args.models, n=args.n), args.json)
+
+
+def cmd_eval_scs(args):
+    from training.eval_scs import eval_scs
+
+    _print(eval_scs(args.models, targets=args.targets, samples=args.samples, n_init=args.n_init,
+                    iterations=args.iterations, edits_n=args.edits, progress=_log(args)), args.json)
+
+
 def cmd_eval_classifier(args):
     from training.evaluate import eval_classifier
 
@@ -66,8 +118,7 @@ def cmd_eval_classifier(args):
 def cmd_eval_pyramid(args):
     from training.eval_pyramid import eval_pyramid
 
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    _print(eval_pyramid(args.models, n=args.n, samples=args.samples, ops_n=args.ops_n, progress=log), args.json)
+    _print(eval_pyramid(args.models, n=args.n, samples=args.samples, ops_n=args.ops_n, progress=_log(args)), args.json)
 
 
 def cmd_serve(args):
@@ -79,6 +130,9 @@ def cmd_serve(args):
 def build_parser() -> argparse.ArgumentParser:
     from training.classifier import ClassifierOptions
     from training.pyramid import PyramidOptions
+    from training.heads import HeadsOptions
+    from training.segmenter import SegmenterOptions
+    from training.stylegan import StyleGANOptions
 
     parser = argparse.ArgumentParser(prog="semgen", description="semantic image generation and editing")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = train.add_parser("pyramid")
     _add_options(p, PyramidOptions)
     p.set_defaults(func=cmd_train_pyramid)
+    p = train.add_parser("stylegan", help="the layer-wise latent generator (linear semantics, HiGAN)")
+    _add_options(p, StyleGANOptions)
+    p.set_defaults(func=cmd_train_stylegan)
+    p = train.add_parser("segmenter", help="the supervisor segmenter (labels generated images)")
+    _add_options(p, SegmenterOptions)
+    p.set_defaults(func=cmd_train_segmenter)
+    p = train.add_parser("heads", help="semantic heads (LSE, NSE-1, NSE-2) on generated samples, full or few-shot")
+    _add_options(p, HeadsOptions)
+    p.set_defaults(func=cmd_train_heads)
 
     ev = sub.add_parser("eval", help="evaluate models, write reports/").add_subparsers(dest="what", required=True)
     p = ev.add_parser("classifier")
@@ -112,6 +175,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_classifier)
+
+    p = ev.add_parser("segmenter")
+    p.add_argument("--checkpoint", default="artifacts/segmenter")
+    p.add_argument("--n", type=int, default=1000, help="held-out renders")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_segmenter)
+
+    p = ev.add_parser("heads", help="tables 1 and 2 of the linear-semantics paper on our generator")
+    p.add_argument("--models", default="artifacts")
+    p.add_argument("--n", type=int, default=1000, help="fresh evaluation samples")
+    p.add_argument("--repeats", type=int, default=5, help="few-shot repeats with different samples")
+    p.add_argument("--shots", default="1,4,8,16")
+    p.add_argument("--n-centers", type=int, default=500, help="samples for the class centres")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_heads)
+
+    p = ev.add_parser("stylegan", help="fd_fc7 of the layer-wise generator against real scenes")
+    p.add_argument("--models", default="artifacts")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_stylegan)
+
+    p = ev.add_parser("scs", help="semantic-conditional sampling (table 3) and semantic image editing")
+    p.add_argument("--models", default="artifacts")
+    p.add_argument("--targets", type=int, default=50)
+    p.add_argument("--samples", type=int, default=5, help="images per target")
+    p.add_argument("--n-init", type=int, default=100, help="candidate latents per sample")
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--edits", type=int, default=20, help="images with scripted SIE edits (4 edits each)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_scs)
 
     p = ev.add_parser("pyramid")
     p.add_argument("--models", default="artifacts")
@@ -123,8 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     client = sub.add_parser("client", help="call a running server").add_subparsers(dest="service", required=True)
     from serving.client import add_pyramid_commands
+    from serving.semantics_client import add_semantics_commands
 
     add_pyramid_commands(client.add_parser("pyramid", help="PyramidService: generate, repaint, composite"))
+    add_semantics_commands(client.add_parser(
+        "semantics", help="SemanticsService: sample, segment, fit-head, list-heads, sample-conditional, edit"))
 
     p = sub.add_parser("serve", help="serve the models over gRPC")
     from serving.server import add_arguments

@@ -27,3 +27,24 @@ def make_random_bundle(path: str | Path, image_size: int = 32, seed: int = 0) ->
     save_checkpoint(path / "classifier", classifier.eval(), classifier.config)
     save_checkpoint(path / "pyramid", generator.eval(), generator.config)
     return path
+
+
+def make_random_semantics_bundle(path: str | Path, image_size: int = 16, seed: int = 0) -> Path:
+    """An untrained, tiny linear-semantics bundle (generator, segmenter, an LSE head named 'lse')
+    with the real layout, for tests:
+        <models>/stylegan/  <models>/segmenter/  <models>/heads/lse/"""
+    from semgen.data.scenes import CLASSES
+    from semgen.networks.heads import LinearSemanticExtractor
+    from semgen.networks.segmenter import UNetSegmenter
+    from semgen.networks.stylegan import StyleGenerator
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    n_res = image_size.bit_length() - 2  # 4 px -> 1 resolution, 16 px -> 3
+    generator = StyleGenerator(image_size=image_size, z_dim=8, w_dim=8, mapping_layers=2, channels=(8,) * n_res)
+    segmenter = UNetSegmenter(num_classes=len(CLASSES), channels=(4, 8), class_names=CLASSES)
+    head = LinearSemanticExtractor(generator.layer_channels(), len(CLASSES), CLASSES)
+    save_checkpoint(path / "stylegan", generator.eval(), generator.config)
+    save_checkpoint(path / "segmenter", segmenter.eval(), segmenter.config)
+    save_checkpoint(path / "heads" / "lse", head.eval(), head.config)
+    return path

@@ -20,8 +20,13 @@ def _registry() -> dict[str, type[nn.Module]]:
     # Imported here so that this module stays importable without pulling every network in.
     from semgen.networks.classifier import Classifier, TorchvisionVGG16
     from semgen.networks.pyramid import PyramidDiscriminator, PyramidGenerator
+    from semgen.networks.heads import HEAD_KINDS
+    from semgen.networks.segmenter import UNetSegmenter
+    from semgen.networks.stylegan import StyleDiscriminator, StyleGenerator
 
-    return {c.__name__: c for c in (Classifier, TorchvisionVGG16, PyramidGenerator, PyramidDiscriminator)}
+    classes = (Classifier, TorchvisionVGG16, PyramidGenerator, PyramidDiscriminator, StyleGenerator,
+               StyleDiscriminator, UNetSegmenter, *HEAD_KINDS.values())
+    return {c.__name__: c for c in classes}
 
 
 def save_checkpoint(path: str | Path, module: nn.Module, config: dict, step: int = 0, training: dict | None = None):

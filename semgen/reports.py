@@ -37,3 +37,11 @@ def confusion_image(confusion: np.ndarray, names, cell: int = 36) -> Image.Image
             draw.rectangle([left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1], fill=(v, v, 255))
             draw.text((left + j * cell + 6, top + i * cell + cell // 2 - 5), f"{norm[i, j]:.2f}"[1:] if norm[i, j] < 1 else "1", fill="black")
     return img
+
+
+def label_colors(labels) -> np.ndarray:
+    """int [B, H, W] class maps (tensor or array) -> uint8 [B, H, W, 3] with one fixed colour per class."""
+    palette = np.array([[90, 160, 235], [235, 235, 240], [255, 210, 40], [120, 100, 90], [250, 250, 255],
+                        [30, 80, 200], [225, 200, 140], [70, 170, 60], [20, 95, 35], [170, 60, 60],
+                        [90, 90, 90]] + [[255, 0, 255]] * 64, np.uint8)
+    return palette[np.asarray(labels.cpu() if hasattr(labels, 'cpu') else labels)]

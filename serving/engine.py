@@ -28,6 +28,22 @@ class Unavailable(RuntimeError):
     """The engine cannot take work now (loading, shutting down); the client may retry."""
 
 
+class NotFound(LookupError):
+    """An unknown model, head or attribute; the message starts with the field name."""
+
+
+class AlreadyExists(RuntimeError):
+    """Creating something that exists (a head name) without asking to replace it."""
+
+
+class ResourceExhausted(RuntimeError):
+    """The server is at a limit (running jobs); the client may retry later."""
+
+
+class DeadlineExceeded(RuntimeError):
+    """The request's deadline passed while the engine was working on it."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     levels: tuple[str, ...]
@@ -79,9 +95,7 @@ class EmbeddedEngine(Engine):
         if workers < 1:
             raise ValueError(f"workers: must be >= 1, got {workers}")
         self._pipeline = pipeline
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="semgen-engine")
-        self._metrics = metrics or ServingMetrics()
-        self._closed = False
+        self._work = WorkerPool(workers, metrics or ServingMetrics())
         self.info = ModelInfo(
             levels=tuple(levels),
             class_names=tuple(pipeline.class_names),
@@ -114,14 +128,30 @@ class EmbeddedEngine(Engine):
                                      class_index=class_index)
 
     async def _generated(self, op: str, fn: Callable, *args, **kwargs) -> Generated:
-        result = await self._call(op, fn, *args, **kwargs)
+        result = await self._work.call(op, fn, *args, **kwargs)
         return Generated(images=result.images, class_index=int(result.class_index), level=result.level)
+
+    async def close(self) -> None:
+        await self._work.close()
+
+
+class WorkerPool:
+    """Blocking calls on `workers` threads, timed into the engine queue/compute metrics.
+
+    The pipeline's documented input checks raise short ValueErrors (convention 4); they leave
+    as InvalidInput.
+    """
+
+    def __init__(self, workers: int, metrics: ServingMetrics, name: str = "semgen-engine"):
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=name)
+        self._metrics = metrics
+        self._closed = False
 
     async def close(self) -> None:
         self._closed = True
         await asyncio.to_thread(self._pool.shutdown, wait=True)
 
-    async def _call(self, op: str, fn: Callable, *args, **kwargs):
+    async def call(self, op: str, fn: Callable, *args, **kwargs):
         if self._closed:
             raise Unavailable("engine: shutting down; retry on another replica")
         m = self._metrics
@@ -134,7 +164,6 @@ class EmbeddedEngine(Engine):
             try:
                 return fn(*args, **kwargs)
             except ValueError as e:
-                # The pipeline's documented input checks raise short ValueErrors (convention 4).
                 raise InvalidInput(str(e)) from e
             finally:
                 m.engine_compute_latency.labels(op=op).observe(time.perf_counter() - started)

@@ -48,6 +48,25 @@ def decode_mask(mask, field: str, width: int, height: int, max_bytes: int, max_p
     return values
 
 
+def decode_class_mask(data: bytes, field: str, size: int, num_classes: int, table: str,
+                      max_bytes: int, max_pixels: int) -> np.ndarray:
+    """A single-channel 8-bit PNG of class indices -> uint8 [size, size]; every index must be below
+    `num_classes` (of `table`, e.g. "head 'lse'", for the message). Raises InvalidInput naming `field`."""
+    img = _open(data, max_bytes, max_pixels, field)
+    fmt = Image.open(io.BytesIO(data)).format  # the header again: `_open` returns a copy without it
+    if fmt != "PNG":
+        raise InvalidInput(f"{field}: {fmt} is lossy and would change class indices; send a PNG")
+    if img.mode not in ("L", "P"):  # P: palette indices are the class indices, with colours to look at
+        raise InvalidInput(f"{field}: mode {img.mode}; send a single-channel 8-bit PNG (mode L or P) of class indices")
+    mask = np.asarray(img, dtype=np.uint8)
+    if mask.shape != (size, size):
+        raise InvalidInput(f"{field}: size {mask.shape[1]}x{mask.shape[0]} does not match the model's {size}x{size}")
+    if int(mask.max()) >= num_classes:
+        raise InvalidInput(f"{field}: class index {int(mask.max())} is not in {table} "
+                           f"({num_classes} classes, 0..{num_classes - 1})")
+    return mask
+
+
 def _open(data: bytes, max_bytes: int, max_pixels: int, field: str) -> Image.Image:
     """Identify, limit-check and load PNG/JPEG bytes (orientation applied); raises InvalidInput."""
     if not data:
@@ -85,3 +104,15 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def encode_pngs(images: np.ndarray) -> list[bytes]:
     return [encode_png(np.ascontiguousarray(im)) for im in images]
+
+
+def encode_mask_pngs(masks: np.ndarray) -> list[bytes]:
+    """uint8 [N, H, W] class indices -> single-channel 8-bit PNGs (mode L) of the same values."""
+    if masks.dtype != np.uint8 or masks.ndim != 3:
+        raise TypeError(f"expected uint8 [N, H, W], got {masks.dtype} {masks.shape}")
+    out = []
+    for mask in masks:
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(mask)).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out

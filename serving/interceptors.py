@@ -53,6 +53,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
     async def _observe(self, method: str, context):
         rid = _request_id(context.invocation_metadata())
         REQUEST_ID.set(rid)
+        # Read now: grpc frees a cancelled call's core object, and peer() on it then crashes the process.
+        peer = context.peer()
         with contextlib.suppress(Exception):  # the peer may already be gone
             await context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
         in_flight = self.metrics.in_flight.labels(method=method)
@@ -76,7 +78,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             self.metrics.observe_request(method, code.name, elapsed)
             level = logging.DEBUG if method.startswith(_QUIET_PREFIXES) else logging.INFO
             log.log(level, "%s %s %.1fms request_id=%s peer=%s",
-                    method, code.name, elapsed * 1000, rid, context.peer())
+                    method, code.name, elapsed * 1000, rid, peer)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, observe) -> grpc.RpcMethodHandler:

@@ -46,6 +46,14 @@ class ServingMetrics:
         self.engine_queue_depth = Gauge(
             "semgen_engine_queue_depth", "Engine calls waiting for a free worker.", registry=r,
         )
+        # Iterative jobs (head fitting, SCS, SIE): how many run now, and how each ended
+        # (ok, cancelled, deadline, invalid, error; rejected = over the running-jobs limit).
+        self.jobs_running = Gauge(
+            "semgen_jobs_running", "Iterative jobs running now, by op.", ["op"], registry=r,
+        )
+        self.jobs = Counter(  # exported as semgen_jobs_total
+            "semgen_jobs", "Iterative jobs finished, by op and outcome.", ["op", "outcome"], registry=r,
+        )
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         self.request_latency.labels(method=method, code=code).observe(seconds)

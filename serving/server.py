@@ -3,9 +3,12 @@
     semgen serve --models artifacts --port 50051 --metrics-port 9464
     python -m serving.server --models artifacts            # same flags, no CLI needed
 
-Order of events: bind gRPC + metrics ports with health NOT_SERVING, load the model off the
-event loop, attach it and switch health to SERVING. On SIGINT/SIGTERM: health NOT_SERVING,
-stop accepting RPCs, let in-flight ones finish for up to --grace-seconds, close the engine, exit 0.
+Order of events: bind gRPC + metrics ports with health NOT_SERVING, load the models off the
+event loop, attach them and switch health to SERVING. The bundle decides what is served:
+PyramidService if <models>/pyramid exists, SemanticsService if <models>/stylegan exists; a
+service whose model is missing answers NOT_FOUND and its health stays NOT_SERVING.
+On SIGINT/SIGTERM: health NOT_SERVING, stop accepting RPCs, let in-flight ones finish for up to
+--grace-seconds (then running jobs are cancelled), close the engines, exit 0.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import grpc
@@ -29,7 +33,9 @@ from grpc_reflection.v1alpha import reflection
 from serving.engine import Engine, EmbeddedEngine
 from serving.interceptors import TelemetryInterceptor
 from serving.metrics import ServingMetrics
-from serving.protos import PYRAMID_SERVICE
+from serving.protos import PYRAMID_SERVICE, SEMANTICS_SERVICE
+from serving.semantics_engine import EmbeddedSemanticsEngine, SemanticsEngine
+from serving.semantics_servicer import SemanticsServicer, add_semantics_servicer
 from serving.servicers import PyramidServicer, add_pyramid_servicer
 from serving.validation import Limits
 
@@ -41,6 +47,7 @@ MiB = 1024 * 1024
 class ServeOptions:
     models: str = "artifacts"
     classifier: str = ""  # replaces <models>/classifier: a checkpoint folder or torchvision-vgg16:PATH
+    heads_dir: str = "var/heads"  # where FitHead saves user heads (and loads them on start)
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9464
@@ -50,6 +57,10 @@ class ServeOptions:
     max_image_bytes: int = 8 * MiB
     max_image_pixels: int = 4096 * 4096
     max_message_bytes: int = 64 * MiB
+    max_jobs: int = 2
+    max_iterations: int = 500
+    max_fit_iterations: int = 2000
+    max_candidates: int = 256
     grace_seconds: float = 10.0
     log_level: str = "INFO"
 
@@ -59,22 +70,27 @@ class ServeOptions:
         return cls(**{k: v for k, v in vars(args).items() if k in names})
 
     def check(self) -> None:
-        if self.max_samples < 1 or self.workers < 1:
-            raise ValueError("--max-samples and --workers must be >= 1")
+        if min(self.max_samples, self.workers, self.max_jobs, self.max_iterations, self.max_fit_iterations,
+               self.max_candidates) < 1:
+            raise ValueError("--max-samples, --workers, --max-jobs, --max-iterations, --max-fit-iterations "
+                             "and --max-candidates must be >= 1")
         if self.max_image_bytes >= self.max_message_bytes:
             raise ValueError("--max-image-bytes must be below --max-message-bytes (the image travels inside a message)")
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_samples, self.max_image_bytes, self.max_image_pixels)
+        return Limits(self.max_samples, self.max_image_bytes, self.max_image_pixels, self.max_iterations,
+                      self.max_fit_iterations, self.max_candidates)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServeOptions()
     a = parser.add_argument
-    a("--models", default=d.models, help="model bundle folder (classifier/ and pyramid/) (default: %(default)s)")
+    a("--models", default=d.models,
+      help="model bundle folder: classifier/ + pyramid/ and/or stylegan/ (+ segmenter/, heads/) (default: %(default)s)")
     a("--classifier", default=d.classifier,
       help="use this classifier instead of <models>/classifier: a checkpoint folder or torchvision-vgg16:PATH")
+    a("--heads-dir", default=d.heads_dir, help="where FitHead saves user heads (default: %(default)s)")
     a("--host", default=d.host, help="address to bind gRPC and metrics on (default: %(default)s)")
     a("--port", type=int, default=d.port, help="gRPC port; 0 picks a free one (default: %(default)s)")
     a("--metrics-port", type=int, default=d.metrics_port, help="Prometheus /metrics port (default: %(default)s)")
@@ -84,6 +100,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-image-bytes", type=int, default=d.max_image_bytes, help="largest encoded reference image (default: %(default)s)")
     a("--max-image-pixels", type=int, default=d.max_image_pixels, help="largest reference width*height (default: %(default)s)")
     a("--max-message-bytes", type=int, default=d.max_message_bytes, help="gRPC send/receive message limit (default: %(default)s)")
+    a("--max-jobs", type=int, default=d.max_jobs,
+      help="iterative jobs (FitHead, SampleConditional, EditSemantics) running at once (default: %(default)s)")
+    a("--max-iterations", type=int, default=d.max_iterations,
+      help="largest iterations of SampleConditional/EditSemantics (default: %(default)s)")
+    a("--max-fit-iterations", type=int, default=d.max_fit_iterations,
+      help="largest iterations of FitHead (default: %(default)s)")
+    a("--max-candidates", type=int, default=d.max_candidates,
+      help="largest n_init (random latents per sample) of SampleConditional (default: %(default)s)")
     a("--grace-seconds", type=float, default=d.grace_seconds, help="time in-flight RPCs get on shutdown (default: %(default)s)")
     a("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING, ... (default: %(default)s)")
 
@@ -92,11 +116,30 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def create_server(opts: ServeOptions, metrics: ServingMetrics):
-    """The gRPC server with every service registered and health NOT_SERVING, not started.
+@dataclass
+class Gateway:
+    """The gRPC server and what gets attached to it once the models are loaded."""
 
-    Returns (server, health, pyramid servicer); attach an engine and set SERVING when it is loaded.
-    """
+    server: grpc.aio.Server
+    health: health_aio.HealthServicer
+    pyramid: PyramidServicer
+    semantics: SemanticsServicer
+
+
+@dataclass
+class Engines:
+    """What a bundle serves; None where it has no model for a service."""
+
+    pyramid: Engine | None = None
+    semantics: SemanticsEngine | None = None
+
+
+SERVICES = (PYRAMID_SERVICE, SEMANTICS_SERVICE)
+
+
+async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
+    """The gRPC server with every service registered and health NOT_SERVING, not started.
+    Attach engines and set SERVING when they are loaded (`attach_engines`)."""
     server = grpc.aio.server(
         interceptors=[TelemetryInterceptor(metrics)],
         options=[
@@ -106,32 +149,60 @@ async def create_server(opts: ServeOptions, metrics: ServingMetrics):
     )
     pyramid = PyramidServicer(opts.limits)
     add_pyramid_servicer(server, pyramid)
+    semantics = SemanticsServicer(opts.limits)
+    add_semantics_servicer(server, semantics)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        (PYRAMID_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
     await set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)  # the default is SERVING
-    return server, health, pyramid
+    return Gateway(server, health, pyramid, semantics)
 
 
-async def set_health(health: health_aio.HealthServicer, status) -> None:
-    for service in ("", PYRAMID_SERVICE):  # "" is the whole server
+async def set_health(health: health_aio.HealthServicer, status, services=("", *SERVICES)) -> None:
+    for service in services:  # "" is the whole server
         await health.set(service, status)
 
 
-def load_embedded(opts: ServeOptions, metrics: ServingMetrics) -> Engine:
-    return EmbeddedEngine.from_dir(opts.models, device=opts.device, workers=opts.workers, metrics=metrics,
-                                   classifier=opts.classifier or None)
+async def attach_engines(gateway: Gateway, engines: Engines, models: str) -> None:
+    """Attach what the bundle has, mark the rest not served, and switch health to SERVING."""
+    served = [""]
+    for servicer, engine, service, folder in ((gateway.pyramid, engines.pyramid, PYRAMID_SERVICE, "pyramid"),
+                                              (gateway.semantics, engines.semantics, SEMANTICS_SERVICE, "stylegan")):
+        if engine is None:
+            servicer.not_served(f"model: this server's bundle ({models}) has no {folder}/, so {service} "
+                                f"is not served here")
+        else:
+            servicer.attach(engine)
+            served.append(service)
+    await set_health(gateway.health, health_pb2.HealthCheckResponse.SERVING, served)
+
+
+def load_embedded(opts: ServeOptions, metrics: ServingMetrics) -> Engines:
+    """Load every model the bundle has (blocking; runs in a thread)."""
+    models = Path(opts.models)
+    if not (models / "pyramid").exists() and not (models / "stylegan").exists():
+        raise FileNotFoundError(f"{models} has neither pyramid/ nor stylegan/")
+    engines = Engines()
+    if (models / "pyramid").exists():
+        engines.pyramid = EmbeddedEngine.from_dir(models, device=opts.device, workers=opts.workers, metrics=metrics,
+                                                  classifier=opts.classifier or None)
+    if (models / "stylegan").exists():
+        engines.semantics = EmbeddedSemanticsEngine.from_dir(models, opts.heads_dir, device=opts.device,
+                                                             workers=opts.workers, max_jobs=opts.max_jobs,
+                                                             metrics=metrics)
+    return engines
 
 
 async def serve(opts: ServeOptions,
-                load_engine: Callable[[ServeOptions, ServingMetrics], Engine] = load_embedded) -> int:
-    """Run until SIGINT/SIGTERM; returns the exit code. `load_engine` runs in a thread."""
+                load_engines: Callable[[ServeOptions, ServingMetrics], Engines] = load_embedded) -> int:
+    """Run until SIGINT/SIGTERM; returns the exit code. `load_engines` runs in a thread."""
     opts.check()
     metrics = ServingMetrics()
-    server, health, pyramid = await create_server(opts, metrics)
+    gateway = await create_server(opts, metrics)
+    server, health = gateway.server, gateway.health
 
     port = server.add_insecure_port(_hostport(opts.host, opts.port))  # raises if it cannot bind
     metrics_http = metrics.serve_http(opts.host, opts.metrics_port)
@@ -144,19 +215,19 @@ async def serve(opts: ServeOptions,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    engine: Engine | None = None
+    engines = Engines()
     code = 0
     started = time.perf_counter()
-    loading = asyncio.ensure_future(asyncio.to_thread(load_engine, opts, metrics))
+    loading = asyncio.ensure_future(asyncio.to_thread(load_engines, opts, metrics))
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
-            engine = loading.result()  # a load error propagates to the except below
-            pyramid.attach(engine)
-            await set_health(health, health_pb2.HealthCheckResponse.SERVING)
-            print(f"model loaded from {opts.models} in {time.perf_counter() - started:.1f}s; "
-                  f"health SERVING", flush=True)
+            engines = loading.result()  # a load error propagates to the except below
+            await attach_engines(gateway, engines, opts.models)
+            served = [name for name, e in (("pyramid", engines.pyramid), ("semantics", engines.semantics)) if e]
+            print(f"models loaded from {opts.models} in {time.perf_counter() - started:.1f}s "
+                  f"({', '.join(served)}); health SERVING", flush=True)
             await stopping
         # A signal during loading: the load thread cannot be interrupted; exit once it returns.
         print("shutting down: health NOT_SERVING, draining in-flight requests", flush=True)
@@ -170,8 +241,9 @@ async def serve(opts: ServeOptions,
             loop.remove_signal_handler(sig)
         await health.enter_graceful_shutdown()
         await server.stop(opts.grace_seconds)  # new RPCs are refused; running ones get the grace
-        if engine is not None:
-            await engine.close()
+        for engine in (engines.pyramid, engines.semantics):
+            if engine is not None:
+                await engine.close()
         metrics_http.shutdown()
     print("stopped", flush=True)
     return code

@@ -1,19 +1,31 @@
 """gRPC servicers: decode + validate the proto, await the engine, encode the reply.
 
 No torch here. Exceptions become status codes in one place, `rpc_errors`:
-InvalidInput -> INVALID_ARGUMENT, Unavailable -> UNAVAILABLE, anything else -> INTERNAL with a
-short message (the stack trace goes to the server log under the request id, never to the client).
+InvalidInput -> INVALID_ARGUMENT, NotFound -> NOT_FOUND, AlreadyExists -> ALREADY_EXISTS,
+ResourceExhausted -> RESOURCE_EXHAUSTED, DeadlineExceeded -> DEADLINE_EXCEEDED,
+Unavailable -> UNAVAILABLE, anything else -> INTERNAL with a short message (the stack trace goes
+to the server log under the request id, never to the client).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import inspect
 import logging
 
 import grpc
 
-from serving.engine import Engine, InvalidInput, Unavailable
+from serving.engine import (
+    AlreadyExists,
+    DeadlineExceeded,
+    Engine,
+    InvalidInput,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from serving.images import decode_image, decode_mask, encode_pngs
 from serving.interceptors import REQUEST_ID
 from serving.protos import PYRAMID_SERVICE, pyramid_pb2 as pb
@@ -30,8 +42,36 @@ from serving.validation import (
 log = logging.getLogger(__name__)
 
 
+_STATUS_CODES = (
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+
 def rpc_errors(method):
-    """Wrap an async servicer method so every failure leaves as an actionable gRPC status."""
+    """Wrap an async servicer method (a coroutine, or an async generator for a streaming reply)
+    so every failure leaves as an actionable gRPC status."""
+
+    if inspect.isasyncgenfunction(method):
+        @functools.wraps(method)
+        async def stream_wrapper(self, request, context):
+            try:
+                if isinstance(request, MalformedRequest):
+                    raise InvalidInput(request.reason)
+                # aclosing: however the call ends, the method's own cleanup (stopping a job) runs now.
+                async with contextlib.aclosing(method(self, request, context)) as replies:
+                    async for reply in replies:
+                        yield reply
+            except grpc.aio.AbortError:  # the method already chose a status
+                raise
+            except Exception as e:
+                await _abort(context, method, e)
+
+        return stream_wrapper
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
@@ -41,16 +81,19 @@ def rpc_errors(method):
             return await method(self, request, context)
         except grpc.aio.AbortError:  # the method already chose a status
             raise
-        except InvalidInput as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except Unavailable as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-        except Exception:
-            rid = REQUEST_ID.get()
-            log.exception("internal error in %s (request id %s)", method.__qualname__, rid)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error; see the server log for request id {rid}")
+        except Exception as e:
+            await _abort(context, method, e)
 
     return wrapper
+
+
+async def _abort(context, method, error: Exception) -> None:
+    for cls, code in _STATUS_CODES:
+        if isinstance(error, cls):
+            await context.abort(code, str(error))
+    rid = REQUEST_ID.get()
+    log.error("internal error in %s (request id %s)", method.__qualname__, rid, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error; see the server log for request id {rid}")
 
 
 class PyramidServicer:
@@ -59,9 +102,14 @@ class PyramidServicer:
     def __init__(self, limits: Limits, engine: Engine | None = None):
         self.limits = limits
         self.engine = engine
+        self.absent: str | None = None
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
+
+    def not_served(self, reason: str) -> None:
+        """The bundle has no model for this service: answer NOT_FOUND with `reason` from now on."""
+        self.absent = reason
 
     @rpc_errors
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
@@ -101,7 +149,7 @@ class PyramidServicer:
     def _engine(self):
         engine = self.engine
         if engine is None:
-            raise Unavailable("model: still loading; retry shortly")
+            raise NotFound(self.absent) if self.absent else Unavailable("model: still loading; retry shortly")
         return engine, engine.info
 
     async def _decode(self, data: bytes, field: str):

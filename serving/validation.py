@@ -20,6 +20,10 @@ class Limits:
     max_samples: int = 16
     max_image_bytes: int = 8 * 1024 * 1024  # encoded PNG/JPEG size
     max_image_pixels: int = 4096 * 4096  # width * height, read from the header before decoding
+    # Iterative work (semantics service), so that no request can ask for unbounded compute.
+    max_iterations: int = 500  # SCS and SIE steps
+    max_fit_iterations: int = 2000  # FitHead steps; the paper's schedule needs 2000 for 1-4 shots
+    max_candidates: int = 256  # SCS random latents per sample (n_init)
 
 
 @dataclass(frozen=True)

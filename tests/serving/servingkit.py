@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import socket
@@ -13,12 +14,12 @@ import numpy as np
 from PIL import Image
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from serving.engine import EmbeddedEngine
 from serving.metrics import ServingMetrics
 from serving.protos import pyramid_pb2 as pb, pyramid_pb2_grpc
-from serving.server import ServeOptions, create_server, set_health
+from serving.semantics_engine import EmbeddedSemanticsEngine
+from serving.server import Engines, ServeOptions, attach_engines, create_server
 
 LEVELS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc7", "fc8")
 
@@ -75,20 +76,37 @@ async def in_process_server(pipeline=None, **options):
     """The real gRPC server (create_server) on a free loopback port, with `pipeline` attached."""
     opts = ServeOptions(port=0, **options)
     metrics = ServingMetrics()
-    server, health, pyramid = await create_server(opts, metrics)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    gateway = await create_server(opts, metrics)
+    port = gateway.server.add_insecure_port("127.0.0.1:0")
+    await gateway.server.start()
     engine = None
     if pipeline is not None:
         engine = EmbeddedEngine(pipeline, LEVELS, metrics=metrics)
-        pyramid.attach(engine)
-        await set_health(health, health_pb2.HealthCheckResponse.SERVING)
+        await attach_engines(gateway, Engines(pyramid=engine), "fake")
     try:
         yield SimpleNamespace(address=f"127.0.0.1:{port}", metrics=metrics, pipeline=pipeline)
     finally:
-        await server.stop(0)
+        await gateway.server.stop(0)
         if engine is not None:
             await engine.close()
+
+
+@contextlib.asynccontextmanager
+async def in_process_semantics_server(models, heads_dir, **options):
+    """The real gRPC server with an EmbeddedSemanticsEngine on the bundle in `models` (CPU)."""
+    opts = ServeOptions(port=0, models=str(models), heads_dir=str(heads_dir), **options)
+    metrics = ServingMetrics()
+    gateway = await create_server(opts, metrics)
+    port = gateway.server.add_insecure_port("127.0.0.1:0")
+    await gateway.server.start()
+    engine = EmbeddedSemanticsEngine.from_dir(models, heads_dir, device="cpu", max_jobs=opts.max_jobs,
+                                              metrics=metrics)
+    await attach_engines(gateway, Engines(semantics=engine), str(models))
+    try:
+        yield SimpleNamespace(address=f"127.0.0.1:{port}", metrics=metrics, engine=engine)
+    finally:
+        await gateway.server.stop(0)
+        await engine.close()
 
 
 def free_port() -> int:
@@ -137,3 +155,22 @@ async def generate_raw(address: str, payload: bytes, timeout: float = 10.0):
             return await raw(payload, timeout=timeout), None
         except grpc.aio.AioRpcError as e:
             return None, e
+
+
+@contextlib.contextmanager
+def in_thread(server_context, timeout: float = 30.0):
+    """Run an async server context manager (e.g. in_process_semantics_server) on an event loop in
+    a background thread, so blocking clients and module-scoped fixtures can use it."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-server-loop", daemon=True)
+    thread.start()
+    try:
+        server = asyncio.run_coroutine_threadsafe(server_context.__aenter__(), loop).result(timeout)
+        try:
+            yield server
+        finally:
+            asyncio.run_coroutine_threadsafe(server_context.__aexit__(None, None, None), loop).result(timeout)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        loop.close()

@@ -11,7 +11,7 @@ from servingkit import LEVELS, FakePipeline, free_port, generate, png_bytes
 
 from serving.engine import EmbeddedEngine
 from serving.protos import pyramid_pb2 as pb
-from serving.server import ServeOptions, serve
+from serving.server import Engines, ServeOptions, serve
 
 
 async def wait_serving(address: str, timeout: float = 10.0) -> None:
@@ -31,7 +31,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(capsys):
     request = pb.GenerateRequest(image=png_bytes(), level="conv1", num_samples=2, seed=3)
 
     async def scenario():
-        server = asyncio.ensure_future(serve(opts, lambda o, m: EmbeddedEngine(pipeline, LEVELS, metrics=m)))
+        server = asyncio.ensure_future(serve(opts, lambda o, m: Engines(EmbeddedEngine(pipeline, LEVELS, metrics=m))))
         await wait_serving(address)
         in_flight = asyncio.ensure_future(generate(address, request))
         assert await asyncio.to_thread(pipeline.entered.wait, 5)

@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from semgen.bundle import make_random_semantics_bundle
+from semgen.checkpoints import load_checkpoint
+from training.eval_scs import scripted_edit
+from training.heads import HeadsOptions, train_heads
+from training.iou import IoUMeter, image_miou
+from training.segmenter import SegmenterOptions, train_segmenter
+from training.stylegan import StyleGANOptions, train_stylegan
+
+
+def test_iou_follows_the_papers_definition():
+    target = torch.tensor([[[0, 0], [1, 1]], [[2, 2], [2, 2]]])
+    pred = torch.tensor([[[0, 1], [1, 1]], [[2, 2], [2, 0]]])
+    meter = IoUMeter(3)
+    meter.add(pred, target)
+    # class 0: image 1 IoU 1/2, image 2 IoU 0/1 -> 0.25; class 1: 2/3 (image 2 has none); class 2: 3/4
+    assert meter.per_class() == pytest.approx([0.25, 2 / 3, 0.75])
+    assert meter.miou() == pytest.approx((0.25 + 2 / 3 + 0.75) / 3)
+    assert image_miou(pred, target, 3).tolist() == pytest.approx([(0.5 + 2 / 3) / 2, (0 + 0.75) / 2])
+
+
+def test_scripted_edits_do_what_they_say():
+    labels = torch.zeros(32, 32, dtype=torch.long)
+    labels[16:] = 1
+    labels[4:10, 4:12] = 2  # a small class-2 region in class 0
+    rng = np.random.default_rng(0)
+    area = lambda m, c: int((m == c).sum())  # noqa: E731
+    for _ in range(5):
+        grown = scripted_edit(labels, "grow", 3, rng)
+        changed = grown != labels
+        c = int(grown[changed][0])
+        assert area(grown, c) > area(labels, c)
+        removed = scripted_edit(labels, "remove", 3, rng)
+        gone = [k for k in range(3) if area(labels, k) and not area(removed, k)]
+        assert len(gone) == 1
+        added = scripted_edit(labels, "add", 3, rng)
+        assert added is not None and 0 < int((added != labels).sum()) <= 64
+
+
+def test_stylegan_training_runs_resumes_and_ships_a_loadable_generator(tmp_path):
+    opt = dict(run_dir=str(tmp_path / "run"), out=str(tmp_path / "G"), image_size=16, g_channels="8,8,8",
+               d_channels="8,8,8", z_dim=8, w_dim=8, batch_size=4, r1_every=2, save_every=2, sample_every=100, threads=1)
+    train_stylegan(StyleGANOptions(steps=2, **opt))
+    train_stylegan(StyleGANOptions(steps=3, **opt))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["g"]) and np.isfinite(r["d"]) for r in log)
+    G = load_checkpoint(tmp_path / "G")
+    assert json.loads((tmp_path / "G" / "config.json").read_text())["step"] == 3
+    assert G(torch.randn(2, 8)).shape == (2, 3, 16, 16)
+    assert G.w_avg.abs().sum() > 0  # the running average of w was tracked
+    with pytest.raises(ValueError, match="g_channels"):
+        train_stylegan(StyleGANOptions(steps=1, **{**opt, "g_channels": "8,x"}))
+
+
+def test_heads_train_full_and_few_shot_from_a_bundle(tmp_path):
+    models = make_random_semantics_bundle(tmp_path / "m")
+    paths = train_heads(HeadsOptions(kind="lse,nse2", models=str(models), out_dir=str(tmp_path / "heads"),
+                                     run_dir=str(tmp_path / "run"), steps=2, batch_size=2, threads=1))
+    assert [p.name for p in paths] == ["lse", "nse2"]
+    assert load_checkpoint(paths[1]).kind == "nse2"
+    (few,) = train_heads(HeadsOptions(kind="lse", shots="2", models=str(models), out_dir=str(tmp_path / "heads"),
+                                        fewshot_iterations=20, threads=1))
+    assert few.name == "lse-2shot"
+    with pytest.raises(ValueError, match="^kind:"):
+        train_heads(HeadsOptions(kind="svm", models=str(models)))
+    with pytest.raises(ValueError, match="^shots:"):
+        train_heads(HeadsOptions(shots="40", models=str(models)))
+
+
+def test_segmenter_training_writes_a_segmenter_for_every_scene_class(tmp_path):
+    train_segmenter(SegmenterOptions(run_dir=str(tmp_path / "run"), out=str(tmp_path / "seg"), image_size=32,
+                                     steps=2, batch_size=2, threads=1))
+    model = load_checkpoint(tmp_path / "seg")
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 11, 32, 32)
+    assert model.class_names[0] == "sky"

@@ -1,0 +1,57 @@
+"""`semgen eval stylegan`: realism of the layer-wise generator as fd_fc7 (see training/fd.py)
+against held-out real scenes, next to an untrained generator of the same shape and the floor
+(real against other real scenes); a picture of samples at two truncations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semgen.checkpoints import load_checkpoint, load_classifier
+from semgen.data.loaders import to_uint8
+from semgen.data.scenes import HELDOUT_SEED_OFFSET, render_batch
+from semgen.networks.stylegan import StyleGenerator
+from semgen.reports import image_grid
+from training.fd import classifier_outputs, frechet_distance
+
+REAL_SEEDS = HELDOUT_SEED_OFFSET + 700_000
+FLOOR_SEEDS = HELDOUT_SEED_OFFSET + 800_000
+
+
+@torch.no_grad()
+def generate(G, n: int, seed: int, psi: float = 1.0, batch_size: int = 100) -> np.ndarray:
+    z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed))
+    return np.concatenate([to_uint8(G(c, psi=psi)) for c in z.split(batch_size)])
+
+
+def eval_stylegan(models: str = "artifacts", n: int = 1000, report_dir: str = "reports/stylegan") -> dict:
+    G = load_checkpoint(Path(models) / "stylegan")
+    classifier = load_classifier(Path(models) / "classifier")
+    real = render_batch(REAL_SEEDS + np.arange(n), G.image_size)[0]
+    floor = render_batch(FLOOR_SEEDS + np.arange(n), G.image_size)[0]
+    real_fc7 = classifier_outputs(classifier, real)["fc7"]
+
+    def fd(images):
+        return round(frechet_distance(classifier_outputs(classifier, images)["fc7"], real_fc7), 3)
+
+    torch.manual_seed(0)
+    untrained = StyleGenerator(**G.config).eval()
+    samples = generate(G, n, seed=1)
+    result = {
+        "fd_fc7": fd(samples),
+        "fd_fc7_psi0.7": fd(generate(G, n, seed=1, psi=0.7)),
+        "fd_fc7_untrained": fd(generate(untrained, n, seed=1)),
+        "fd_fc7_real": fd(floor),
+        "n": n,
+        "step": json.loads((Path(models) / "stylegan" / "config.json").read_text())["step"],
+    }
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stylegan.json").write_text(json.dumps(result, indent=2))
+    truncated = generate(G, 8, seed=1, psi=0.7)
+    image_grid([list(real[:8]), list(samples[:8]), list(samples[8:16]), list(truncated)],
+               labels=["real", "samples", "samples", "psi 0.7"]).save(out / "samples.png")
+    return result

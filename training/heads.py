@@ -1,0 +1,121 @@
+"""Train semantic heads (LSE, NSE-1, NSE-2) on generated samples labelled by the segmenter.
+
+Full training (paper App. D, resized for a CPU): every step draws fresh latents, runs the
+generator with random layer noise, labels the images with the segmenter and takes one Adam step
+on the cross-entropy; the learning rate drops ×10 after 40% of the steps. Several kinds can be
+trained on the same samples at once (`--kind lse,nse1,nse2`), which shares the generator and
+segmenter work. Few-shot training (`--shots N`) labels N samples and runs the paper's few-shot
+schedule (SemanticsPipeline.fit_head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from semgen.networks.heads import HEAD_KINDS
+from semgen.pipelines.semantics import SemanticsPipeline
+from training.common import Progress, load_state, save_state, setup_torch, write_options
+
+TRAIN_SEED_OFFSET = 3_000_000  # latents for head training; evaluation draws from elsewhere
+FEWSHOT_SEED_OFFSET = 4_000_000
+
+
+@dataclass
+class HeadsOptions:
+    kind: str = "lse"  # lse, nse1, nse2, or a comma-separated list trained on the same samples
+    shots: str = "all"  # 'all' (fresh samples every step) or N annotated samples (1..16)
+    models: str = "artifacts"  # reads <models>/stylegan and <models>/segmenter
+    out_dir: str = "artifacts/heads"  # writes <out_dir>/<kind> or <out_dir>/<kind>-<N>shot
+    run_dir: str = "runs/heads"
+    steps: int = 1000  # full training
+    fewshot_iterations: int = 0  # few-shot: 0 = the paper's schedule for N shots
+    batch_size: int = 32
+    lr: float = 1e-3
+    psi: float = 1.0
+    save_every: int = 100
+    threads: int = 2
+    seed: int = 0
+
+
+def head_name(kind: str, shots: str | int) -> str:
+    return kind if str(shots) == "all" else f"{kind}-{shots}shot"
+
+
+def parse_kinds(kind: str) -> list[str]:
+    kinds = [k.strip() for k in kind.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in HEAD_KINDS]
+    if not kinds or unknown:
+        raise ValueError(f"kind: must be among {sorted(HEAD_KINDS)}, got {kind!r}")
+    return kinds
+
+
+@torch.no_grad()
+def labelled_samples(pipe: SemanticsPipeline, seeds, psi: float = 1.0, noise_mode: str = "const"):
+    """(latents, images, features, segmenter labels [N, S, S]) for the given latent seeds."""
+    ws = pipe.latents_from_seeds(seeds, psi)
+    images, features = pipe.generator.synthesis(ws, noise_mode=noise_mode, return_features=True)
+    return ws, images, features, pipe.segmenter(images).argmax(1)
+
+
+def fewshot_head(pipe: SemanticsPipeline, kind: str, shots: int, repeat: int, seed: int = 0, psi: float = 1.0,
+                 iterations: int | None = None):
+    """Label `shots` samples (a different set per repeat) and fit a few-shot head on them."""
+    seeds = FEWSHOT_SEED_OFFSET + (seed * 100 + repeat) * 16 + np.arange(shots)
+    ws, _, _, labels = labelled_samples(pipe, seeds, psi)
+    return pipe.fit_head(ws, labels.to(torch.uint8).cpu().numpy(), pipe.predictor_classes("segmenter"),
+                         seed=seed * 100 + repeat, kind=kind, iterations=iterations)
+
+
+def train_heads(opt: HeadsOptions) -> list[Path]:
+    setup_torch(opt.threads, opt.seed)
+    kinds = parse_kinds(opt.kind)
+    pipe = SemanticsPipeline.from_dir(opt.models)
+    if pipe.segmenter is None:
+        raise ValueError(f"models: {opt.models}/segmenter is missing; train it first (semgen train segmenter)")
+    classes = pipe.predictor_classes("segmenter")
+    out_dir = Path(opt.out_dir)
+    if opt.shots != "all":
+        shots = int(opt.shots)
+        if not 1 <= shots <= 16:
+            raise ValueError(f"shots: must be 'all' or 1..16, got {opt.shots}")
+        paths = []
+        for kind in kinds:
+            head = fewshot_head(pipe, kind, shots, repeat=0, seed=opt.seed, psi=opt.psi,
+                                iterations=opt.fewshot_iterations or None)
+            paths.append(pipe.save_head(head_name(kind, shots), head, out_dir, training={"shots": shots, "seed": opt.seed}))
+        return paths
+
+    run_dir = Path(opt.run_dir) / "-".join(kinds)
+    write_options(run_dir, opt)
+    channels = pipe.generator.layer_channels()
+    heads = {k: HEAD_KINDS[k](channels, len(classes), classes).train() for k in kinds}
+    optims = {k: torch.optim.Adam(h.parameters(), lr=opt.lr) for k, h in heads.items()}
+    start = load_state(run_dir, **{f"head_{k}": h for k, h in heads.items()}, **{f"optim_{k}": o for k, o in optims.items()})
+    progress = Progress(run_dir, opt.steps, start, "heads " + ",".join(kinds))
+    for step in range(start, opt.steps):
+        torch.manual_seed(opt.seed * 1_000_003 + step)  # layer noise
+        seeds = TRAIN_SEED_OFFSET + step * opt.batch_size + np.arange(opt.batch_size)
+        _, _, features, labels = labelled_samples(pipe, seeds, opt.psi, noise_mode="random")
+        lr = opt.lr if step < 0.4 * opt.steps else opt.lr / 10
+        numbers = {}
+        for kind, head in heads.items():
+            logits = head(features, pipe.image_size)
+            loss = F.cross_entropy(logits, labels)
+            optims[kind].param_groups[0]["lr"] = lr
+            optims[kind].zero_grad(set_to_none=True)
+            loss.backward()
+            optims[kind].step()
+            numbers[kind] = loss.item()
+            numbers[f"{kind}_acc"] = (logits.argmax(1) == labels).float().mean().item()
+        progress.update(step + 1, **numbers)
+        if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps:
+            save_state(run_dir, step + 1, **{f"head_{k}": h for k, h in heads.items()},
+                       **{f"optim_{k}": o for k, o in optims.items()})
+    progress.close()
+    return [pipe.save_head(kind, head.eval(), out_dir, training={"shots": "all", "steps": opt.steps})
+            for kind, head in heads.items()]
