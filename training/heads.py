@@ -90,6 +90,8 @@ def train_heads(opt: HeadsOptions) -> list[Path]:
             paths.append(pipe.save_head(head_name(kind, shots), head, out_dir, training={"shots": shots, "seed": opt.seed}))
         return paths
 
+    if opt.steps * opt.batch_size > FEWSHOT_SEED_OFFSET - TRAIN_SEED_OFFSET:
+        raise ValueError(f"steps: {opt.steps} × {opt.batch_size} samples would reuse the few-shot and evaluation seeds")
     run_dir = Path(opt.run_dir) / "-".join(kinds)
     write_options(run_dir, opt)
     channels = pipe.generator.layer_channels()

@@ -79,7 +79,7 @@ def train_segmenter(opt: SegmenterOptions) -> Path:
         progress.update(step + 1, loss=loss.item(), acc=(logits.argmax(1) == labels).float().mean().item())
         if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps:
             save_state(run_dir, step + 1, model=model, optim=optim)
-            save_checkpoint(out, model, model.config, step=step + 1)
+            save_checkpoint(out, model, model.config, step=step + 1, training={"image_size": opt.image_size})
     progress.close()
     return out
 
@@ -89,9 +89,11 @@ def eval_segmenter(checkpoint: str = "artifacts/segmenter", n: int = 1000, batch
                    report_dir: str = "reports/segmenter") -> dict:
     """mIoU (paper App. A) of the segmenter on held-out renders."""
     model = load_checkpoint(checkpoint)
-    meter, size = IoUMeter(model.num_classes), 64
+    size = json.loads((Path(checkpoint) / "config.json").read_text())["training"].get("image_size", 64)
+    meter = IoUMeter(model.num_classes)
     for step in range((n + batch_size - 1) // batch_size):
         images, labels = scene_batch(step, batch_size, size, heldout=True)
+        images, labels = images[: n - step * batch_size], labels[: n - step * batch_size]
         pred = model(images).argmax(1)
         meter.add(pred, labels)
     names = model.class_names or [str(i) for i in range(model.num_classes)]

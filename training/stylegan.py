@@ -102,10 +102,12 @@ def train_stylegan(opt: StyleGANOptions) -> Path:
         # generator: non-saturating loss
         ws, w1 = mixed_ws(G, opt.batch_size, opt.mixing_prob, gen)
         fake = G.synthesis(ws, noise_mode="random")
+        D.requires_grad_(False)  # D's weight gradients would be thrown away here
         g_loss = F.softplus(-D(fake)).mean()
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
+        D.requires_grad_(True)
         with torch.no_grad():
             G.w_avg.lerp_(w1.mean(0), 1 - opt.w_avg_beta)
 

@@ -61,8 +61,9 @@ class LinearSemanticExtractor(SemanticHead):
 
     @torch.no_grad()
     def set_from_centers(self, centers: torch.Tensor) -> "LinearSemanticExtractor":
-        """Use class centres [num_classes, sum(C_i)] of the stacked per-pixel features as T (§3.3):
-        argmax_k T_k·X = the nearest centre on the unit sphere, since |X| is the same for every k."""
+        """Use class centres [num_classes, sum(C_i)] of the stacked per-pixel features as T (§3.3).
+        Rows are normalised, so argmax_k T_k·X is the centre nearest to X/|X| on the unit sphere."""
+        centers = torch.nn.functional.normalize(centers, dim=1)
         for t, block in zip(self.transforms, centers.split(list(self.layer_channels), dim=1)):
             t.weight.copy_(block[:, :, None, None])
         return self

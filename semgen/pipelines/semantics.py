@@ -47,7 +47,7 @@ class FewShotSchedule:
     also lets the features be computed once: ~10× faster on a CPU."""
 
     lr: float = 1e-3
-    resample_noise: bool = False
+    resample_noise: bool = False  # True: the paper's way; the noise comes from torch's global RNG (not seeded)
 
     @staticmethod
     def iterations(shots: int) -> int:
@@ -114,9 +114,12 @@ class SemanticsPipeline:
         return self.generator.broadcast(w).contiguous()
 
     def check_latents(self, latents, field: str = "latents") -> torch.Tensor:
-        """float [N, num_ws, w_dim] or [N, w_dim] (broadcast) -> w+ tensor; ValueError naming `field`."""
+        """float [N, num_ws, w_dim] or [N, w_dim] (broadcast) -> w+ tensor; ValueError naming `field`.
+        A batch dimension is required: [num_ws, w_dim] alone reads as num_ws separate w's."""
         x = torch.as_tensor(np.asarray(latents, np.float32), device=self.device)
         num_ws, w_dim = self.latent_shape
+        if x.numel() == 0:
+            raise ValueError(f"{field}: empty; give at least one latent")
         if x.dim() == 2 and x.shape[1] == w_dim:
             x = self.generator.broadcast(x).contiguous()
         if x.dim() != 3 or tuple(x.shape[1:]) != (num_ws, w_dim):
@@ -136,8 +139,11 @@ class SemanticsPipeline:
         if m.shape != (size, size):
             raise ValueError(f"{field}: must be {size}×{size} class indices, got shape {list(m.shape)}")
         n = len(self.predictor_classes(predictor))
-        if m.size and (m.min() < 0 or m.max() >= n):
-            raise ValueError(f"{field}: class index {int(m.max())} is not in {predictor!r}'s {n} classes (0..{n - 1})")
+        if not np.issubdtype(m.dtype, np.integer):
+            raise ValueError(f"{field}: must hold integer class indices, got {m.dtype}")
+        if m.min() < 0 or m.max() >= n:
+            bad = int(m.min()) if m.min() < 0 else int(m.max())
+            raise ValueError(f"{field}: class index {bad} is not in {predictor!r}'s {n} classes (0..{n - 1})")
         return torch.as_tensor(m.astype(np.int64), device=self.device)
 
     # ---- forward-only operations --------------------------------------------------------
@@ -149,6 +155,8 @@ class SemanticsPipeline:
         # 1. check inputs
         if (seeds is None) == (latents is None):
             raise ValueError("seeds: give either seeds or latents")
+        if seeds is not None and len(seeds) == 0:
+            raise ValueError("seeds: empty; give at least one seed")
         if predictor is not None:
             self._predictor_model(predictor)
         # 2. latents
@@ -186,10 +194,13 @@ class SemanticsPipeline:
         if masks.shape != (len(ws), self.image_size, self.image_size):
             raise ValueError(f"masks: need one {self.image_size}×{self.image_size} mask per latent "
                              f"({len(ws)}), got shape {list(masks.shape)}")
-        if masks.max() >= len(class_names):
-            raise ValueError(f"masks: class index {int(masks.max())} but only {len(class_names)} class_names")
+        if not np.issubdtype(masks.dtype, np.integer):
+            raise ValueError(f"masks: must hold integer class indices, got {masks.dtype}")
+        if masks.min() < 0 or masks.max() >= len(class_names):
+            bad = int(masks.min()) if masks.min() < 0 else int(masks.max())
+            raise ValueError(f"masks: class index {bad} is not in 0..{len(class_names) - 1} (class_names)")
         schedule = schedule or FewShotSchedule()
-        steps = iterations or schedule.iterations(len(ws))
+        steps = schedule.iterations(len(ws)) if iterations is None else iterations
         target = torch.as_tensor(masks.astype(np.int64), device=self.device)
         # 2. head and optimiser; the learning rate drops ×10 after 40% (App. D: epoch 20 of 50)
         if kind not in HEAD_KINDS:
@@ -227,7 +238,10 @@ class SemanticsPipeline:
         """Adam on the latent (one w per sample, or w+) from ws0; returns the final w+.
 
         loss_fn(images, features) gives one loss per sample [B]; they are summed, so each
-        latent moves exactly as it would alone (the batch only shares the forward pass)."""
+        latent moves exactly as it would alone (the batch only shares the forward pass).
+        Regularisers (App. G/H, moved from z to w): 1e-3 ‖w − w0‖² and 1e-3 ‖w − w̄‖² (w̄: the
+        generator's average w, the centre of its latent distribution), both averaged over the
+        num_ws layers so that w and w+ are held alike."""
         if space not in LATENT_SPACES:
             raise ValueError(f"space: must be one of {LATENT_SPACES}, got {space!r}")
         if space == "w" and not torch.equal(ws0, ws0[:, :1].expand_as(ws0)):
@@ -257,7 +271,8 @@ class SemanticsPipeline:
                            iterations: int = 50, lr: float = 0.01, space: str = "w+", psi: float = 1.0,
                            on_step: StepCallback | None = None) -> Samples:
         """SCS (App. H, Algorithm 3): per sample, the best of n_init random latents, then Adam on
-        the latent with cross-entropy to the target mask."""
+        the latent with cross-entropy to the target mask. The paper's lr is Adam's default 1e-3;
+        our default is 0.01 (SIE's), as 50 steps at 1e-3 barely move a w+ code of this generator."""
         # 1. check inputs
         target = self.check_mask(target_mask, predictor, "target_mask")
         if num_samples < 1 or n_init < 1 or iterations < 0:
@@ -304,11 +319,16 @@ class SemanticsPipeline:
         """The colour-space editing baseline (App. G): pixel MSE to colour strokes (uint8 [B, S, S, 3])
         inside `region` (bool [B, S, S]) + MSE to the original image outside it."""
         ws0 = self.check_latents(latent, "latent")
+        b, size = len(ws0), self.image_size
+        colors, region = np.asarray(colors, np.float32), np.asarray(region, np.float32)
+        if colors.shape != (b, size, size, 3):
+            raise ValueError(f"colors: must be [{b}, {size}, {size}, 3] RGB strokes, got {list(colors.shape)}")
+        if region.shape != (b, size, size):
+            raise ValueError(f"region: must be [{b}, {size}, {size}], got {list(region.shape)}")
         with torch.no_grad():
             original, _ = self.synthesize(ws0)
-        strokes = torch.as_tensor(np.asarray(colors, np.float32), device=self.device).reshape(original.shape[0], *original.shape[2:], 3)
-        strokes = strokes.permute(0, 3, 1, 2) / 127.5 - 1
-        m = torch.as_tensor(np.asarray(region, np.float32), device=self.device).reshape(original.shape[0], 1, *original.shape[2:])
+        strokes = torch.as_tensor(colors, device=self.device).permute(0, 3, 1, 2) / 127.5 - 1
+        m = torch.as_tensor(region, device=self.device)[:, None]
 
         def loss_fn(images, _features):
             edit = (m * (images - strokes)).pow(2).sum((1, 2, 3)) / (3 * m.sum((1, 2, 3))).clamp(min=1)
@@ -332,9 +352,13 @@ def seeded_init(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Re-draw every parameter from its own generator (uniform ±1/√fan_in, PyTorch's default
     scale), so concurrent fits do not share the global random state."""
     gen = torch.Generator().manual_seed(int(seed))
-    for p in module.parameters():
-        fan_in = p[0].numel() if p.dim() > 1 else p.numel()
-        p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) / fan_in**0.5)
+    for layer in module.modules():
+        weight = getattr(layer, "weight", None)
+        if isinstance(weight, torch.nn.Parameter):
+            bound = 1 / weight[0].numel() ** 0.5  # the layer's fan-in
+            for p in (weight, getattr(layer, "bias", None)):
+                if p is not None:
+                    p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
     return module
 
 

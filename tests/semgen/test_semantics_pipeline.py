@@ -32,7 +32,7 @@ def test_bad_inputs_name_the_field(pipe):
     with pytest.raises(ValueError, match="^target_mask: class index 11"):
         pipe.sample_conditional(np.full((16, 16), 11), "lse", 1, seed=0, n_init=1, iterations=1)
     with pytest.raises(ValueError, match="^target_mask: must be 16×16"):
-        pipe.edit(pipe.sample(seeds=[1]).latents, np.zeros((8, 8)), "lse", iterations=1)
+        pipe.edit(pipe.sample(seeds=[1]).latents, np.zeros((8, 8), np.uint8), "lse", iterations=1)
     with pytest.raises(KeyError, match="no head named 'nope'"):
         pipe.segment(pipe.sample(seeds=[1]).latents, "nope")
 
@@ -74,4 +74,4 @@ def test_w_space_needs_a_latent_that_is_the_same_on_every_layer(pipe):
     ws = pipe.sample(seeds=[1]).latents.copy()
     ws[0, 0] += 1
     with pytest.raises(ValueError, match="^space: 'w' needs"):
-        pipe.edit(ws, np.zeros((16, 16)), "lse", iterations=1, space="w")
+        pipe.edit(ws, np.zeros((16, 16), np.uint8), "lse", iterations=1, space="w")
