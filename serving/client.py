@@ -39,7 +39,9 @@ def mask_message(mask) -> pb.Mask:
     return pb.Mask(array=pb.MaskArray(width=values.shape[1], height=values.shape[0], values=values.ravel().tolist()))
 
 
-class SemgenClient:
+class ChannelClient:
+    """One gRPC channel with the server's message limits; closes as a context manager."""
+
     def __init__(self, address: str, timeout: float = 60.0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, wait_for_ready: bool = False):
         self.timeout = timeout
@@ -48,6 +50,20 @@ class SemgenClient:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ])
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SemgenClient(ChannelClient):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._pyramid = pyramid_pb2_grpc.PyramidServiceStub(self._channel)
 
     def generate_response(self, image_bytes: bytes, level: str | None = None, num_samples: int = 1, seed: int = 0,
@@ -97,15 +113,6 @@ class SemgenClient:
         if class_name is not None:
             request.class_name = class_name
         return rpc(request, timeout=self.timeout, metadata=metadata, wait_for_ready=self.wait_for_ready)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> "SemgenClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # ---- command line: `semgen client pyramid ...` ----------------------------------------------

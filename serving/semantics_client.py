@@ -35,9 +35,8 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from serving.client import ChannelClient
 from serving.protos import semantics_pb2 as pb, semantics_pb2_grpc
-
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # matches the server's default
 
 
 def latents_message(latents) -> pb.Latents:
@@ -93,15 +92,9 @@ def job_result(events, on_progress=None) -> pb.SampleResponse:
     raise RuntimeError("the job's stream ended without a result")
 
 
-class SemanticsClient:
-    def __init__(self, address: str, timeout: float = 60.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, wait_for_ready: bool = False):
-        self.timeout = timeout
-        self.wait_for_ready = wait_for_ready
-        self._channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ])
+class SemanticsClient(ChannelClient):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._stub = semantics_pb2_grpc.SemanticsServiceStub(self._channel)
 
     def sample(self, seeds=None, latents=None, head: str = "", truncation_psi: float | None = None,
@@ -151,15 +144,6 @@ class SemanticsClient:
 
     def _unary(self, rpc, request, timeout, metadata):
         return rpc(request, timeout=timeout or self.timeout, metadata=metadata, wait_for_ready=self.wait_for_ready)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> "SemanticsClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # ---- command line: `semgen client semantics ...` --------------------------------------------
