@@ -109,6 +109,23 @@ def cmd_eval_scs(args):
                     iterations=args.iterations, edits_n=args.edits, progress=_log(args)), args.json)
 
 
+def cmd_eval_imagine(args):
+    from semgen.pipelines.imagine import Schedule
+    from training.eval_imagine import eval_imagine
+
+    schedule = Schedule(**{k: v for k, v in (("stage1", args.stage1), ("stage2", args.stage2)) if v is not None})
+    _print(eval_imagine(args.models, n=args.n, variations=args.variations, n_real=args.n_real, schedule=schedule,
+                        progress=_log(args)), args.json)
+
+
+def cmd_bench_imagine(args):
+    from training.eval_imagine import bench_imagine
+
+    totals = tuple(int(t) for t in args.totals.split(","))
+    _print(bench_imagine(args.models, n=args.n, variations=args.variations, totals=totals, repeats=args.repeats,
+                         progress=_log(args)), args.json)
+
+
 def cmd_eval_classifier(args):
     from training.evaluate import eval_classifier
 
@@ -151,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_scenes)
+    p = bench.add_parser("imagine", help="IMAGINE seconds per variation and fd_fc7 against iterations")
+    p.add_argument("--models", default="artifacts")
+    p.add_argument("--n", type=int, default=12, help="held-out references for the quality curve")
+    p.add_argument("--variations", type=int, default=4)
+    p.add_argument("--totals", default="50,100,200,400", help="iteration counts (half stage 1, half stage 2)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_imagine)
 
     train = sub.add_parser("train", help="train the default models").add_subparsers(dest="what", required=True)
     p = train.add_parser("classifier")
@@ -207,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_scs)
 
+    p = ev.add_parser("imagine", help="IMAGINE vs stage 1 only vs DeepInversion (table 1), controls")
+    p.add_argument("--models", default="artifacts")
+    p.add_argument("--n", type=int, default=20, help="held-out reference scenes")
+    p.add_argument("--variations", type=int, default=4, help="variations per reference")
+    p.add_argument("--n-real", type=int, default=1000, help="real scenes for fd_fc7")
+    p.add_argument("--stage1", type=int, default=None, help="iterations (default: the default schedule)")
+    p.add_argument("--stage2", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_imagine)
+
     p = ev.add_parser("pyramid")
     p.add_argument("--models", default="artifacts")
     p.add_argument("--n", type=int, default=200, help="held-out reference scenes per level")
@@ -217,11 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     client = sub.add_parser("client", help="call a running server").add_subparsers(dest="service", required=True)
     from serving.client import add_pyramid_commands
+    from serving.imagine_client import add_imagine_commands
     from serving.semantics_client import add_semantics_commands
 
     add_pyramid_commands(client.add_parser("pyramid", help="PyramidService: generate, repaint, composite"))
     add_semantics_commands(client.add_parser(
         "semantics", help="SemanticsService: sample, segment, fit-head, list-heads, sample-conditional, edit"))
+    add_imagine_commands(client.add_parser(
+        "imagine", help="ImagineService: variations of a reference image by classifier inversion; `info`"))
 
     p = sub.add_parser("serve", help="serve the models over gRPC")
     from serving.server import add_arguments

@@ -19,13 +19,14 @@ from torch import nn
 def _registry() -> dict[str, type[nn.Module]]:
     # Imported here so that this module stays importable without pulling every network in.
     from semgen.networks.classifier import Classifier, TorchvisionVGG16
+    from semgen.networks.resnet import TorchvisionResNet50
     from semgen.networks.pyramid import PyramidDiscriminator, PyramidGenerator
     from semgen.networks.heads import HEAD_KINDS
     from semgen.networks.segmenter import UNetSegmenter
     from semgen.networks.stylegan import StyleDiscriminator, StyleGenerator
 
-    classes = (Classifier, TorchvisionVGG16, PyramidGenerator, PyramidDiscriminator, StyleGenerator,
-               StyleDiscriminator, UNetSegmenter, *HEAD_KINDS.values())
+    classes = (Classifier, TorchvisionVGG16, TorchvisionResNet50, PyramidGenerator, PyramidDiscriminator,
+               StyleGenerator, StyleDiscriminator, UNetSegmenter, *HEAD_KINDS.values())
     return {c.__name__: c for c in classes}
 
 
@@ -64,14 +65,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
 
 
 TORCHVISION_VGG16 = "torchvision-vgg16:"
+TORCHVISION_RESNET50 = "torchvision-resnet50:"
 
 
 def load_classifier(spec: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A classifier from a checkpoint folder, or from 'torchvision-vgg16:PATH' (a torchvision
-    VGG16 state dict saved with torch.save, e.g. `torch.save(vgg16().state_dict(), PATH)`)."""
+    """A classifier from a checkpoint folder, or from a torchvision state dict saved with torch.save:
+    'torchvision-vgg16:PATH' (e.g. `torch.save(vgg16().state_dict(), PATH)`) or
+    'torchvision-resnet50:PATH' (e.g. `torch.save(resnet50().state_dict(), PATH)`)."""
     spec = str(spec)
     if spec.startswith(TORCHVISION_VGG16):
         return load_torchvision_vgg16(spec[len(TORCHVISION_VGG16):]).to(device)
+    if spec.startswith(TORCHVISION_RESNET50):
+        return load_torchvision_resnet50(spec[len(TORCHVISION_RESNET50):]).to(device)
     return load_checkpoint(spec, device)
 
 
@@ -79,25 +84,53 @@ def load_torchvision_vgg16(path: str | Path, image_size: int = 224) -> nn.Module
     """torchvision's `vgg16` state dict -> TorchvisionVGG16 (224 px, its number of classes)."""
     from semgen.networks.classifier import TorchvisionVGG16
 
+    state = _read_torchvision_state(path, "VGG16", head="classifier.6.weight")
+    renamed = {k.replace("features.", "convs.", 1).replace("classifier.", "fcs.", 1): v for k, v in state.items()}
+    model = TorchvisionVGG16(image_size=image_size, num_classes=renamed["fcs.6.weight"].shape[0])
+
+    def theirs(key):  # report in torchvision's key names, as the user's file has them
+        return key.replace("convs.", "features.", 1).replace("fcs.", "classifier.", 1)
+
+    return _load_exactly(model, renamed, path, "VGG16", theirs)
+
+
+def load_torchvision_resnet50(path: str | Path, image_size: int = 224) -> nn.Module:
+    """torchvision's `resnet50` state dict -> TorchvisionResNet50 (224 px, its number of classes)."""
+    from semgen.networks.resnet import TorchvisionResNet50
+
+    state = _read_torchvision_state(path, "ResNet-50", head="fc.weight")
+    model = TorchvisionResNet50(image_size=image_size, num_classes=state["fc.weight"].shape[0])
+    return _load_exactly(model, state, path, "ResNet-50")
+
+
+def _read_torchvision_state(path: str | Path, name: str, head: str) -> dict[str, torch.Tensor]:
+    """The state dict in the torch.save file `path`, which must hold the classifier head `head`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"classifier: no torchvision VGG16 state dict at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    renamed = {k.replace("features.", "convs.", 1).replace("classifier.", "fcs.", 1): v for k, v in state.items()}
-    if "fcs.6.weight" not in renamed:
-        raise ValueError(f"classifier: {path} is not a torchvision VGG16 state dict (no classifier.6.weight)")
-    model = TorchvisionVGG16(image_size=image_size, num_classes=renamed["fcs.6.weight"].shape[0])
+        raise FileNotFoundError(f"classifier: no torchvision {name} state dict at {path}")
     try:
-        missing, unexpected = model.load_state_dict(renamed, strict=False)
-    except RuntimeError as e:  # a tensor of the wrong shape
-        raise ValueError(f"classifier: {path} does not match torchvision's VGG16 layout: "
-                         f"{str(e).splitlines()[-1].strip()}") from None
-    if missing or unexpected:
-        def theirs(keys):  # report in torchvision's key names, as the user's file has them
-            return sorted(k.replace("convs.", "features.", 1).replace("fcs.", "classifier.", 1) for k in keys)[:3]
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch.save file, or one holding more than tensors
+        raise ValueError(f"classifier: cannot read {path} as a torch.save state dict: {e}") from None
+    if not isinstance(state, dict) or head not in state:
+        raise ValueError(f"classifier: {path} is not a torchvision {name} state dict (no {head})")
+    return state
 
-        raise ValueError(f"classifier: {path} does not match torchvision's VGG16 layout "
-                         f"(missing {theirs(missing)}, unexpected {theirs(unexpected)})")
+
+def _load_exactly(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, name: str,
+                  theirs=lambda key: key) -> nn.Module:
+    """Load `state` into `model`, refusing missing or unexpected keys and tensors of the wrong shape;
+    `theirs` maps the model's key names back to the file's for the messages. Returns it in eval mode."""
+    layout = f"classifier: {path} does not match torchvision's {name} layout"
+    own = model.state_dict()
+    wrong = sorted(f"{theirs(k)} {tuple(v.shape)} (expected {tuple(own[k].shape)})"
+                   for k, v in state.items() if k in own and v.shape != own[k].shape)
+    if wrong:
+        raise ValueError(f"{layout}: wrong shape {', '.join(wrong[:3])}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{layout} (missing {sorted(map(theirs, missing))[:3]}, "
+                         f"unexpected {sorted(map(theirs, unexpected))[:3]})")
     return model.eval()
 
 

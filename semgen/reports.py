@@ -45,3 +45,28 @@ def label_colors(labels) -> np.ndarray:
                         [30, 80, 200], [225, 200, 140], [70, 170, 60], [20, 95, 35], [170, 60, 60],
                         [90, 90, 90]] + [[255, 0, 255]] * 64, np.uint8)
     return palette[np.asarray(labels.cpu() if hasattr(labels, 'cpu') else labels)]
+
+
+def line_plot(xs, ys, x_label: str, y_label: str, size=(360, 240)) -> Image.Image:
+    """One curve with its points labelled (e.g. quality against iterations), drawn with PIL."""
+    w, h = size
+    left, bottom, pad = 50, 30, 15
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+
+    def at(x, y):
+        px = left + (x - x0) / ((x1 - x0) or 1) * (w - left - 4 * pad)  # room for the last label
+        py = h - bottom - (y - y0) / ((y1 - y0) or 1) * (h - bottom - 2 * pad)
+        return px, py
+
+    draw.line([(left, pad), (left, h - bottom), (w - pad, h - bottom)], fill="black")
+    draw.line([at(x, y) for x, y in zip(xs, ys)], fill=(30, 80, 200), width=2)
+    for x, y in zip(xs, ys):
+        px, py = at(x, y)
+        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=(30, 80, 200))
+        draw.text((px + 4, py - 12), f"{y:g}", fill="black")
+        draw.text((px - 8, h - bottom + 4), f"{x:g}", fill="black")
+    draw.text((w // 2 - 30, h - 14), x_label, fill="black")
+    draw.text((4, 2), y_label, fill="black")
+    return img

@@ -39,6 +39,32 @@ def mask_message(mask) -> pb.Mask:
     return pb.Mask(array=pb.MaskArray(width=values.shape[1], height=values.shape[0], values=values.ravel().tolist()))
 
 
+def job_result(events, on_progress=None):
+    """Read the stream of an iterative job (SampleConditional, EditSemantics, Imagine): every
+    progress to `on_progress`, then return the result."""
+    for event in events:
+        if event.HasField("result"):
+            return event.result
+        if on_progress is not None:
+            on_progress(event.progress)
+    raise RuntimeError("the job's stream ended without a result")
+
+
+def follow_job(events, desc: str, show):
+    """`job_result` with a tqdm progress bar: `show(bar, progress)` updates it for every progress.
+    Ctrl-C cancels the job on the server."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="it")
+    try:
+        return job_result(events, lambda progress: show(bar, progress))
+    except KeyboardInterrupt:
+        events.cancel()
+        raise
+    finally:
+        bar.close()
+
+
 class ChannelClient:
     """One gRPC channel with the server's message limits; closes as a context manager."""
 

@@ -26,13 +26,7 @@ def decode_mask(mask, field: str, width: int, height: int, max_bytes: int, max_p
     """A `Mask` message -> float32 [height, width] in [0, 1]; it must match the image's size."""
     which = mask.WhichOneof("data")
     if which == "png":
-        img = _open(mask.png, max_bytes, max_pixels, f"{field}.png")
-        if img.mode.startswith("I;16"):  # 16-bit grayscale: scale its own range, do not clip to 8 bits
-            values = np.asarray(img, np.float32) / 65535
-        elif img.mode in ("I", "F"):
-            raise InvalidInput(f"{field}.png: 32-bit mode {img.mode} is not supported; send 8- or 16-bit grayscale")
-        else:
-            values = np.asarray(img.convert("L"), np.float32) / 255
+        values = _png_mask(mask.png, f"{field}.png", max_bytes, max_pixels)
     elif which == "array":
         arr = mask.array
         if len(arr.values) != arr.width * arr.height or arr.width < 1 or arr.height < 1:
@@ -42,10 +36,34 @@ def decode_mask(mask, field: str, width: int, height: int, max_bytes: int, max_p
             raise InvalidInput(f"{field}.array: values must be in [0, 1]")
     else:
         raise InvalidInput(f"{field}: empty; set png or array")
+    _check_mask_size(values, field, width, height)
+    return values
+
+
+def decode_region(data: bytes, field: str, width: int, height: int, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """A mask PNG (or JPEG) of a region -> bool [height, width], nonzero = in the region. It must
+    match the image's size and mark at least one pixel; raises InvalidInput naming `field`."""
+    region = _png_mask(data, field, max_bytes, max_pixels) > 0
+    _check_mask_size(region, field, width, height)
+    if not region.any():
+        raise InvalidInput(f"{field}: empty (no pixel above 0); mark the region")
+    return region
+
+
+def _png_mask(data: bytes, field: str, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Mask image bytes -> float32 [H, W] in [0, 1] (8- or 16-bit grayscale; colour is converted)."""
+    img = _open(data, max_bytes, max_pixels, field)
+    if img.mode.startswith("I;16"):  # 16-bit grayscale: scale its own range, do not clip to 8 bits
+        return np.asarray(img, np.float32) / 65535
+    if img.mode in ("I", "F"):
+        raise InvalidInput(f"{field}: 32-bit mode {img.mode} is not supported; send 8- or 16-bit grayscale")
+    return np.asarray(img.convert("L"), np.float32) / 255
+
+
+def _check_mask_size(values: np.ndarray, field: str, width: int, height: int) -> None:
     if values.shape != (height, width):
         raise InvalidInput(f"{field}: size {values.shape[1]}x{values.shape[0]} does not match "
                            f"the image's {width}x{height}")
-    return values
 
 
 def decode_class_mask(data: bytes, field: str, size: int, num_classes: int, table: str,

@@ -1,7 +1,14 @@
 """The one import point for generated gRPC stubs (built by `python -m serving.build_protos`)."""
 
 try:
-    from serving._generated.semgen.v1 import pyramid_pb2, pyramid_pb2_grpc, semantics_pb2, semantics_pb2_grpc
+    from serving._generated.semgen.v1 import (
+        imagine_pb2,
+        imagine_pb2_grpc,
+        pyramid_pb2,
+        pyramid_pb2_grpc,
+        semantics_pb2,
+        semantics_pb2_grpc,
+    )
 except ImportError as e:  # pragma: no cover - only when the setup step was skipped
     raise ImportError(
         "gRPC stubs are missing: run `python -m serving.build_protos` (`make setup` does it)"
@@ -9,6 +16,7 @@ except ImportError as e:  # pragma: no cover - only when the setup step was skip
 
 PYRAMID_SERVICE = pyramid_pb2.DESCRIPTOR.services_by_name["PyramidService"].full_name
 SEMANTICS_SERVICE = semantics_pb2.DESCRIPTOR.services_by_name["SemanticsService"].full_name
+IMAGINE_SERVICE = imagine_pb2.DESCRIPTOR.services_by_name["ImagineService"].full_name
 
-__all__ = ["pyramid_pb2", "pyramid_pb2_grpc", "semantics_pb2", "semantics_pb2_grpc",
-           "PYRAMID_SERVICE", "SEMANTICS_SERVICE"]
+__all__ = ["pyramid_pb2", "pyramid_pb2_grpc", "semantics_pb2", "semantics_pb2_grpc", "imagine_pb2",
+           "imagine_pb2_grpc", "PYRAMID_SERVICE", "SEMANTICS_SERVICE", "IMAGINE_SERVICE"]

@@ -35,7 +35,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from serving.client import ChannelClient
+from serving.client import ChannelClient, follow_job, job_result  # noqa: F401 (job_result: part of this API)
 from serving.protos import semantics_pb2 as pb, semantics_pb2_grpc
 
 
@@ -80,16 +80,6 @@ def _palette() -> list[int]:
 
 
 PALETTE = _palette()
-
-
-def job_result(events, on_progress=None) -> pb.SampleResponse:
-    """Read a SampleConditional/EditSemantics stream: progress to `on_progress`, then the result."""
-    for event in events:
-        if event.HasField("result"):
-            return event.result
-        if on_progress is not None:
-            on_progress(event.progress)
-    raise RuntimeError("the job's stream ended without a result")
 
 
 class SemanticsClient(ChannelClient):
@@ -241,24 +231,16 @@ def run_semantics_command(args) -> int:
 
 def _follow(events, out: Path) -> pb.SampleResponse:
     """Show the job's progress (and write its previews); Ctrl-C cancels the job on the server."""
-    from tqdm import tqdm
 
-    bar = tqdm(desc="optimising", unit="it")
-    try:
-        def progress(p):
-            bar.total = p.total_iterations
-            bar.update(p.iteration - bar.n)
-            bar.set_postfix(loss=f"{p.loss:.4f}")
-            if p.preview:
-                out.mkdir(parents=True, exist_ok=True)
-                (out / f"preview_{p.iteration:04d}.png").write_bytes(p.preview)
+    def show(bar, p):
+        bar.total = p.total_iterations
+        bar.update(p.iteration - bar.n)
+        bar.set_postfix(loss=f"{p.loss:.4f}")
+        if p.preview:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"preview_{p.iteration:04d}.png").write_bytes(p.preview)
 
-        return job_result(events, progress)
-    except KeyboardInterrupt:
-        events.cancel()
-        raise
-    finally:
-        bar.close()
+    return follow_job(events, "optimising", show)
 
 
 def _write(reply, out: Path) -> None:

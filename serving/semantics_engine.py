@@ -1,11 +1,11 @@
 """The linear-semantics engine: sampling and segmentation, few-shot heads, SCS and SIE.
 
 Forward work (Sample, Segment) runs on a `WorkerPool` like the pyramid engine. Iterative jobs
-(head fitting, SCS, SIE) run on their own threads, at most `max_jobs` at once, so a long job never
-holds up sampling. A job reports every optimisation step through the pipeline's `on_step`
-callback, which runs on the job's thread: it hands progress to the event loop
-(`call_soon_threadsafe` into an asyncio.Queue) and raises `JobStopped` once the request is
-cancelled or past its deadline, so the job ends within one iteration.
+(head fitting, SCS, SIE) run on a `serving.jobs.JobRunner`: their own threads, at most `max_jobs`
+at once, so a long job never holds up sampling. A job reports every optimisation step through the
+pipeline's `on_step` callback, which runs on the job's thread: it hands progress to the event loop
+and raises `JobStopped` once the request is cancelled or past its deadline, so the job ends within
+one iteration.
 
 torch and semgen are imported only by `from_dir` and on job threads.
 """
@@ -13,25 +13,15 @@ torch and semgen are imported only by `from_dir` and on job threads.
 from __future__ import annotations
 
 import abc
-import asyncio
-import concurrent.futures
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterable
 
 import numpy as np
 
-from serving.engine import (
-    AlreadyExists,
-    DeadlineExceeded,
-    InvalidInput,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
-    WorkerPool,
-)
+from serving.engine import AlreadyExists, NotFound, WorkerPool
+from serving.jobs import JobControl, JobRunner
 from serving.metrics import ServingMetrics
 
 SEGMENTER = "segmenter"  # the pipeline's name for its pixel-space segmenter (semgen.pipelines.semantics)
@@ -108,43 +98,30 @@ class SemanticsEngine(abc.ABC):
         """Stop running jobs and release resources."""
 
 
-class JobStopped(Exception):
-    """Raised inside the pipeline's on_step to end a job early."""
-
-    def __init__(self, reason: str, iteration: int):
-        super().__init__(f"{reason} at iteration {iteration}")
-        self.reason = reason  # "cancelled" or "deadline"
-        self.iteration = iteration
-
-
-_PROGRESS, _DONE, _FAILED = "progress", "done", "failed"
-
-
 class EmbeddedSemanticsEngine(SemanticsEngine):
     """Runs a `SemanticsPipeline` in-process. User heads are saved under `heads_dir`."""
 
     def __init__(self, pipeline, heads_dir: str | Path, bundled: Iterable[str] = (),
                  shots: dict[str, int] | None = None, workers: int = 1, max_jobs: int = 2,
-                 metrics: ServingMetrics | None = None):
-        if workers < 1 or max_jobs < 1:
-            raise ValueError(f"workers and max_jobs: must be >= 1, got {workers} and {max_jobs}")
+                 metrics: ServingMetrics | None = None, jobs: JobRunner | None = None):
+        if workers < 1:
+            raise ValueError(f"workers: must be >= 1, got {workers}")
         self._pipeline = pipeline
         self._heads_dir = Path(heads_dir)
         self._bundled = frozenset(bundled)
         self._shots = dict(shots or {})
         self._metrics = metrics or ServingMetrics()
         self._work = WorkerPool(workers, self._metrics)
-        self._jobs = concurrent.futures.ThreadPoolExecutor(max_jobs, thread_name_prefix="semgen-job")
-        self._max_jobs = max_jobs
-        self._lock = threading.Lock()  # guards the two sets below; job threads touch them too
-        self._running: set[threading.Event] = set()  # the stop flag of every running job
+        self._jobs = jobs or JobRunner(max_jobs, self._metrics)
+        self._lock = threading.Lock()  # guards `_fitting`; job threads touch it too
         self._fitting: set[str] = set()  # head names being fitted now
-        self._closed = False
 
     @classmethod
     def from_dir(cls, models_dir: str | Path, heads_dir: str | Path, device: str = "auto", workers: int = 1,
-                 max_jobs: int = 2, metrics: ServingMetrics | None = None) -> "EmbeddedSemanticsEngine":
-        """Load <models>/stylegan, segmenter and heads, plus the user heads in `heads_dir` (blocking)."""
+                 max_jobs: int = 2, metrics: ServingMetrics | None = None,
+                 jobs: JobRunner | None = None) -> "EmbeddedSemanticsEngine":
+        """Load <models>/stylegan, segmenter and heads, plus the user heads in `heads_dir` (blocking).
+        `jobs`: a job runner shared with other engines (else one of `max_jobs` of its own)."""
         import torch
         from semgen.checkpoints import read_config
         from semgen.pipelines.semantics import SemanticsPipeline
@@ -156,7 +133,7 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
                 for p in Path(heads_dir).glob("*/config.json")}
         # A user head with a bundled head's name replaced it in the pipeline (it loads last).
         bundled = {p.parent.name for p in (Path(models_dir) / "heads").glob("*/config.json")} - set(user)
-        return cls(pipeline, heads_dir, bundled, user, workers=workers, max_jobs=max_jobs, metrics=metrics)
+        return cls(pipeline, heads_dir, bundled, user, workers=workers, max_jobs=max_jobs, metrics=metrics, jobs=jobs)
 
     @property
     def info(self) -> SemanticsInfo:
@@ -235,100 +212,32 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
 
         return self._job("edit", run, iterations, preview_every, time_remaining)
 
-    async def _job(self, op: str, run: Callable, total: int, preview_every: int,
-                   time_remaining: float | None) -> AsyncIterator:
-        """Run `run(on_step)` on a job thread; yield a Progress per step, then what `run` returned.
+    def _job(self, op: str, run: Callable, total: int, preview_every: int,
+             time_remaining: float | None) -> AsyncIterator:
+        """Run `run(on_step)` as a job: a Progress per step (with a preview of the first image every
+        `preview_every` steps), then what `run` returned. Leaving the iteration stops the job."""
 
-        However the caller leaves the iteration (done, cancelled, error), the job's stop flag is
-        set, and the job ends at its next step.
-        """
-        if self._closed:
-            raise Unavailable("engine: shutting down; retry on another replica")
-        m = self._metrics
-        stop = threading.Event()
-        with self._lock:
-            if len(self._running) >= self._max_jobs:
-                m.jobs.labels(op=op, outcome="rejected").inc()
-                raise ResourceExhausted(f"jobs: the server is at its limit of {self._max_jobs} running iterative "
-                                        f"jobs (--max-jobs); retry later")
-            self._running.add(stop)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        deadline = None if time_remaining is None else time.monotonic() + time_remaining
+        def job(control: JobControl):
+            def on_step(iteration: int, loss: float, images) -> None:
+                control.check(iteration)
+                preview = None
+                if preview_every and iteration % preview_every == 0:
+                    from semgen.data.loaders import to_uint8
 
-        def post(kind: str, item) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, (kind, item))
-            except RuntimeError:  # the event loop is closed: nobody listens any more
-                stop.set()
+                    preview = to_uint8(images[:1])[0]
+                control.post(Progress(iteration, total, float(loss), preview))
 
-        def on_step(iteration: int, loss: float, images) -> None:
-            # The deadline first: grpc also cancels a call whose deadline passed, which sets `stop`.
-            if deadline is not None and time.monotonic() > deadline:
-                raise JobStopped("deadline", iteration)
-            if stop.is_set():
-                raise JobStopped("cancelled", iteration)
-            preview = None
-            if preview_every and iteration % preview_every == 0:
-                from semgen.data.loaders import to_uint8
+            return run(on_step)
 
-                preview = to_uint8(images[:1])[0]
-            post(_PROGRESS, Progress(iteration, total, float(loss), preview))
+        return self._jobs.stream(op, job, total, time_remaining)
 
-        def work() -> None:
-            started = time.perf_counter()
-            outcome = "error"
-            try:
-                result = run(on_step)
-                outcome = "ok"
-                post(_DONE, result)
-            except JobStopped as e:
-                outcome = e.reason
-                # A cancelled caller is gone; one still listening was stopped by `close`.
-                post(_FAILED, DeadlineExceeded(f"deadline: passed at iteration {e.iteration} of {total}; "
-                                               f"the job stopped") if e.reason == "deadline" else
-                     Unavailable("engine: shutting down, the job stopped; retry on another replica"))
-            except ValueError as e:  # the pipeline's input checks (convention 4)
-                outcome = "invalid"
-                post(_FAILED, InvalidInput(str(e)))
-            except (AlreadyExists, NotFound) as e:
-                outcome = "invalid"
-                post(_FAILED, e)
-            except Exception as e:
-                post(_FAILED, e)
-            finally:
-                # Free the slot before the gauge drops, so a zero gauge means a new job gets a slot.
-                with self._lock:
-                    self._running.discard(stop)
-                m.engine_compute_latency.labels(op=op).observe(time.perf_counter() - started)
-                m.jobs.labels(op=op, outcome=outcome).inc()
-                m.jobs_running.labels(op=op).dec()
-
-        m.jobs_running.labels(op=op).inc()
-        try:
-            self._jobs.submit(work)
-        except RuntimeError:  # the pool is shut down
-            m.jobs_running.labels(op=op).dec()
-            with self._lock:
-                self._running.discard(stop)
-            raise Unavailable("engine: shutting down; retry on another replica") from None
-        try:
-            while True:
-                kind, item = await events.get()
-                if kind == _FAILED:
-                    raise item
-                yield item
-                if kind == _DONE:
-                    return
-        finally:
-            stop.set()
+    @property
+    def running_jobs(self) -> int:
+        """Iterative jobs holding a slot now."""
+        return self._jobs.running
 
     async def close(self) -> None:
-        self._closed = True
-        with self._lock:
-            for stop in self._running:
-                stop.set()
-        await asyncio.to_thread(self._jobs.shutdown, wait=True)
+        await self._jobs.close()
         await self._work.close()
 
 

@@ -13,7 +13,6 @@ import contextlib
 import grpc
 import numpy as np
 
-from serving.engine import NotFound, Unavailable
 from serving.images import decode_class_mask, encode_mask_pngs, encode_png, encode_pngs
 from serving.protos import SEMANTICS_SERVICE, semantics_pb2 as pb
 from serving.semantics_engine import HeadSummary, Progress, Samples, SemanticsEngine, SemanticsInfo
@@ -24,24 +23,14 @@ from serving.semantics_validation import (
     check_sample_conditional,
     check_segment,
 )
-from serving.servicers import rpc_errors
-from serving.validation import Limits, lenient_deserializer
+from serving.servicers import AttachableServicer, register_handlers, rpc_errors
+from serving.validation import lenient_deserializer
 
 
-class SemanticsServicer:
+class SemanticsServicer(AttachableServicer):
     """Registered before the model loads; answers UNAVAILABLE until `attach`."""
 
-    def __init__(self, limits: Limits, engine: SemanticsEngine | None = None):
-        self.limits = limits
-        self.engine = engine
-        self.absent: str | None = None
-
-    def attach(self, engine: SemanticsEngine) -> None:
-        self.engine = engine
-
-    def not_served(self, reason: str) -> None:
-        """The bundle has no model for this service: answer NOT_FOUND with `reason` from now on."""
-        self.absent = reason
+    engine: SemanticsEngine | None
 
     @rpc_errors
     async def Sample(self, request: pb.SampleRequest, context) -> pb.SampleResponse:
@@ -101,12 +90,6 @@ class SemanticsServicer:
                 yield await self._job_event(event, args.head)
 
     # ---- shared steps ------------------------------------------------------------------
-
-    def _engine(self) -> tuple[SemanticsEngine, SemanticsInfo]:
-        engine = self.engine
-        if engine is None:
-            raise NotFound(self.absent) if self.absent else Unavailable("model: still loading; retry shortly")
-        return engine, engine.info
 
     async def _class_mask(self, data: bytes, field: str, num_classes: int, table: str, info: SemanticsInfo):
         # PIL decode/encode is CPU work too: keep it off the event loop.
@@ -173,5 +156,4 @@ def add_semantics_servicer(server, servicer: SemanticsServicer) -> None:
             request_deserializer=lenient_deserializer(request_cls),
             response_serializer=pb.JobEvent.SerializeToString,
         )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SEMANTICS_SERVICE, handlers),))
-    server.add_registered_method_handlers(SEMANTICS_SERVICE, handlers)
+    register_handlers(server, SEMANTICS_SERVICE, handlers)

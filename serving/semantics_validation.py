@@ -16,7 +16,7 @@ import numpy as np
 
 from serving.engine import NotFound
 from serving.semantics_engine import SEGMENTER, SemanticsInfo
-from serving.validation import Limits, _check_image_bytes, _choices, _raise
+from serving.validation import Limits, _check_image_bytes, _choices, _default_count, _raise
 
 MAX_SHOTS = 16  # few-shot heads: the paper fits from 1 to 16 samples
 MAX_CLASSES = 256  # masks are 8-bit
@@ -203,12 +203,6 @@ def _check_optimise(request, info: SemanticsInfo, limits: Limits, errors: list) 
     if request.preview_every < 0:
         errors.append(f"preview_every: must be >= 0 (0 = never), got {request.preview_every}")
     return dict(head=request.head, iterations=iterations, lr=lr, space=space, preview_every=request.preview_every)
-
-
-def _default_count(value: int, field: str, default: int, limit: int, errors: list) -> int:
-    if not 0 <= value <= limit:
-        errors.append(f"{field}: must be between 1 and {limit} (0 = {min(default, limit)}), got {value}")
-    return value or min(default, limit)
 
 
 def _check_psi(request, errors: list) -> float:

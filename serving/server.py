@@ -5,8 +5,10 @@
 
 Order of events: bind gRPC + metrics ports with health NOT_SERVING, load the models off the
 event loop, attach them and switch health to SERVING. The bundle decides what is served:
-PyramidService if <models>/pyramid exists, SemanticsService if <models>/stylegan exists; a
-service whose model is missing answers NOT_FOUND and its health stays NOT_SERVING.
+PyramidService if <models>/pyramid exists, SemanticsService if <models>/stylegan exists,
+ImagineService if <models>/classifier exists or --imagine-classifier is given; a service whose
+model is missing answers NOT_FOUND and its health stays NOT_SERVING. Iterative jobs of every
+service share one limit, --max-jobs.
 On SIGINT/SIGTERM: health NOT_SERVING, stop accepting RPCs, let in-flight ones finish for up to
 --grace-seconds (then running jobs are cancelled), close the engines, exit 0.
 """
@@ -31,9 +33,12 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from serving.engine import Engine, EmbeddedEngine
+from serving.imagine_engine import EmbeddedImagineEngine, ImagineEngine
+from serving.imagine_servicer import ImagineServicer, add_imagine_servicer
 from serving.interceptors import TelemetryInterceptor
+from serving.jobs import JobRunner
 from serving.metrics import ServingMetrics
-from serving.protos import PYRAMID_SERVICE, SEMANTICS_SERVICE
+from serving.protos import IMAGINE_SERVICE, PYRAMID_SERVICE, SEMANTICS_SERVICE
 from serving.semantics_engine import EmbeddedSemanticsEngine, SemanticsEngine
 from serving.semantics_servicer import SemanticsServicer, add_semantics_servicer
 from serving.servicers import PyramidServicer, add_pyramid_servicer
@@ -47,6 +52,7 @@ MiB = 1024 * 1024
 class ServeOptions:
     models: str = "artifacts"
     classifier: str = ""  # replaces <models>/classifier: a checkpoint folder or torchvision-vgg16:PATH
+    imagine_classifier: str = ""  # IMAGINE's classifier instead of <models>/classifier (e.g. torchvision-resnet50:PATH)
     heads_dir: str = "var/heads"  # where FitHead saves user heads (and loads them on start)
     host: str = "127.0.0.1"
     port: int = 50051
@@ -61,6 +67,7 @@ class ServeOptions:
     max_iterations: int = 500
     max_fit_iterations: int = 2000
     max_candidates: int = 256
+    max_imagine_iterations: int = 5000
     grace_seconds: float = 10.0
     log_level: str = "INFO"
 
@@ -71,16 +78,16 @@ class ServeOptions:
 
     def check(self) -> None:
         if min(self.max_samples, self.workers, self.max_jobs, self.max_iterations, self.max_fit_iterations,
-               self.max_candidates) < 1:
-            raise ValueError("--max-samples, --workers, --max-jobs, --max-iterations, --max-fit-iterations "
-                             "and --max-candidates must be >= 1")
+               self.max_candidates, self.max_imagine_iterations) < 1:
+            raise ValueError("--max-samples, --workers, --max-jobs, --max-iterations, --max-fit-iterations, "
+                             "--max-candidates and --max-imagine-iterations must be >= 1")
         if self.max_image_bytes >= self.max_message_bytes:
             raise ValueError("--max-image-bytes must be below --max-message-bytes (the image travels inside a message)")
 
     @property
     def limits(self) -> Limits:
         return Limits(self.max_samples, self.max_image_bytes, self.max_image_pixels, self.max_iterations,
-                      self.max_fit_iterations, self.max_candidates)
+                      self.max_fit_iterations, self.max_candidates, self.max_imagine_iterations)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="model bundle folder: classifier/ + pyramid/ and/or stylegan/ (+ segmenter/, heads/) (default: %(default)s)")
     a("--classifier", default=d.classifier,
       help="use this classifier instead of <models>/classifier: a checkpoint folder or torchvision-vgg16:PATH")
+    a("--imagine-classifier", default=d.imagine_classifier,
+      help="IMAGINE's classifier instead of <models>/classifier: a checkpoint folder, torchvision-vgg16:PATH "
+           "or torchvision-resnet50:PATH")
     a("--heads-dir", default=d.heads_dir, help="where FitHead saves user heads (default: %(default)s)")
     a("--host", default=d.host, help="address to bind gRPC and metrics on (default: %(default)s)")
     a("--port", type=int, default=d.port, help="gRPC port; 0 picks a free one (default: %(default)s)")
@@ -101,13 +111,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-image-pixels", type=int, default=d.max_image_pixels, help="largest reference width*height (default: %(default)s)")
     a("--max-message-bytes", type=int, default=d.max_message_bytes, help="gRPC send/receive message limit (default: %(default)s)")
     a("--max-jobs", type=int, default=d.max_jobs,
-      help="iterative jobs (FitHead, SampleConditional, EditSemantics) running at once (default: %(default)s)")
+      help="iterative jobs (FitHead, SampleConditional, EditSemantics, Imagine) running at once (default: %(default)s)")
     a("--max-iterations", type=int, default=d.max_iterations,
       help="largest iterations of SampleConditional/EditSemantics (default: %(default)s)")
     a("--max-fit-iterations", type=int, default=d.max_fit_iterations,
       help="largest iterations of FitHead (default: %(default)s)")
     a("--max-candidates", type=int, default=d.max_candidates,
       help="largest n_init (random latents per sample) of SampleConditional (default: %(default)s)")
+    a("--max-imagine-iterations", type=int, default=d.max_imagine_iterations,
+      help="largest stage1/stage2 iterations of Imagine (default: %(default)s)")
     a("--grace-seconds", type=float, default=d.grace_seconds, help="time in-flight RPCs get on shutdown (default: %(default)s)")
     a("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING, ... (default: %(default)s)")
 
@@ -124,6 +136,7 @@ class Gateway:
     health: health_aio.HealthServicer
     pyramid: PyramidServicer
     semantics: SemanticsServicer
+    imagine: ImagineServicer
 
 
 @dataclass
@@ -132,9 +145,13 @@ class Engines:
 
     pyramid: Engine | None = None
     semantics: SemanticsEngine | None = None
+    imagine: ImagineEngine | None = None
+
+    def loaded(self) -> list:
+        return [e for e in (self.pyramid, self.semantics, self.imagine) if e is not None]
 
 
-SERVICES = (PYRAMID_SERVICE, SEMANTICS_SERVICE)
+SERVICES = (PYRAMID_SERVICE, SEMANTICS_SERVICE, IMAGINE_SERVICE)
 
 
 async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
@@ -151,6 +168,8 @@ async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
     add_pyramid_servicer(server, pyramid)
     semantics = SemanticsServicer(opts.limits)
     add_semantics_servicer(server, semantics)
+    imagine = ImagineServicer(opts.limits)
+    add_imagine_servicer(server, imagine)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -158,7 +177,7 @@ async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
         server,
     )
     await set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)  # the default is SERVING
-    return Gateway(server, health, pyramid, semantics)
+    return Gateway(server, health, pyramid, semantics, imagine)
 
 
 async def set_health(health: health_aio.HealthServicer, status, services=("", *SERVICES)) -> None:
@@ -170,7 +189,8 @@ async def attach_engines(gateway: Gateway, engines: Engines, models: str) -> Non
     """Attach what the bundle has, mark the rest not served, and switch health to SERVING."""
     served = [""]
     for servicer, engine, service, folder in ((gateway.pyramid, engines.pyramid, PYRAMID_SERVICE, "pyramid"),
-                                              (gateway.semantics, engines.semantics, SEMANTICS_SERVICE, "stylegan")):
+                                              (gateway.semantics, engines.semantics, SEMANTICS_SERVICE, "stylegan"),
+                                              (gateway.imagine, engines.imagine, IMAGINE_SERVICE, "classifier")):
         if engine is None:
             servicer.not_served(f"model: this server's bundle ({models}) has no {folder}/, so {service} "
                                 f"is not served here")
@@ -183,16 +203,20 @@ async def attach_engines(gateway: Gateway, engines: Engines, models: str) -> Non
 def load_embedded(opts: ServeOptions, metrics: ServingMetrics) -> Engines:
     """Load every model the bundle has (blocking; runs in a thread)."""
     models = Path(opts.models)
-    if not (models / "pyramid").exists() and not (models / "stylegan").exists():
-        raise FileNotFoundError(f"{models} has neither pyramid/ nor stylegan/")
+    imagine = (models / "classifier").exists() or bool(opts.imagine_classifier)
+    if not (models / "pyramid").exists() and not (models / "stylegan").exists() and not imagine:
+        raise FileNotFoundError(f"{models} has none of pyramid/, stylegan/ and classifier/ (and no --imagine-classifier)")
     engines = Engines()
+    jobs = JobRunner(opts.max_jobs, metrics)  # one limit for the iterative jobs of every service
     if (models / "pyramid").exists():
         engines.pyramid = EmbeddedEngine.from_dir(models, device=opts.device, workers=opts.workers, metrics=metrics,
                                                   classifier=opts.classifier or None)
     if (models / "stylegan").exists():
         engines.semantics = EmbeddedSemanticsEngine.from_dir(models, opts.heads_dir, device=opts.device,
-                                                             workers=opts.workers, max_jobs=opts.max_jobs,
-                                                             metrics=metrics)
+                                                             workers=opts.workers, metrics=metrics, jobs=jobs)
+    if imagine:
+        engines.imagine = EmbeddedImagineEngine.from_dir(models, opts.imagine_classifier or None, device=opts.device,
+                                                         metrics=metrics, jobs=jobs)
     return engines
 
 
@@ -225,7 +249,8 @@ async def serve(opts: ServeOptions,
         if loading.done():
             engines = loading.result()  # a load error propagates to the except below
             await attach_engines(gateway, engines, opts.models)
-            served = [name for name, e in (("pyramid", engines.pyramid), ("semantics", engines.semantics)) if e]
+            served = [name for name, e in (("pyramid", engines.pyramid), ("semantics", engines.semantics),
+                                           ("imagine", engines.imagine)) if e]
             print(f"models loaded from {opts.models} in {time.perf_counter() - started:.1f}s "
                   f"({', '.join(served)}); health SERVING", flush=True)
             await stopping
@@ -241,9 +266,8 @@ async def serve(opts: ServeOptions,
             loop.remove_signal_handler(sig)
         await health.enter_graceful_shutdown()
         await server.stop(opts.grace_seconds)  # new RPCs are refused; running ones get the grace
-        for engine in (engines.pyramid, engines.semantics):
-            if engine is not None:
-                await engine.close()
+        for engine in engines.loaded():
+            await engine.close()
         metrics_http.shutdown()
     print("stopped", flush=True)
     return code

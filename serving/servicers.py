@@ -96,20 +96,40 @@ async def _abort(context, method, error: Exception) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error; see the server log for request id {rid}")
 
 
-class PyramidServicer:
-    """semgen.v1.PyramidService. Registered before the model loads; answers UNAVAILABLE until `attach`."""
+class AttachableServicer:
+    """A servicer registered before its model loads: UNAVAILABLE until `attach`, NOT_FOUND after
+    `not_served` (the bundle has no model for the service)."""
 
-    def __init__(self, limits: Limits, engine: Engine | None = None):
+    def __init__(self, limits: Limits, engine=None):
         self.limits = limits
         self.engine = engine
         self.absent: str | None = None
 
-    def attach(self, engine: Engine) -> None:
+    def attach(self, engine) -> None:
         self.engine = engine
 
     def not_served(self, reason: str) -> None:
         """The bundle has no model for this service: answer NOT_FOUND with `reason` from now on."""
         self.absent = reason
+
+    def _engine(self):
+        """(engine, engine.info), or the status that says why there is none."""
+        engine = self.engine
+        if engine is None:
+            raise NotFound(self.absent) if self.absent else Unavailable("model: still loading; retry shortly")
+        return engine, engine.info
+
+
+def register_handlers(server, service: str, handlers: dict) -> None:
+    """Register method handlers like a generated `add_...Servicer_to_server` does."""
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
+class PyramidServicer(AttachableServicer):
+    """semgen.v1.PyramidService. Registered before the model loads; answers UNAVAILABLE until `attach`."""
+
+    engine: Engine | None
 
     @rpc_errors
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
@@ -145,12 +165,6 @@ class PyramidServicer:
         return await self._reply(result, args.num_samples, info)
 
     # ---- shared steps ------------------------------------------------------------------
-
-    def _engine(self):
-        engine = self.engine
-        if engine is None:
-            raise NotFound(self.absent) if self.absent else Unavailable("model: still loading; retry shortly")
-        return engine, engine.info
 
     async def _decode(self, data: bytes, field: str):
         # PIL decode/encode is CPU work too: keep it off the event loop.
@@ -191,5 +205,4 @@ def add_pyramid_servicer(server, servicer: PyramidServicer) -> None:
         )
         for name, request_cls in rpcs.items()
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PYRAMID_SERVICE, handlers),))
-    server.add_registered_method_handlers(PYRAMID_SERVICE, handlers)
+    register_handlers(server, PYRAMID_SERVICE, handlers)

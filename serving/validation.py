@@ -24,6 +24,7 @@ class Limits:
     max_iterations: int = 500  # SCS and SIE steps
     max_fit_iterations: int = 2000  # FitHead steps; the paper's schedule needs 2000 for 1-4 shots
     max_candidates: int = 256  # SCS random latents per sample (n_init)
+    max_imagine_iterations: int = 5000  # IMAGINE iterations per stage
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,13 @@ def _check_sample_fields(request, info: ModelInfo, limits: Limits, errors: list)
                 f"class_name: unknown class {request.class_name!r}; expected one of {_choices(info.class_names)}"
             )
     return dict(num_samples=request.num_samples, seed=request.seed, class_index=class_index)
+
+
+def _default_count(value: int, field: str, default: int, limit: int, errors: list) -> int:
+    """A count where 0 means `default` (capped at `limit`); above `limit` is an error."""
+    if not 0 <= value <= limit:
+        errors.append(f"{field}: must be between 1 and {limit} (0 = {min(default, limit)}), got {value}")
+    return value or min(default, limit)
 
 
 def _raise(errors: list) -> None:

@@ -34,6 +34,12 @@ class ConvStage(nn.Module):
 
 
 class Classifier(nn.Module):
+    # Layers whose feature statistics IMAGINE matches (the analogue of ResNet-50's four stages) and
+    # the one Grad-CAM reads for position control (8×8 at 64 px: fine enough to place a blob).
+    spatial_layers = SPATIAL_LEVELS
+    match_layers = SPATIAL_LEVELS[:4]
+    gradcam_layer = "conv3"
+
     def __init__(
         self,
         image_size: int = 64,
@@ -105,7 +111,27 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class TorchvisionVGG16(nn.Module):
+class ImageNetClassifier(nn.Module):
+    """What the torchvision layouts share: the config, a size check (overall stride 32) and
+    ImageNet normalisation of our [-1, 1] inputs."""
+
+    def __init__(self, image_size: int, num_classes: int, class_names: tuple[str, ...]):
+        super().__init__()
+        self.config = dict(image_size=image_size, num_classes=num_classes, class_names=tuple(class_names))
+        if image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (overall stride 32), got {image_size}")
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.class_names = tuple(class_names)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB in [-1, 1] -> ImageNet-normalised."""
+        return ((x + 1) / 2 - self.mean) / self.std
+
+
+class TorchvisionVGG16(ImageNetClassifier):
     """torchvision's VGG16 (no batch norm), layer for layer: torchvision's `features.N` are our
     `convs.N` (pools at 4, 9, 16, 23, 30) and its `classifier.{0,3,6}` (fc6, fc7, fc8) our
     `fcs.{0,3,6}`; `semgen.checkpoints.load_torchvision_vgg16` renames the keys on load.
@@ -114,14 +140,12 @@ class TorchvisionVGG16(nn.Module):
     inside), levels conv1..conv5 after each pooling, fc7 after its ReLU, fc8 the logits.
     """
 
+    spatial_layers = SPATIAL_LEVELS
+    match_layers = SPATIAL_LEVELS[:4]
+    gradcam_layer = "conv5"
+
     def __init__(self, image_size: int = 224, num_classes: int = 1000, class_names: tuple[str, ...] = ()):
-        super().__init__()
-        self.config = dict(image_size=image_size, num_classes=num_classes, class_names=tuple(class_names))
-        if image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32 (five poolings), got {image_size}")
-        self.image_size = image_size
-        self.num_classes = num_classes
-        self.class_names = tuple(class_names)
+        super().__init__(image_size, num_classes, class_names)
         layers, c_in = [], 3
         for stage in VGG16_STAGES:
             for c_out in stage:
@@ -135,8 +159,6 @@ class TorchvisionVGG16(nn.Module):
             nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(),
             nn.Linear(4096, num_classes),
         )
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def level_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes = {}
@@ -148,7 +170,7 @@ class TorchvisionVGG16(nn.Module):
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x [B, 3, S, S] in [-1, 1] -> {level: [B, C, h, w] or [B, D]}."""
-        x = ((x + 1) / 2 - self.mean) / self.std
+        x = self.normalise(x)
         feats, level = {}, 0
         for layer in self.convs:
             x = layer(x)

@@ -16,6 +16,7 @@ from PIL import Image
 import grpc
 
 from serving.engine import EmbeddedEngine
+from serving.imagine_engine import EmbeddedImagineEngine
 from serving.metrics import ServingMetrics
 from serving.protos import pyramid_pb2 as pb, pyramid_pb2_grpc
 from serving.semantics_engine import EmbeddedSemanticsEngine
@@ -95,18 +96,64 @@ async def in_process_server(pipeline=None, **options):
 async def in_process_semantics_server(models, heads_dir, **options):
     """The real gRPC server with an EmbeddedSemanticsEngine on the bundle in `models` (CPU)."""
     opts = ServeOptions(port=0, models=str(models), heads_dir=str(heads_dir), **options)
+
+    def load(metrics):
+        engine = EmbeddedSemanticsEngine.from_dir(models, heads_dir, device="cpu", max_jobs=opts.max_jobs,
+                                                  metrics=metrics)
+        return engine, Engines(semantics=engine)
+
+    async with _in_process_engine(opts, load) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def in_process_imagine_server(models, **options):
+    """The real gRPC server with an EmbeddedImagineEngine on <models>/classifier (CPU)."""
+    opts = ServeOptions(port=0, models=str(models), **options)
+
+    def load(metrics):
+        engine = EmbeddedImagineEngine.from_dir(models, opts.imagine_classifier or None, device="cpu",
+                                                max_jobs=opts.max_jobs, metrics=metrics)
+        return engine, Engines(imagine=engine)
+
+    async with _in_process_engine(opts, load) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def _in_process_engine(opts: ServeOptions, load):
+    """The real gRPC server (create_server) on a free loopback port with the engine that
+    `load(metrics)` returns as (engine, Engines) attached; closes the engine at the end."""
     metrics = ServingMetrics()
     gateway = await create_server(opts, metrics)
     port = gateway.server.add_insecure_port("127.0.0.1:0")
     await gateway.server.start()
-    engine = EmbeddedSemanticsEngine.from_dir(models, heads_dir, device="cpu", max_jobs=opts.max_jobs,
-                                              metrics=metrics)
-    await attach_engines(gateway, Engines(semantics=engine), str(models))
+    engine, engines = load(metrics)
+    await attach_engines(gateway, engines, opts.models)
     try:
         yield SimpleNamespace(address=f"127.0.0.1:{port}", metrics=metrics, engine=engine)
     finally:
         await gateway.server.stop(0)
         await engine.close()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to `n` for a while (tiny models run fastest on one)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def image_meta(data: bytes):
+    """(format, mode, size) of encoded image bytes."""
+    image = Image.open(io.BytesIO(data))
+    return image.format, image.mode, image.size
 
 
 def free_port() -> int:
@@ -174,3 +221,4 @@ def in_thread(server_context, timeout: float = 30.0):
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout)
         loop.close()
+
