@@ -255,11 +255,9 @@ class ImaginePipeline:
         l2 = x.flatten(1).norm(dim=1).pow(2).mean()
         loss = ce + sch.tv * tv + sch.l2 * l2
         losses.update(ce=ce.item(), tv=tv.item())
-        dm = 0.0
-        for m in matches:
-            f = feats if m.region is None else self.classifier.features(x * m.region)
-            dm = dm + _stats_distance(f, m)
-        if matches and sch.dm:
+        if matches and sch.dm:  # DeepInversion (dm = 0) skips the reference's statistics altogether
+            dm = sum(_stats_distance(feats if m.region is None else self.classifier.features(x * m.region), m)
+                     for m in matches)
             loss = loss + sch.dm * dm
             losses["dm"] = dm.item()
         if bn_stats is not None:
