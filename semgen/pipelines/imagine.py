@@ -40,19 +40,19 @@ class Schedule:
 
     stage1: int = 200  # matching only
     stage2: int = 200  # matching + patch critic
-    lr: float = 0.05  # Adam on the pixels ([-1, 1] scale), cosine-decayed within each stage
-    lr2: float = 0.05  # the same in stage 2
-    d_lr: float = 5e-4  # Adam on the critic
+    lr: float = 0.05  # Adam on the pixels ([-1, 1] scale), one cosine decay over both stages
+    d_lr: float = 1e-3  # Adam on the critic
     tv: float = 1.0  # α (paper 1e-4 at 224 px; our small classifier needs a much stronger smoothness prior)
     l2: float = 1e-5  # β
     dm: float = 5.0  # λ: reference statistics
-    pc: float = 10.0  # γ in stage 2
+    pc: float = 1000.0  # γ in stage 2, on the critic's mean patch score (≈ 4 on its sum over 16×16 patches)
     loc: float = 10.0  # ν: position control
     bn: float = 0.0  # DeepInversion: the classifier's batch-norm statistics (eq. 3)
     counterfactual: float = 100.0  # weight of eq. 13's L1 term (pixel mean) outside the region
-    gp: float = 0.1  # WGAN-GP gradient-penalty weight
+    gp: float = 1.0  # WGAN-GP gradient-penalty weight
     gp_every: int = 4  # lazy gradient penalty: every n-th critic step
-    critic_steps: int = 1  # critic updates per image update
+    critic_steps: int = 2  # critic updates per image update
+    critic_warmup: int = 50  # stage 2's first n (≤ stage2/4) iterations train the critic before it guides
     jitter: int = 2  # random shift (px) of the images each iteration
     init_noise: float = 0.1  # style/counterfactual: noise added to the start image (variations differ)
 
@@ -209,22 +209,23 @@ class ImaginePipeline:
         jitter_gen = torch.Generator().manual_seed(int(seed))
         query = self._tensor(c.counterfactual_query) if c.counterfactual_query is not None else None
         keep = 1 - matches[0].region if query is not None else None  # outside the query's region
+        warmup = min(sch.critic_warmup, sch.stage2 // 4)  # a short stage 2 still gets the critic's guidance
 
         # 3. optimise
         try:
             for it in range(sch.total):
                 stage = 1 if it < sch.stage1 else 2
-                start, length = (0, sch.stage1) if stage == 1 else (sch.stage1, sch.stage2)
-                base_lr = sch.lr if stage == 1 else sch.lr2
-                for group in opt.param_groups:  # cosine decay within each stage, to 5% of its lr
-                    group["lr"] = base_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (it - start) / length)))
+                # one cosine decay over both stages (to 5%): a restart at stage 2 costs more than the critic gains
+                for group in opt.param_groups:
+                    group["lr"] = sch.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * it / sch.total)))
                 losses = {}
                 if stage == 2:
                     for j in range(sch.critic_steps):
-                        step = (it - start) * sch.critic_steps + j
+                        step = (it - sch.stage1) * sch.critic_steps + j
                         losses["critic"] = self._critic_step(critic, opt_d, x0, x.detach(), sch, step, jitter_gen)
+                guided = stage == 2 and it - sch.stage1 >= warmup  # the critic learns x̂ before it guides it
                 shifted = _roll(x, sch.jitter, jitter_gen)
-                loss = self._image_loss(shifted, y, matches, sch, losses, blob, bn_stats, stage, critic)
+                loss = self._image_loss(shifted, y, matches, sch, losses, blob, bn_stats, critic if guided else None)
                 if query is not None:
                     l1 = ((x - query).abs() * keep).mean()
                     losses["counterfactual"] = l1.item()
@@ -246,7 +247,7 @@ class ImaginePipeline:
             predicted = self.classifier(to_tensor(images).to(self.device)).argmax(1).cpu().numpy()
         return ImagineResult(images, target_class, self.class_names[target_class], predicted, seeds)
 
-    def _image_loss(self, x, y, matches, sch: Schedule, losses: dict, blob, bn_stats, stage: int, critic):
+    def _image_loss(self, x, y, matches, sch: Schedule, losses: dict, blob, bn_stats, critic):
         """Eq. 9 (+ eq. 10 with a blob, + eq. 3 for the DeepInversion baseline) for a batch x."""
         feats = self.classifier.features(x)
         logits = feats["fc8"]
@@ -270,7 +271,7 @@ class ImaginePipeline:
             loc = (cam - target).flatten(1).norm(dim=1).mean()
             loss = loss + sch.loc * loc
             losses["loc"] = loc.item()
-        if stage == 2:
+        if critic is not None:  # stage 2, once the critic has warmed up
             pc = -critic(x).mean()
             loss = loss + sch.pc * pc
             losses["pc"] = pc.item()
