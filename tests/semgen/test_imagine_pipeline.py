@@ -45,21 +45,14 @@ def test_variations_are_seeded_and_deterministic(pipe, reference):
 def test_two_stages_report_their_losses_and_the_matching_improves(pipe, reference):
     # the paper's TV weight: with our strong default TV a random tiny classifier's matching term barely moves
     schedule = Schedule(stage1=30, stage2=8, tv=1e-4, critic_warmup=2)
-    images = []
-    steps = []
-
-    def on_step(step):
-        steps.append(step)
-        images.append(step.images())
-
-    result = pipe.run(reference, 2, seed=0, schedule=schedule, on_step=on_step)
+    result, steps = run_logged(pipe, reference, num_variations=2, seed=0, schedule=schedule)
     assert [s.iteration for s in steps] == list(range(1, 39)) and {s.total for s in steps} == {38}
     assert [s.stage for s in steps] == [1] * 30 + [2] * 8
     assert "pc" not in steps[0].losses and {"pc", "critic"} <= set(steps[-1].losses)
     # stage 2's warm-up iterations train the critic without its term in the images' loss
     assert "critic" in steps[30].losses and "pc" not in steps[31].losses and "pc" in steps[32].losses
     assert steps[29].losses["dm"] < 0.5 * steps[0].losses["dm"]  # eq. 5 pulls the statistics to the reference's
-    assert np.array_equal(images[-1], result.images)
+    assert np.array_equal(steps[-1].images(), result.images)
 
 
 def test_raising_in_on_step_stops_within_that_iteration(pipe, reference):
