@@ -76,6 +76,24 @@ def cmd_eval_segmenter(args):
     _print(eval_segmenter(args.checkpoint, n=args.n), args.json)
 
 
+def cmd_train_attributes(args):
+    from training.attributes import AttributeOptions, train_attributes
+
+    print(f"checkpoint: {train_attributes(_options(args, AttributeOptions))}")
+
+
+def cmd_train_boundaries(args):
+    from training.boundaries import BoundaryOptions, train_boundaries
+
+    print(f"boundaries: {train_boundaries(_options(args, BoundaryOptions))}")
+
+
+def cmd_eval_higan(args):
+    from training.eval_higan import eval_higan
+
+    _print(eval_higan(args.models, k=args.k, edit_k=args.edit_k, progress=_log(args)), args.json)
+
+
 def cmd_train_heads(args):
     from training.heads import HeadsOptions, train_heads
 
@@ -145,6 +163,8 @@ def cmd_serve(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from training.attributes import AttributeOptions
+    from training.boundaries import BoundaryOptions
     from training.classifier import ClassifierOptions
     from training.pyramid import PyramidOptions
     from training.heads import HeadsOptions
@@ -172,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="artifacts")
     p.add_argument("--n", type=int, default=12, help="held-out references for the quality curve")
     p.add_argument("--variations", type=int, default=4)
-    p.add_argument("--totals", default="50,100,200,400", help="iteration counts (half stage 1, half stage 2)")
+    p.add_argument("--totals", default="50,100,200,400", help="iteration counts (split between the stages as the default schedule is)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_imagine)
@@ -193,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = train.add_parser("heads", help="semantic heads (LSE, NSE-1, NSE-2) on generated samples, full or few-shot")
     _add_options(p, HeadsOptions)
     p.set_defaults(func=cmd_train_heads)
+    p = train.add_parser("attributes", help="the attribute predictor HiGAN scores images with")
+    _add_options(p, AttributeOptions)
+    p.set_defaults(func=cmd_train_attributes)
+    p = train.add_parser("boundaries", help="HiGAN boundaries: score sampled latents, one linear SVM per score")
+    _add_options(p, BoundaryOptions)
+    p.set_defaults(func=cmd_train_boundaries)
 
     ev = sub.add_parser("eval", help="evaluate models, write reports/").add_subparsers(dest="what", required=True)
     p = ev.add_parser("classifier")
@@ -242,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_imagine)
 
+    p = ev.add_parser("higan", help="re-scoring by layer, hierarchy, editing, category transfer")
+    p.add_argument("--models", default="artifacts")
+    p.add_argument("--k", type=int, default=100, help="latents for re-scoring")
+    p.add_argument("--edit-k", type=int, default=64, help="latents for the editing measures")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_higan)
+
     p = ev.add_parser("pyramid")
     p.add_argument("--models", default="artifacts")
     p.add_argument("--n", type=int, default=200, help="held-out reference scenes per level")
@@ -252,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     client = sub.add_parser("client", help="call a running server").add_subparsers(dest="service", required=True)
     from serving.client import add_pyramid_commands
+    from serving.higan_client import add_attributes_command, add_manipulate_command
     from serving.imagine_client import add_imagine_commands
     from serving.semantics_client import add_semantics_commands
 
@@ -260,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
         "semantics", help="SemanticsService: sample, segment, fit-head, list-heads, sample-conditional, edit"))
     add_imagine_commands(client.add_parser(
         "imagine", help="ImagineService: variations of a reference image by classifier inversion; `info`"))
+    add_attributes_command(client.add_parser(
+        "attributes", help="HiganService: the attribute boundaries, their levels and default layers"))
+    add_manipulate_command(client.add_parser(
+        "manipulate", help="HiganService: edit seeds or latents along attribute boundaries on chosen layers"))
 
     p = sub.add_parser("serve", help="serve the models over gRPC")
     from serving.server import add_arguments

@@ -2,6 +2,9 @@
 
     <models>/classifier/   the feature extractor (Classifier)
     <models>/pyramid/      the EMA pyramid generator (PyramidGenerator)
+    <models>/stylegan/     the layer-wise latent generator (StyleGenerator)
+    <models>/segmenter/    the supervisor segmenter; <models>/heads/<name>/ semantic heads
+    <models>/attributes/   HiGAN's attribute predictor; <models>/boundaries/ its boundaries
 """
 
 from __future__ import annotations
@@ -47,4 +50,33 @@ def make_random_semantics_bundle(path: str | Path, image_size: int = 16, seed: i
     save_checkpoint(path / "stylegan", generator.eval(), generator.config)
     save_checkpoint(path / "segmenter", segmenter.eval(), segmenter.config)
     save_checkpoint(path / "heads" / "lse", head.eval(), head.config)
+    return path
+
+
+def make_random_higan_bundle(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """An untrained, tiny HiGAN bundle for tests: the semantics bundle plus a classifier, an
+    attribute predictor and random boundaries for every score and category transfer (unit
+    normals, scale 1, default layers by level: layout early, objects and categories middle, the
+    rest late):
+        <models>/classifier/  <models>/attributes/  <models>/boundaries/"""
+    import numpy as np
+
+    from semgen.data.scenes import ATTRIBUTES
+    from semgen.networks.attributes import AttributePredictor
+    from semgen.pipelines.higan import TRANSFERS, Boundary, save_boundaries, transfer_name
+
+    path = make_random_semantics_bundle(make_random_bundle(path, image_size, seed), image_size, seed)
+    names, levels = tuple(ATTRIBUTES), tuple(ATTRIBUTES.values())
+    predictor = AttributePredictor(image_size, names, levels, (0.5,) * len(names), (0.25,) * len(names), channels=(4, 8))
+    save_checkpoint(path / "attributes", predictor.eval(), predictor.config)
+    generator_ws, w_dim = 2 * (image_size.bit_length() - 2), 8  # num_ws of the semantics bundle's generator
+    rng = np.random.default_rng(seed)
+    layers = {"layout": (0, 1), "objects": (2, 3), "category": (2, 3)}
+    boundaries = []
+    categories = [(c, "category") for c in CATEGORIES] + [(transfer_name(a, b), "category") for a, b in TRANSFERS]
+    for name, level in list(zip(names, levels)) + categories:
+        normal = rng.standard_normal(w_dim).astype(np.float32)
+        boundaries.append(Boundary(name, level, normal / np.linalg.norm(normal), 1.0, 0.5,
+                                   layers.get(level, tuple(range(4, generator_ws)))))
+    save_boundaries(path / "boundaries", boundaries)
     return path

@@ -18,6 +18,7 @@ from torch import nn
 
 def _registry() -> dict[str, type[nn.Module]]:
     # Imported here so that this module stays importable without pulling every network in.
+    from semgen.networks.attributes import AttributePredictor
     from semgen.networks.classifier import Classifier, TorchvisionVGG16
     from semgen.networks.resnet import TorchvisionResNet50
     from semgen.networks.pyramid import PyramidDiscriminator, PyramidGenerator
@@ -26,7 +27,7 @@ def _registry() -> dict[str, type[nn.Module]]:
     from semgen.networks.stylegan import StyleDiscriminator, StyleGenerator
 
     classes = (Classifier, TorchvisionVGG16, TorchvisionResNet50, PyramidGenerator, PyramidDiscriminator,
-               StyleGenerator, StyleDiscriminator, UNetSegmenter, *HEAD_KINDS.values())
+               StyleGenerator, StyleDiscriminator, UNetSegmenter, AttributePredictor, *HEAD_KINDS.values())
     return {c.__name__: c for c in classes}
 
 

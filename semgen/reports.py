@@ -1,4 +1,4 @@
-"""Pictures for reports: image grids and a confusion matrix, drawn with PIL only."""
+"""Pictures for reports: image grids, heatmaps (confusion matrices) and line plots, drawn with PIL only."""
 
 from __future__ import annotations
 
@@ -24,18 +24,27 @@ def image_grid(rows: list[list[np.ndarray]], scale: int = 2, pad: int = 2, label
 
 
 def confusion_image(confusion: np.ndarray, names, cell: int = 36) -> Image.Image:
-    n = len(names)
-    left, top = 110, 20
-    img = Image.new("RGB", (left + n * cell + 10, top + n * cell + 10), "white")
-    draw = ImageDraw.Draw(img)
+    """Counts [n, n] -> rows normalised to sum 1, as a heatmap."""
     norm = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
-    for i, name in enumerate(names):
-        draw.text((4, top + i * cell + cell // 2 - 5), name[:16], fill="black")
-        draw.text((left + i * cell + 4, 4), str(i), fill="black")
-        for j in range(n):
-            v = int(255 * (1 - norm[i, j]))
-            draw.rectangle([left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1], fill=(v, v, 255))
-            draw.text((left + j * cell + 6, top + i * cell + cell // 2 - 5), f"{norm[i, j]:.2f}"[1:] if norm[i, j] < 1 else "1", fill="black")
+    return heatmap(norm, names, [str(i) for i in range(len(names))], cell)
+
+
+def heatmap(values: np.ndarray, row_labels, col_labels, cell: int = 36) -> Image.Image:
+    """values [rows, cols] in [0, 1] -> a table of blue cells (darker = larger) with the values printed."""
+    rows, cols = values.shape
+    left, top = 110, 20
+    img = Image.new("RGB", (left + cols * cell + 10, top + rows * cell + 10), "white")
+    draw = ImageDraw.Draw(img)
+    for j, name in enumerate(col_labels):
+        draw.text((left + j * cell + 4, 4), str(name)[:5], fill="black")
+    for i, name in enumerate(row_labels):
+        draw.text((4, top + i * cell + cell // 2 - 5), str(name)[:16], fill="black")
+        for j in range(cols):
+            v = float(np.clip(values[i, j], 0, 1))
+            shade = int(255 * (1 - v))
+            draw.rectangle([left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1],
+                           fill=(shade, shade, 255))
+            draw.text((left + j * cell + 6, top + i * cell + cell // 2 - 5), f"{v:.2f}"[1:] if v < 1 else "1", fill="black")
     return img
 
 

@@ -135,6 +135,22 @@ class EmbeddedEngine(Engine):
         await self._work.close()
 
 
+def not_found_errors(fn: Callable, field: str) -> Callable:
+    """`fn` with a pipeline's KeyError for an unknown name (message "<field>: ...", e.g.
+    "head: no head named 'x'") as NotFound; other KeyErrors stay bugs."""
+
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KeyError as e:
+            message = str(e.args[0]) if e.args else ""
+            if message.startswith(f"{field}:"):
+                raise NotFound(message) from None
+            raise
+
+    return call
+
+
 class WorkerPool:
     """Blocking calls on `workers` threads, timed into the engine queue/compute metrics.
 

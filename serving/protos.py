@@ -2,6 +2,8 @@
 
 try:
     from serving._generated.semgen.v1 import (
+        higan_pb2,
+        higan_pb2_grpc,
         imagine_pb2,
         imagine_pb2_grpc,
         pyramid_pb2,
@@ -17,6 +19,8 @@ except ImportError as e:  # pragma: no cover - only when the setup step was skip
 PYRAMID_SERVICE = pyramid_pb2.DESCRIPTOR.services_by_name["PyramidService"].full_name
 SEMANTICS_SERVICE = semantics_pb2.DESCRIPTOR.services_by_name["SemanticsService"].full_name
 IMAGINE_SERVICE = imagine_pb2.DESCRIPTOR.services_by_name["ImagineService"].full_name
+HIGAN_SERVICE = higan_pb2.DESCRIPTOR.services_by_name["HiganService"].full_name
 
 __all__ = ["pyramid_pb2", "pyramid_pb2_grpc", "semantics_pb2", "semantics_pb2_grpc", "imagine_pb2",
-           "imagine_pb2_grpc", "PYRAMID_SERVICE", "SEMANTICS_SERVICE", "IMAGINE_SERVICE"]
+           "imagine_pb2_grpc", "higan_pb2", "higan_pb2_grpc", "PYRAMID_SERVICE", "SEMANTICS_SERVICE",
+           "IMAGINE_SERVICE", "HIGAN_SERVICE"]

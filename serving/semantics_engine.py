@@ -20,7 +20,7 @@ from typing import AsyncIterator, Callable, Iterable
 
 import numpy as np
 
-from serving.engine import AlreadyExists, NotFound, WorkerPool
+from serving.engine import AlreadyExists, WorkerPool, not_found_errors
 from serving.jobs import JobControl, JobRunner
 from serving.metrics import ServingMetrics
 
@@ -243,14 +243,4 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
 
 def _head_errors(fn: Callable) -> Callable:
     """`fn` with the pipeline's KeyError for an unknown predictor ("head: ...") as NotFound."""
-
-    def call(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except KeyError as e:
-            message = str(e.args[0]) if e.args else ""
-            if message.startswith("head:"):
-                raise NotFound(message) from None
-            raise
-
-    return call
+    return not_found_errors(fn, "head")

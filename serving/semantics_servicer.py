@@ -23,7 +23,7 @@ from serving.semantics_validation import (
     check_sample_conditional,
     check_segment,
 )
-from serving.servicers import AttachableServicer, register_handlers, rpc_errors
+from serving.servicers import AttachableServicer, register_handlers, rpc_errors, unary_handlers
 from serving.validation import lenient_deserializer
 
 
@@ -142,14 +142,7 @@ def add_semantics_servicer(server, servicer: SemanticsServicer) -> None:
         "ListHeads": (pb.ListHeadsRequest, pb.ListHeadsResponse),
     }
     streaming = {"SampleConditional": pb.SampleConditionalRequest, "EditSemantics": pb.EditSemanticsRequest}
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name),
-            request_deserializer=lenient_deserializer(request_cls),
-            response_serializer=response_cls.SerializeToString,
-        )
-        for name, (request_cls, response_cls) in unary.items()
-    }
+    handlers = unary_handlers(servicer, unary)
     for name, request_cls in streaming.items():
         handlers[name] = grpc.unary_stream_rpc_method_handler(
             getattr(servicer, name),

@@ -6,8 +6,9 @@
 Order of events: bind gRPC + metrics ports with health NOT_SERVING, load the models off the
 event loop, attach them and switch health to SERVING. The bundle decides what is served:
 PyramidService if <models>/pyramid exists, SemanticsService if <models>/stylegan exists,
-ImagineService if <models>/classifier exists or --imagine-classifier is given; a service whose
-model is missing answers NOT_FOUND and its health stays NOT_SERVING. Iterative jobs of every
+ImagineService if <models>/classifier exists or --imagine-classifier is given, HiganService if
+<models>/stylegan, classifier, attributes and boundaries all exist; a service whose model is
+missing answers NOT_FOUND and its health stays NOT_SERVING. Iterative jobs of every
 service share one limit, --max-jobs.
 On SIGINT/SIGTERM: health NOT_SERVING, stop accepting RPCs, let in-flight ones finish for up to
 --grace-seconds (then running jobs are cancelled), close the engines, exit 0.
@@ -33,12 +34,14 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from serving.engine import Engine, EmbeddedEngine
+from serving.higan_engine import BUNDLE_FOLDERS as HIGAN_FOLDERS, EmbeddedHiganEngine, HiganEngine
+from serving.higan_servicer import HiganServicer, add_higan_servicer
 from serving.imagine_engine import EmbeddedImagineEngine, ImagineEngine
 from serving.imagine_servicer import ImagineServicer, add_imagine_servicer
 from serving.interceptors import TelemetryInterceptor
 from serving.jobs import JobRunner
 from serving.metrics import ServingMetrics
-from serving.protos import IMAGINE_SERVICE, PYRAMID_SERVICE, SEMANTICS_SERVICE
+from serving.protos import HIGAN_SERVICE, IMAGINE_SERVICE, PYRAMID_SERVICE, SEMANTICS_SERVICE
 from serving.semantics_engine import EmbeddedSemanticsEngine, SemanticsEngine
 from serving.semantics_servicer import SemanticsServicer, add_semantics_servicer
 from serving.servicers import PyramidServicer, add_pyramid_servicer
@@ -94,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServeOptions()
     a = parser.add_argument
     a("--models", default=d.models,
-      help="model bundle folder: classifier/ + pyramid/ and/or stylegan/ (+ segmenter/, heads/) (default: %(default)s)")
+      help="model bundle folder: classifier/ + pyramid/ and/or stylegan/ (+ segmenter/, heads/, attributes/, "
+           "boundaries/) (default: %(default)s)")
     a("--classifier", default=d.classifier,
       help="use this classifier instead of <models>/classifier: a checkpoint folder or torchvision-vgg16:PATH")
     a("--imagine-classifier", default=d.imagine_classifier,
@@ -137,6 +141,7 @@ class Gateway:
     pyramid: PyramidServicer
     semantics: SemanticsServicer
     imagine: ImagineServicer
+    higan: HiganServicer
 
 
 @dataclass
@@ -146,12 +151,13 @@ class Engines:
     pyramid: Engine | None = None
     semantics: SemanticsEngine | None = None
     imagine: ImagineEngine | None = None
+    higan: HiganEngine | None = None
 
     def loaded(self) -> list:
-        return [e for e in (self.pyramid, self.semantics, self.imagine) if e is not None]
+        return [e for e in (self.pyramid, self.semantics, self.imagine, self.higan) if e is not None]
 
 
-SERVICES = (PYRAMID_SERVICE, SEMANTICS_SERVICE, IMAGINE_SERVICE)
+SERVICES = (PYRAMID_SERVICE, SEMANTICS_SERVICE, IMAGINE_SERVICE, HIGAN_SERVICE)
 
 
 async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
@@ -170,6 +176,8 @@ async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
     add_semantics_servicer(server, semantics)
     imagine = ImagineServicer(opts.limits)
     add_imagine_servicer(server, imagine)
+    higan = HiganServicer(opts.limits)
+    add_higan_servicer(server, higan)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -177,7 +185,7 @@ async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
         server,
     )
     await set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)  # the default is SERVING
-    return Gateway(server, health, pyramid, semantics, imagine)
+    return Gateway(server, health, pyramid, semantics, imagine, higan)
 
 
 async def set_health(health: health_aio.HealthServicer, status, services=("", *SERVICES)) -> None:
@@ -188,12 +196,14 @@ async def set_health(health: health_aio.HealthServicer, status, services=("", *S
 async def attach_engines(gateway: Gateway, engines: Engines, models: str) -> None:
     """Attach what the bundle has, mark the rest not served, and switch health to SERVING."""
     served = [""]
-    for servicer, engine, service, folder in ((gateway.pyramid, engines.pyramid, PYRAMID_SERVICE, "pyramid"),
-                                              (gateway.semantics, engines.semantics, SEMANTICS_SERVICE, "stylegan"),
-                                              (gateway.imagine, engines.imagine, IMAGINE_SERVICE, "classifier")):
+    higan_lacks = f"lacks one of {', '.join(f'{f}/' for f in HIGAN_FOLDERS)}"
+    for servicer, engine, service, lacks in (
+            (gateway.pyramid, engines.pyramid, PYRAMID_SERVICE, "has no pyramid/"),
+            (gateway.semantics, engines.semantics, SEMANTICS_SERVICE, "has no stylegan/"),
+            (gateway.imagine, engines.imagine, IMAGINE_SERVICE, "has no classifier/"),
+            (gateway.higan, engines.higan, HIGAN_SERVICE, higan_lacks)):
         if engine is None:
-            servicer.not_served(f"model: this server's bundle ({models}) has no {folder}/, so {service} "
-                                f"is not served here")
+            servicer.not_served(f"model: this server's bundle ({models}) {lacks}, so {service} is not served here")
         else:
             servicer.attach(engine)
             served.append(service)
@@ -217,6 +227,11 @@ def load_embedded(opts: ServeOptions, metrics: ServingMetrics) -> Engines:
     if imagine:
         engines.imagine = EmbeddedImagineEngine.from_dir(models, opts.imagine_classifier or None, device=opts.device,
                                                          metrics=metrics, jobs=jobs)
+    missing = [f"{folder}/" for folder in HIGAN_FOLDERS if not (models / folder).exists()]
+    if missing:
+        log.info("HiganService not served: %s has no %s", models, ", ".join(missing))
+    else:
+        engines.higan = EmbeddedHiganEngine.from_dir(models, device=opts.device, workers=opts.workers, metrics=metrics)
     return engines
 
 
@@ -250,7 +265,7 @@ async def serve(opts: ServeOptions,
             engines = loading.result()  # a load error propagates to the except below
             await attach_engines(gateway, engines, opts.models)
             served = [name for name, e in (("pyramid", engines.pyramid), ("semantics", engines.semantics),
-                                           ("imagine", engines.imagine)) if e]
+                                           ("imagine", engines.imagine), ("higan", engines.higan)) if e]
             print(f"models loaded from {opts.models} in {time.perf_counter() - started:.1f}s "
                   f"({', '.join(served)}); health SERVING", flush=True)
             await stopping

@@ -126,6 +126,20 @@ def register_handlers(server, service: str, handlers: dict) -> None:
     server.add_registered_method_handlers(service, handlers)
 
 
+def unary_handlers(servicer, rpcs: dict) -> dict:
+    """Handlers of unary RPCs {name: (request class, response class)} on `servicer`'s methods of
+    those names, with lenient deserializers (malformed request bytes get INVALID_ARGUMENT
+    instead of UNKNOWN)."""
+    return {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=lenient_deserializer(request_cls),
+            response_serializer=response_cls.SerializeToString,
+        )
+        for name, (request_cls, response_cls) in rpcs.items()
+    }
+
+
 class PyramidServicer(AttachableServicer):
     """semgen.v1.PyramidService. Registered before the model loads; answers UNAVAILABLE until `attach`."""
 
@@ -196,13 +210,6 @@ class PyramidServicer(AttachableServicer):
 def add_pyramid_servicer(server, servicer: PyramidServicer) -> None:
     """Register like the generated `add_PyramidServiceServicer_to_server`, but with a lenient
     deserializer so malformed request bytes get INVALID_ARGUMENT instead of UNKNOWN."""
-    rpcs = {"Generate": pb.GenerateRequest, "Repaint": pb.RepaintRequest, "Composite": pb.CompositeRequest}
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name),
-            request_deserializer=lenient_deserializer(request_cls),
-            response_serializer=pb.GenerateResponse.SerializeToString,
-        )
-        for name, request_cls in rpcs.items()
-    }
-    register_handlers(server, PYRAMID_SERVICE, handlers)
+    rpcs = {name: (request_cls, pb.GenerateResponse) for name, request_cls in
+            (("Generate", pb.GenerateRequest), ("Repaint", pb.RepaintRequest), ("Composite", pb.CompositeRequest))}
+    register_handlers(server, PYRAMID_SERVICE, unary_handlers(servicer, rpcs))

@@ -180,7 +180,7 @@ def bench_imagine(models: str = "artifacts", n: int = 12, variations: int = 4, t
                   repeats: int = 3, n_real: int = 1000, schedule: Schedule | None = None,
                   progress: Callable[[str], None] = print, report_dir: str = "reports/imagine") -> dict:
     """Seconds per variation for the default schedule (median of `repeats` runs of K variations)
-    and fd_fc7 of IMAGINE (half stage 1, half stage 2) at several iteration counts."""
+    and fd_fc7 of IMAGINE at several iteration counts (split between the stages as the schedule is)."""
     torch.manual_seed(0)
     pipe = ImaginePipeline.from_dir(models)
     schedule = schedule or Schedule()
@@ -196,13 +196,14 @@ def bench_imagine(models: str = "artifacts", n: int = 12, variations: int = 4, t
     progress(f"seconds per variation: {result['seconds_per_variation']}")
     judge = _Judge(pipe, n_real)
     for total in totals:
-        sch = replace(schedule, stage1=total // 2, stage2=total - total // 2)
+        stage1 = total * schedule.stage1 // max(schedule.total, 1)
+        sch = replace(schedule, stage1=stage1, stage2=total - stage1)
         images = imagine_set(pipe, scenes, variations, sch, progress, f"{total} iterations")
         result[f"fd_fc7.{total}"] = judge.fd(images.reshape(-1, *images.shape[2:]))
         progress(f"fd_fc7 at {total} iterations: {result[f'fd_fc7.{total}']}")
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
-    line_plot(list(totals), [result[f"fd_fc7.{t}"] for t in totals], "iterations (half stage 1, half stage 2)",
-              "fd_fc7 (lower is better)").save(out / "curve.png")
+    xlabel = f"iterations (stage 1 : stage 2 = {schedule.stage1} : {schedule.stage2})"
+    line_plot(list(totals), [result[f"fd_fc7.{t}"] for t in totals], xlabel, "fd_fc7 (lower is better)").save(out / "curve.png")
     return result

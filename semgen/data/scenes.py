@@ -38,14 +38,14 @@ CLASSES = (
 )
 CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
 
-# attribute name -> the kind of property it describes (HiGAN's hierarchy)
+# attribute name -> its abstraction level in HiGAN's hierarchy (layout, objects, attribute, color)
 ATTRIBUTES = {
     "horizon": "layout",  # height of the horizon, 0 = top, 1 = bottom
     "mountain_height": "layout",  # how far mountains rise above the horizon (0 = none)
     "tree_count": "objects",
     "building_count": "objects",
-    "time_of_day": "lighting",  # 0 = deep night, ~0.3 = sunset, 1 = noon
-    "cloudiness": "lighting",
+    "time_of_day": "attribute",  # 0 = deep night, ~0.3 = sunset, 1 = noon
+    "cloudiness": "attribute",
     "warmth": "color",  # 0 = cool/blue cast, 1 = warm/orange cast
     "colorfulness": "color",  # saturation scale
 }

@@ -125,3 +125,18 @@ def test_position_and_deepinversion_terms_enter_the_loss(pipe, reference):
 def test_image_started_modes_get_a_gentler_default_schedule(pipe):
     content = np.zeros((32, 32, 3), np.uint8)
     assert pipe.default_schedule(Controls(style_content=content)).lr < pipe.default_schedule().lr
+
+
+def test_critic_augmentation_flips_and_shifts_each_image_with_reflected_borders():
+    from semgen.pipelines.imagine import _augment
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    assert _augment(x, 0, torch.Generator().manual_seed(0)) is x
+    out = _augment(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    for i in range(len(x)):  # every output is one flip + shift of its own input, with no wrap seam
+        padded = [torch.nn.functional.pad(v[None], [2] * 4, mode="reflect")[0] for v in (x[i], x[i].flip(2))]
+        candidates = [p[:, dy:dy + 8, dx:dx + 8] for p in padded for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], c) for c in candidates)
+    outs = {tuple(_augment(x, 2, torch.Generator().manual_seed(s))[0].flatten()[:8].tolist()) for s in range(6)}
+    assert len(outs) > 1  # the seed chooses the flip and shift

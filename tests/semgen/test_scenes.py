@@ -10,7 +10,7 @@ SKY = [CLASS_INDEX[c] for c in ("sky", "cloud", "sun")]
 def test_world_size():
     assert len(CATEGORIES) >= 8 and len(CLASSES) >= 10
     kinds = set(ATTRIBUTES.values())
-    assert {"layout", "objects", "lighting", "color"} <= kinds
+    assert {"layout", "objects", "attribute", "color"} <= kinds
 
 
 @pytest.mark.parametrize("rendition", RENDITIONS)

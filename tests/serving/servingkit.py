@@ -16,6 +16,7 @@ from PIL import Image
 import grpc
 
 from serving.engine import EmbeddedEngine
+from serving.higan_engine import EmbeddedHiganEngine
 from serving.imagine_engine import EmbeddedImagineEngine
 from serving.metrics import ServingMetrics
 from serving.protos import pyramid_pb2 as pb, pyramid_pb2_grpc
@@ -115,6 +116,19 @@ async def in_process_imagine_server(models, **options):
         engine = EmbeddedImagineEngine.from_dir(models, opts.imagine_classifier or None, device="cpu",
                                                 max_jobs=opts.max_jobs, metrics=metrics)
         return engine, Engines(imagine=engine)
+
+    async with _in_process_engine(opts, load) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def in_process_higan_server(models, **options):
+    """The real gRPC server with an EmbeddedHiganEngine on the bundle in `models` (CPU)."""
+    opts = ServeOptions(port=0, models=str(models), **options)
+
+    def load(metrics):
+        engine = EmbeddedHiganEngine.from_dir(models, device="cpu", workers=opts.workers, metrics=metrics)
+        return engine, Engines(higan=engine)
 
     async with _in_process_engine(opts, load) as server:
         yield server

@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import pytest
+
+from semgen.bundle import make_random_higan_bundle
+from semgen.pipelines.higan import TRANSFERS, HiganPipeline, load_boundaries, transfer_name
+from training.attributes import AttributeOptions, predictor_r2, train_attributes
+from training.boundaries import BoundaryOptions, fit_linear_svm, split_top_bottom, train_boundaries
+
+
+def test_linear_svm_finds_the_separating_direction():
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal(16)
+    truth /= np.linalg.norm(truth)
+    x = rng.standard_normal((400, 16)) * rng.uniform(0.5, 3, 16) + 2.0  # unequal scales and an offset
+    y = np.sign(x @ truth - np.median(x @ truth))
+    weights, bias = fit_linear_svm(x, y)
+    assert (np.sign(x @ weights + bias) == y).mean() > 0.97
+    assert weights @ truth / np.linalg.norm(weights) > 0.9
+
+
+def test_top_and_bottom_split_is_70_30_with_the_right_labels():
+    scores = np.arange(100.0)
+    (tr, ytr), (va, yva) = split_top_bottom(scores, top=0.2, val=0.3, seed=0)
+    assert len(tr) == 28 and len(va) == 12
+    idx, labels = np.concatenate([tr, va]), np.concatenate([ytr, yva])
+    assert sorted(idx[labels > 0]) == list(range(80, 100)) and sorted(idx[labels < 0]) == list(range(20))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_random_higan_bundle(tmp_path_factory.mktemp("higan"))
+
+
+def test_train_boundaries_writes_unit_normals_with_metadata(bundle, tmp_path):
+    out = train_boundaries(BoundaryOptions(models=str(bundle), out=str(tmp_path / "b"), run_dir=str(tmp_path / "run"),
+                                           n=200, rescore_n=8), progress=lambda msg: None)
+    boundaries = load_boundaries(out)
+    names = list(boundaries)
+    assert names[:16] == list(HiganPipeline.from_dir(bundle).score_names)  # 8 attributes + 8 categories
+    assert set(names[16:]) <= {transfer_name(a, b) for a, b in TRANSFERS}  # pairs seen in the samples
+    for b in boundaries.values():
+        assert abs(np.linalg.norm(b.normal) - 1) < 1e-5 and b.scale > 0
+        assert 0 <= b.val_acc <= 1 and b.default_layers and all(0 <= l < 8 for l in b.default_layers)
+    meta = json.loads((out / "boundaries.json").read_text())
+    assert meta["boundaries"][0]["space"] == "w" and meta["training"]["n"] == 200
+    assert (tmp_path / "run" / "scores_200.npz").exists()  # a rerun reuses the scored samples
+
+
+def test_attribute_predictor_trains_resumes_and_reports_r2(tmp_path):
+    opt = AttributeOptions(out=str(tmp_path / "attr"), run_dir=str(tmp_path / "run"), image_size=32, steps=2,
+                           batch_size=4, save_every=1, stats_n=40)
+    train_attributes(opt)
+    from semgen.checkpoints import load_checkpoint
+
+    model = load_checkpoint(tmp_path / "attr")
+    assert model.attribute_names[0] == "horizon" and len(model.attribute_names) == 8
+    r2 = predictor_r2(model, n=20)
+    assert set(r2) == set(model.attribute_names) and all(np.isfinite(v) for v in r2.values())
+    train_attributes(AttributeOptions(**{**opt.__dict__, "steps": 3}))  # resumes at step 2
+    assert json.loads((tmp_path / "attr" / "config.json").read_text())["step"] == 3

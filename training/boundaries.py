@@ -1,0 +1,137 @@
+"""`semgen train boundaries`: HiGAN's probing step. Sample latents, score their images, and for every
+score train a linear SVM in w space on the top and bottom k latents (70/30 split); the unit normal is
+the boundary; for the category transfers, also one SVM between two categories' latents. Each
+boundary's default layers come from re-scoring (eq. 1) on fresh latents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semgen.pipelines.higan import TRANSFERS, Boundary, HiganPipeline, default_layers, save_boundaries, transfer_name
+from training.common import setup_torch, write_options
+
+SAMPLE_SEEDS = 20_000_000  # latents the boundaries are trained on
+RESCORE_SEEDS = 30_000_000  # fresh latents for choosing default layers
+MIN_PER_CATEGORY = 20  # samples of each category a transfer boundary needs
+
+
+@dataclass
+class BoundaryOptions:
+    models: str = "artifacts"  # stylegan, attributes, classifier
+    out: str = "artifacts/boundaries"
+    run_dir: str = "runs/boundaries"  # options and the cached scores (a rerun skips the sampling)
+    n: int = 10000  # sampled latents
+    top: float = 0.2  # k = top · n positives and k negatives
+    val: float = 0.3  # validation share of the 2k
+    rescore_n: int = 100  # latents for the default layers
+    threads: int = 2
+    seed: int = 0
+
+
+def fit_linear_svm(x: np.ndarray, y: np.ndarray, c: float = 1.0, steps: int = 200) -> tuple[np.ndarray, float]:
+    """Linear SVM (squared hinge, L2, primal, L-BFGS) on x [N, D], y in {-1, +1} ->
+    (weights [D], bias) in x's own units. Features are standardised for the solver only."""
+    xt, yt = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    mu, sd = xt.mean(0), xt.std(0) + 1e-8
+    xs = (xt - mu) / sd
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        margin = torch.clamp(1 - yt * (xs @ w + b), min=0)
+        loss = 0.5 * w.dot(w) / len(xs) + c * margin.pow(2).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    weights = (w / sd).detach()
+    return weights.numpy(), float((b - (w * mu / sd).sum()).detach())
+
+
+def split_top_bottom(scores: np.ndarray, top: float, val: float, seed: int):
+    """Indices and ±1 labels of the top and bottom k scores, shuffled and split (train, val)."""
+    k = int(top * len(scores))
+    order = np.argsort(scores, kind="stable")
+    idx = np.concatenate([order[-k:], order[:k]])
+    labels = np.concatenate([np.ones(k), -np.ones(k)])
+    perm = np.random.default_rng(seed).permutation(2 * k)
+    idx, labels = idx[perm], labels[perm]
+    cut = int(round((1 - val) * 2 * k))
+    return (idx[:cut], labels[:cut]), (idx[cut:], labels[cut:])
+
+
+def sample_scores(pipe: HiganPipeline, n: int, run_dir: Path, progress) -> tuple[np.ndarray, np.ndarray]:
+    """w [n, w_dim] and scores [n, len(score_names)], cached in run_dir."""
+    cache = run_dir / f"scores_{n}.npz"
+    if cache.exists():
+        data = np.load(cache)
+        if tuple(data["names"]) == pipe.score_names:
+            return data["w"], data["scores"]
+    ws, scores = [], []
+    for start in range(0, n, 500):
+        seeds = SAMPLE_SEEDS + np.arange(start, min(start + 500, n))
+        w_plus = pipe.gan.latents_from_seeds(seeds)
+        ws.append(w_plus[:, 0].cpu().numpy())
+        scores.append(pipe.render(w_plus)[1])
+        progress(f"scored {start + len(seeds)}/{n} samples")
+    w, s = np.concatenate(ws), np.concatenate(scores)
+    np.savez(cache, w=w, scores=s, names=np.array(pipe.score_names))
+    return w, s
+
+
+def transfer_splits(pipe: HiganPipeline, scores: np.ndarray, val: float, seed: int, progress) -> list:
+    """(name, level, (train, val)) for every category transfer a -> b: the latents classified a
+    (label -1) or b (+1), shuffled and split."""
+    n_attrs = len(pipe.predictor.attribute_names)
+    categories, predicted = pipe.score_names[n_attrs:], scores[:, n_attrs:].argmax(1)
+    splits = []
+    for j, (source, target) in enumerate(TRANSFERS):
+        if source not in categories or target not in categories:
+            continue
+        counts = [int((predicted == categories.index(c)).sum()) for c in (source, target)]
+        if min(counts) < MIN_PER_CATEGORY:
+            progress(f"{transfer_name(source, target)}: skipped, only {counts} samples of the two categories")
+            continue
+        idx = np.flatnonzero(np.isin(predicted, [categories.index(source), categories.index(target)]))
+        labels = np.where(predicted[idx] == categories.index(target), 1.0, -1.0)
+        perm = np.random.default_rng(seed + 100 + j).permutation(len(idx))
+        cut = int(round((1 - val) * len(idx)))
+        splits.append((transfer_name(source, target), "category",
+                       ((idx[perm[:cut]], labels[perm[:cut]]), (idx[perm[cut:]], labels[perm[cut:]]))))
+    return splits
+
+
+def train_boundaries(opt: BoundaryOptions, progress=print) -> Path:
+    run_dir = Path(opt.run_dir)
+    setup_torch(opt.threads, opt.seed)
+    write_options(run_dir, opt)
+    pipe = HiganPipeline.from_dir(opt.models)
+    w, scores = sample_scores(pipe, opt.n, run_dir, progress)
+    boundaries = []
+    splits = [(name, level, split_top_bottom(scores[:, i], opt.top, opt.val, opt.seed + i))
+              for i, (name, level) in enumerate(zip(pipe.score_names, pipe.score_levels))]
+    splits += transfer_splits(pipe, scores, opt.val, opt.seed, progress)
+    for name, level, ((tr, ytr), (va, yva)) in splits:
+        weights, bias = fit_linear_svm(w[tr], ytr)
+        val_acc = float(((w[va] @ weights + bias > 0) == (yva > 0)).mean())
+        normal = (weights / np.linalg.norm(weights)).astype(np.float32)
+        scale = float((w @ normal).std())
+        boundaries.append(Boundary(name, level, normal, scale, round(val_acc, 4), ()))
+        progress(f"{name}: validation accuracy {val_acc:.3f} ({len(tr)} + {len(va)} latents)")
+    pipe.boundaries = {b.name: b for b in boundaries}
+    fresh = pipe.gan.latents_from_seeds(RESCORE_SEEDS + np.arange(opt.rescore_n))
+    layers = [(i,) for i in range(pipe.num_ws)]
+    chosen = []
+    for b in boundaries:
+        deltas = pipe.rescore(b.name, fresh, layers)
+        chosen.append(Boundary(b.name, b.level, b.normal, b.scale, b.val_acc, default_layers(deltas)))
+        progress(f"{b.name}: default layers {chosen[-1].default_layers}")
+    return save_boundaries(opt.out, chosen, training={"n": opt.n, "top": opt.top, "val": opt.val,
+                                                       "rescore_n": opt.rescore_n, "models": opt.models})
