@@ -156,6 +156,12 @@ def cmd_eval_pyramid(args):
     _print(eval_pyramid(args.models, n=args.n, samples=args.samples, ops_n=args.ops_n, progress=_log(args)), args.json)
 
 
+def cmd_export_onnx(args):
+    from export.onnx import export_onnx
+
+    _print(export_onnx(args.models, args.out, head=args.head), args.json)
+
+
 def cmd_serve(args):
     from serving.server import run
 
@@ -282,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops-n", type=int, default=48, help="references for repaint/composite/relabel/unnatural")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_pyramid)
+
+    export = sub.add_parser("export", help="convert the models for other runtimes").add_subparsers(dest="what", required=True)
+    p = export.add_parser("onnx", help="classifier, mapping and synthesis+head as ONNX, with parity checks")
+    p.add_argument("--models", default="artifacts")
+    p.add_argument("--out", default="exports/onnx")
+    p.add_argument("--head", default="lse", help="the semantic head fused with the synthesis network")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export_onnx)
 
     client = sub.add_parser("client", help="call a running server").add_subparsers(dest="service", required=True)
     from serving.client import add_pyramid_commands
