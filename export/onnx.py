@@ -6,8 +6,8 @@ checked with `onnx.checker` and against eager PyTorch (max abs difference).
     synthesis_<head>.onnx
                       ws [B, num_ws, w_dim] -> image [B, 3, S, S], logits [B, classes, S, S]
                       (the layer-wise generator fused with a semantic head)
-
-Not yet exported: the pyramid generator (issue 7 is in progress).
+    pyramid.onnx      z, labels, then <level>_features and <level>_mask for every level -> image
+                      (an all-zero mask leaves a level out, as in the eager generator)
 """
 
 from __future__ import annotations
@@ -53,24 +53,40 @@ class _SynthesisWithHead(nn.Module):
         return image, self.head(features, self.generator.image_size)
 
 
-def export_model(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_names) -> Path:
-    """One ONNX file with a dynamic batch axis on the input and every output; onnx.checker passes."""
+class _PyramidFlat(nn.Module):
+    """The pyramid generator with flat inputs: z, labels, then features and mask per level."""
+
+    def __init__(self, generator, levels):
+        super().__init__()
+        self.generator, self.levels = generator, tuple(levels)
+
+    def forward(self, z, labels, *per_level):
+        features = dict(zip(self.levels, per_level[0::2]))
+        masks = dict(zip(self.levels, per_level[1::2]))
+        return self.generator(z, features, masks, labels)
+
+
+def export_model(module: nn.Module, example, path: Path, input_names, output_names) -> Path:
+    """One ONNX file with a dynamic batch axis on every input and output; onnx.checker passes."""
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    axes = {name: {0: "batch"} for name in (input_name, *output_names)}
-    torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
-                      input_names=[input_name], output_names=list(output_names), dynamic_axes=axes)
+    example = example if isinstance(example, tuple) else (example,)
+    input_names = [input_names] if isinstance(input_names, str) else list(input_names)
+    axes = {name: {0: "batch"} for name in (*input_names, *output_names)}
+    torch.onnx.export(module.eval(), example, str(path), dynamo=False, opset_version=OPSET,
+                      input_names=input_names, output_names=list(output_names), dynamic_axes=axes)
     onnx.checker.check_model(onnx.load(str(path)))
     return path
 
 
-def parity(module: nn.Module, path: Path, example: torch.Tensor, threads: int = 2) -> float:
-    """Max abs difference between ONNX Runtime and eager torch outputs on `example`."""
+def parity(module: nn.Module, path: Path, example, threads: int = 2) -> float:
+    """Max abs difference between ONNX Runtime and eager torch outputs on `example` (a tensor or a tuple)."""
     session = ort_session(path, threads)
-    outputs = session.run(None, {session.get_inputs()[0].name: example.numpy()})
+    example = example if isinstance(example, tuple) else (example,)
+    outputs = session.run(None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), example)})
     with torch.no_grad():
-        expected = module.eval()(example)
+        expected = module.eval()(*example)
     expected = expected if isinstance(expected, tuple) else (expected,)
     return max(float(np.abs(o - e.numpy()).max()) for o, e in zip(outputs, expected))
 
@@ -103,6 +119,8 @@ def export_onnx(models: str = "artifacts", out: str = "exports/onnx", head: str 
             fused = _SynthesisWithHead(g, load_checkpoint(models / "heads" / head))
             ws = lambda b: g.broadcast(g.mapping_w(torch.randn(b, g.z_dim, generator=gen))).contiguous().detach()
             jobs.append((f"synthesis_{head}", fused, ws, "ws", ("image", "logits")))
+    if (models / "pyramid").exists():
+        jobs.append(_pyramid_job(load_checkpoint(models / "pyramid"), classifier, gen))
     for name, module, example, input_name, output_names in jobs:
         path = export_model(module, example(2), out / f"{name}.onnx", input_name, output_names)
         diff = parity(module, path, example(3))  # another batch size: the batch axis is dynamic
@@ -111,3 +129,23 @@ def export_onnx(models: str = "artifacts", out: str = "exports/onnx", head: str 
         report[f"{name}.path"] = str(path)
     (out / "parity.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _pyramid_job(generator, classifier, gen: torch.Generator):
+    """Inputs: real classifier features of random images, random 0/1 masks (some levels all zero)."""
+    size = classifier.image_size
+    levels = tuple(classifier.features(torch.zeros(1, 3, size, size)).keys())
+
+    def example(b):
+        with torch.no_grad():
+            feats = classifier.features(torch.rand(b, 3, size, size, generator=gen) * 2 - 1)
+        inputs = [torch.randn(b, generator.z_dim, generator=gen), torch.randint(0, generator.num_classes, (b,), generator=gen)]
+        for i, level in enumerate(levels):
+            f = feats[level]
+            shape = (b, 1, *f.shape[2:]) if f.dim() == 4 else (b, 1)
+            mask = (torch.rand(shape, generator=gen) < 0.5).float() * (i % 3 != 0)  # every third level left out
+            inputs += [f, mask]
+        return tuple(inputs)
+
+    names = ["z", "labels"] + [f"{level}_{kind}" for level in levels for kind in ("features", "mask")]
+    return "pyramid", _PyramidFlat(generator, levels), example, names, ("image",)

@@ -128,7 +128,8 @@ class PyramidGenerator(nn.Module):
         cond = torch.cat([z, self.embed(labels)], 1)  # [B, cond_dim]
         h = self.from_z(cond) + self.from_fc8(self._masked_vector(features, masks, "fc8", batch, z))
         h = self.fc_mid(F.relu(h)) + self.from_fc7(self._masked_vector(features, masks, "fc7", batch, z))
-        x = self.to_map(F.relu(h)).view(batch, -1, self.base, self.base)  # [B, C, S/32, S/32]
+        channels = self.to_map.out_features // self.base**2  # explicit: ONNX export needs the channel count
+        x = self.to_map(F.relu(h)).view(batch, channels, self.base, self.base)  # [B, C, S/32, S/32]
         for i, level in enumerate(reversed(SPATIAL_LEVELS)):
             if level in masks:
                 m = masks[level]

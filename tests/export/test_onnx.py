@@ -10,7 +10,7 @@ from semgen.checkpoints import load_checkpoint
 def test_every_exported_model_passes_the_checker_and_matches_eager(tmp_path):
     bundle = make_random_semantics_bundle(make_random_bundle(tmp_path / "models", image_size=32), image_size=32)
     report = export_onnx(str(bundle), str(tmp_path / "onnx"))
-    for name in ("classifier", "mapping", "synthesis_lse"):
+    for name in ("classifier", "mapping", "synthesis_lse", "pyramid"):
         assert report[f"{name}.parity"] and report[f"{name}.max_abs_diff"] <= PARITY_TOLERANCE
         onnx.checker.check_model(onnx.load(report[f"{name}.path"]))
     # the batch axis is dynamic: 5 images through the classifier graph traced with 2
