@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from semgen.checkpoints import save_checkpoint
+from semgen.checkpoints import load_checkpoint, save_checkpoint
 from semgen.data.scenes import CATEGORIES
 from semgen.networks.classifier import Classifier
 from semgen.networks.pyramid import PyramidGenerator
@@ -69,7 +69,8 @@ def make_random_higan_bundle(path: str | Path, image_size: int = 32, seed: int =
     names, levels = tuple(ATTRIBUTES), tuple(ATTRIBUTES.values())
     predictor = AttributePredictor(image_size, names, levels, (0.5,) * len(names), (0.25,) * len(names), channels=(4, 8))
     save_checkpoint(path / "attributes", predictor.eval(), predictor.config)
-    generator_ws, w_dim = 2 * (image_size.bit_length() - 2), 8  # num_ws of the semantics bundle's generator
+    generator = load_checkpoint(path / "stylegan")
+    num_ws, w_dim = generator.num_ws, generator.w_dim
     rng = np.random.default_rng(seed)
     layers = {"layout": (0, 1), "objects": (2, 3), "category": (2, 3)}
     boundaries = []
@@ -77,6 +78,6 @@ def make_random_higan_bundle(path: str | Path, image_size: int = 32, seed: int =
     for name, level in list(zip(names, levels)) + categories:
         normal = rng.standard_normal(w_dim).astype(np.float32)
         boundaries.append(Boundary(name, level, normal / np.linalg.norm(normal), 1.0, 0.5,
-                                   layers.get(level, tuple(range(4, generator_ws)))))
+                                   layers.get(level, tuple(range(4, num_ws)))))
     save_boundaries(path / "boundaries", boundaries)
     return path

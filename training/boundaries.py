@@ -128,9 +128,9 @@ def train_boundaries(opt: BoundaryOptions, progress=print) -> Path:
     pipe.boundaries = {b.name: b for b in boundaries}
     fresh = pipe.gan.latents_from_seeds(RESCORE_SEEDS + np.arange(opt.rescore_n))
     layers = [(i,) for i in range(pipe.num_ws)]
-    chosen = []
+    chosen, base = [], pipe.render(fresh)[1]
     for b in boundaries:
-        deltas = pipe.rescore(b.name, fresh, layers)
+        deltas = pipe.rescore(b.name, fresh, layers, base_scores=base)
         chosen.append(Boundary(b.name, b.level, b.normal, b.scale, b.val_acc, default_layers(deltas)))
         progress(f"{b.name}: default layers {chosen[-1].default_layers}")
     return save_boundaries(opt.out, chosen, training={"n": opt.n, "top": opt.top, "val": opt.val,

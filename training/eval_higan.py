@@ -52,9 +52,10 @@ def eval_higan(models: str = "artifacts", k: int = 100, edit_k: int = 64, n_r2: 
 def _rescoring(pipe: HiganPipeline, k: int, out: Path, progress) -> dict:
     ws = pipe.gan.latents_from_seeds(EVAL_SEEDS + np.arange(k))
     layers = [(i,) for i in range(pipe.num_ws)]
+    base = pipe.render(ws)[1]
     result, names, rows = {}, [], []
     for name in _ordered(pipe):
-        deltas = pipe.rescore(name, ws, layers)
+        deltas = pipe.rescore(name, ws, layers, base_scores=base)
         result.update({f"rescoring.{name}.{i}": round(float(d), 5) for i, d in enumerate(deltas)})
         names.append(name)
         rows.append(deltas / max(deltas.max(), 1e-12))
@@ -80,15 +81,16 @@ def _editing(pipe: HiganPipeline, k: int, out: Path, progress) -> dict:
     ws = pipe.gan.latents_from_seeds(EVAL_SEEDS + 10_000 + np.arange(k))
     attrs = [n for n in _ordered(pipe) if _level(pipe, n) != "category"]
     cols = [pipe.score_names.index(a) for a in attrs]
-    spread = pipe.render(ws)[1][:, cols].std(0) + 1e-8  # each attribute's natural spread over samples
+    unedited = pipe.render(ws)  # strength 0 of every sweep
+    spread = unedited[1][:, cols].std(0) + 1e-8  # each attribute's natural spread over samples
     result, table, pictures = {}, [], []
     for a in attrs:
         for conditional in (False, True):
             others = tuple(o for o in attrs if o != a) if conditional else ()
             means = []
             for s in STRENGTHS:
-                moved = pipe.edit_latents(ws, [Edit(a, s)], condition_on=others)
-                images, scores = pipe.render(moved)
+                moved = None if s == 0 else pipe.edit_latents(ws, [Edit(a, s)], condition_on=others)
+                images, scores = unedited if moved is None else pipe.render(moved)
                 means.append(scores[:, cols].mean(0))
                 if not conditional:
                     pictures.append(to_uint8(images[:2]))

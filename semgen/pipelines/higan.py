@@ -195,11 +195,13 @@ class HiganPipeline:
     # ---- re-scoring (paper eq. 1) ---------------------------------------------------------
 
     @torch.no_grad()
-    def rescore(self, name: str, ws: torch.Tensor, layer_groups, step: float = RESCORING_STEP) -> np.ndarray:
+    def rescore(self, name: str, ws: torch.Tensor, layer_groups, step: float = RESCORING_STEP,
+                base_scores: np.ndarray | None = None) -> np.ndarray:
         """Δs per layer group: the mean over the latents of max(0, F(G(w moved on that group only)) − F(G(w)))
-        for the boundary's score (its own name, or the target category of a transfer boundary)."""
+        for the boundary's score (its own name, or the target category of a transfer boundary).
+        `base_scores` (= render(ws)[1]) saves rendering the unmoved latents again for every boundary."""
         column = self.score_names.index(score_of(name))
-        base = self.render(ws)[1][:, column]
+        base = (self.render(ws)[1] if base_scores is None else base_scores)[:, column]
         deltas = []
         for group in layer_groups:
             moved = self.edit_latents(ws, [Edit(name, step, tuple(group))])
