@@ -144,6 +144,20 @@ def cmd_bench_imagine(args):
                          progress=_log(args)), args.json)
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def cmd_bench_serve(args):
+    from serving.bench import ServeBench, bench_serve
+
+    opts = ServeBench(models=args.models, concurrency=_ints(args.concurrency), requests=args.requests,
+                      seconds=args.seconds, max_batch=args.max_batch, max_batch_delay_ms=args.max_batch_delay_ms,
+                      engines=tuple(args.engines.split(",")), eager_batches=_ints(args.eager_batches), out=args.out,
+                      onnx_dir=args.onnx_dir)
+    _print(bench_serve(opts, progress=_log(args)), args.json)
+
+
 def cmd_eval_classifier(args):
     from training.evaluate import eval_classifier
 
@@ -160,6 +174,21 @@ def cmd_export_onnx(args):
     from export.onnx import export_onnx
 
     _print(export_onnx(args.models, args.out, head=args.head), args.json)
+
+
+def cmd_export_tensorrt(args):
+    from export.tensorrt import TensorRTUnavailable, export_tensorrt
+
+    try:
+        report = export_tensorrt(args.onnx, args.out, max_batch=args.max_batch)
+    except TensorRTUnavailable as e:  # expected off GPU nodes: one line and exit 2, not a traceback
+        print(f"TensorRT is not available here: {e}. The ONNX files in {args.onnx} run on ONNX Runtime instead; "
+              "build engines on a GPU node with `pip install tensorrt` and `semgen export tensorrt`.", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
+        return 2
+    _print(report, args.json)
 
 
 def cmd_serve(args):
@@ -202,6 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_imagine)
+    p = bench.add_parser("serve", help="gRPC throughput and latency against concurrency, against in-process "
+                                       "ONNX Runtime and by engine; ONNX Runtime over eager torch")
+    p.add_argument("--models", default="artifacts")
+    p.add_argument("--concurrency", default="1,4,16", help="requests in flight, one level each")
+    p.add_argument("--requests", type=int, default=64, help="requests per (engine, method, concurrency) level")
+    p.add_argument("--seconds", type=float, default=30.0, help="time cap per level")
+    p.add_argument("--engines", default="embedded,torchserve", help="servers to measure, one at a time")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    p.add_argument("--eager-batches", default="1,8,32", help="batch sizes of ONNX Runtime against eager torch")
+    p.add_argument("--onnx-dir", default="var/onnx", help="the cache of exported graphs (shared with the server)")
+    p.add_argument("--out", default="reports/bench")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_serve)
 
     train = sub.add_parser("train", help="train the default models").add_subparsers(dest="what", required=True)
     p = train.add_parser("classifier")
@@ -296,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default="lse", help="the semantic head fused with the synthesis network")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export_onnx)
+    p = export.add_parser("tensorrt", help="FP16 TensorRT engines from the ONNX files, cached per model and GPU, "
+                                           "with parity checks against ONNX Runtime (needs tensorrt and a CUDA GPU)")
+    p.add_argument("--onnx", default="exports/onnx", help="the folder `semgen export onnx` wrote")
+    p.add_argument("--out", default="exports/tensorrt", help="engine cache and parity.json")
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch the engines accept (smallest 1)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export_tensorrt)
 
     client = sub.add_parser("client", help="call a running server").add_subparsers(dest="service", required=True)
     from serving.client import add_pyramid_commands

@@ -12,6 +12,7 @@ checked with `onnx.checker` and against eager PyTorch (max abs difference).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from semgen.checkpoints import load_checkpoint
+from semgen.pipelines.onnx_models import ort_session
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -91,20 +93,10 @@ def parity(module: nn.Module, path: Path, example, threads: int = 2) -> float:
     return max(float(np.abs(o - e.numpy()).max()) for o, e in zip(outputs, expected))
 
 
-def ort_session(path: str | Path, threads: int = 2):
-    """An ONNX Runtime session with full graph optimisation; the CUDA provider when it is there."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    return ort.InferenceSession(str(path), options, providers=providers)
-
-
 def export_onnx(models: str = "artifacts", out: str = "exports/onnx", head: str = "lse", seed: int = 0) -> dict:
-    """Export the bundle's classifier, mapping and synthesis+head; check each at another batch size
-    than it was traced with. Writes <out>/parity.json and returns it."""
+    """Export the bundle's classifier, mapping, synthesis+head and pyramid generator; check each at
+    another batch size than it was traced with. Writes <out>/parity.json (and bundle.json, the
+    fingerprint of the weights) and returns the parity report."""
     models, out = Path(models), Path(out)
     gen = torch.Generator().manual_seed(seed)
     report = {}
@@ -128,7 +120,34 @@ def export_onnx(models: str = "artifacts", out: str = "exports/onnx", head: str 
         report[f"{name}.parity"] = diff <= PARITY_TOLERANCE
         report[f"{name}.path"] = str(path)
     (out / "parity.json").write_text(json.dumps(report, indent=2))
+    (out / "bundle.json").write_text(json.dumps({"models": str(models), "fingerprint": bundle_fingerprint(models, head)}))
     return report
+
+
+def bundle_fingerprint(models: str | Path, head: str = "lse") -> str:
+    """sha256 over the weights and configs that the exported graphs are made from."""
+    models = Path(models)
+    digest = hashlib.sha256()
+    for folder in ("classifier", "pyramid", "stylegan", f"heads/{head}"):
+        for path in sorted((models / folder).glob("*")) if (models / folder).is_dir() else []:
+            digest.update(f"{folder}/{path.name}".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_exported(models: str | Path, cache: str | Path, head: str = "lse") -> Path:
+    """The folder of the bundle's graphs under `cache`, named by the fingerprint of its weights;
+    exported (with parity checks) when it is not there yet."""
+    fingerprint = bundle_fingerprint(models, head)
+    out = Path(cache) / fingerprint[:16]
+    stamp = out / "bundle.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
+        return out
+    report = export_onnx(str(models), str(out), head=head)
+    failed = [k.split(".")[0] for k, ok in report.items() if k.endswith(".parity") and not ok]
+    if failed:
+        raise RuntimeError(f"ONNX export of {', '.join(failed)} does not match eager PyTorch; see {out}/parity.json")
+    return out
 
 
 def _pyramid_job(generator, classifier, gen: torch.Generator):

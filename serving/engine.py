@@ -40,6 +40,10 @@ class ResourceExhausted(RuntimeError):
     """The server is at a limit (running jobs); the client may retry later."""
 
 
+class Unsupported(RuntimeError):
+    """This engine does not offer the operation (another engine does)."""
+
+
 class DeadlineExceeded(RuntimeError):
     """The request's deadline passed while the engine was working on it."""
 
@@ -84,18 +88,23 @@ class Engine(abc.ABC):
 
 
 class EmbeddedEngine(Engine):
-    """Runs a `PyramidPipeline`-like object in-process on `workers` threads.
+    """Runs a `PyramidPipeline`-like object in-process.
 
-    With workers > 1 the pipeline's `generate` must be thread-safe; 1 is the safe default
-    (torch already uses several cores inside one call).
+    With a batch `policy`, calls go through a `DynamicBatcher` (the pipeline's prepare/run);
+    without one, each call runs alone on one of `workers` threads (then the pipeline's methods
+    must be thread-safe when workers > 1; torch already uses several cores inside one call).
     """
 
     def __init__(self, pipeline: Any, levels: tuple[str, ...], workers: int = 1,
-                 metrics: ServingMetrics | None = None):
+                 metrics: ServingMetrics | None = None, policy=None):
+        from serving.batcher import DynamicBatcher  # it imports this module's errors
+
         if workers < 1:
             raise ValueError(f"workers: must be >= 1, got {workers}")
         self._pipeline = pipeline
-        self._work = WorkerPool(workers, metrics or ServingMetrics())
+        metrics = metrics or ServingMetrics()
+        self._work = WorkerPool(workers, metrics)
+        self._batcher = None if policy is None else DynamicBatcher(pipeline, "pyramid", policy, metrics)
         self.info = ModelInfo(
             levels=tuple(levels),
             class_names=tuple(pipeline.class_names),
@@ -104,34 +113,40 @@ class EmbeddedEngine(Engine):
 
     @classmethod
     def from_dir(cls, models_dir: str | Path, device: str = "auto", workers: int = 1,
-                 metrics: ServingMetrics | None = None, classifier: str | None = None) -> "EmbeddedEngine":
-        """Load the pyramid bundle in `models_dir` (blocking; call it off the event loop)."""
+                 metrics: ServingMetrics | None = None, classifier: str | None = None, onnx=None,
+                 policy=None) -> "EmbeddedEngine":
+        """Load the pyramid bundle in `models_dir` (blocking; call it off the event loop); `onnx`:
+        an OnnxModels exported from it, to run the forward passes on; `policy`: a BatchPolicy."""
         import torch
         from semgen.pipelines.pyramid import LEVELS, PyramidPipeline
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipeline = PyramidPipeline.from_dir(models_dir, device=device, classifier=classifier)
-        return cls(pipeline, LEVELS, workers=workers, metrics=metrics)
+        pipeline = PyramidPipeline.from_dir(models_dir, device=device, classifier=classifier, onnx=onnx)
+        return cls(pipeline, LEVELS, workers=workers, metrics=metrics, policy=policy)
 
     async def generate(self, image, levels, num_samples, seed, class_index=None) -> Generated:
-        return await self._generated("generate", self._pipeline.generate, image, levels=levels,
-                                     num_samples=num_samples, seed=seed, class_index=class_index)
+        return await self._generated("generate", dict(image=image, levels=levels, num_samples=num_samples,
+                                                      seed=seed, class_index=class_index))
 
     async def repaint(self, image, region, level, num_samples, seed, class_index=None) -> Generated:
-        return await self._generated("repaint", self._pipeline.repaint, image, region=region, level=level,
-                                     num_samples=num_samples, seed=seed, class_index=class_index)
+        return await self._generated("repaint", dict(image=image, region=region, level=level,
+                                                     num_samples=num_samples, seed=seed, class_index=class_index))
 
     async def composite(self, image, object_image, box, level, num_samples, seed, class_index=None) -> Generated:
-        return await self._generated("composite", self._pipeline.composite, image, object_image=object_image,
-                                     box=box, level=level, num_samples=num_samples, seed=seed,
-                                     class_index=class_index)
+        return await self._generated("composite", dict(image=image, object_image=object_image, box=box, level=level,
+                                                       num_samples=num_samples, seed=seed, class_index=class_index))
 
-    async def _generated(self, op: str, fn: Callable, *args, **kwargs) -> Generated:
-        result = await self._work.call(op, fn, *args, **kwargs)
+    async def _generated(self, op: str, args: dict) -> Generated:
+        if self._batcher is not None:
+            result = await self._batcher.call(op, args)
+        else:
+            result = await self._work.call(op, getattr(self._pipeline, op), **args)
         return Generated(images=result.images, class_index=int(result.class_index), level=result.level)
 
     async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
         await self._work.close()
 
 

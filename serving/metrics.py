@@ -36,15 +36,19 @@ class ServingMetrics:
         )
         # Inside the engine: time waiting for a worker thread, and time computing.
         self.engine_queue_latency = Histogram(
-            "semgen_engine_queue_seconds", "Time an engine call waits for a free worker.",
+            "semgen_engine_queue_seconds", "Time an engine call waits: for a free worker, or for its batch to start.",
             ["op"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.engine_compute_latency = Histogram(
-            "semgen_engine_compute_seconds", "Time an engine call computes on a worker.",
+            "semgen_engine_compute_seconds", "Time an engine call computes (a batched call: its whole batch's graph run).",
             ["op"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.batch_size = Histogram(
+            "semgen_batch_size", "Requests per batched graph run.", ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=r,
+        )
         self.engine_queue_depth = Gauge(
-            "semgen_engine_queue_depth", "Engine calls waiting for a free worker.", registry=r,
+            "semgen_engine_queue_depth", "Engine calls waiting for a worker or a batch.", registry=r,
         )
         # Iterative jobs (head fitting, SCS, SIE): how many run now, and how each ended
         # (ok, cancelled, deadline, invalid, error; rejected = over the running-jobs limit).

@@ -103,7 +103,9 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
 
     def __init__(self, pipeline, heads_dir: str | Path, bundled: Iterable[str] = (),
                  shots: dict[str, int] | None = None, workers: int = 1, max_jobs: int = 2,
-                 metrics: ServingMetrics | None = None, jobs: JobRunner | None = None):
+                 metrics: ServingMetrics | None = None, jobs: JobRunner | None = None, policy=None):
+        from serving.batcher import DynamicBatcher
+
         if workers < 1:
             raise ValueError(f"workers: must be >= 1, got {workers}")
         self._pipeline = pipeline
@@ -112,6 +114,8 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
         self._shots = dict(shots or {})
         self._metrics = metrics or ServingMetrics()
         self._work = WorkerPool(workers, self._metrics)
+        # with a BatchPolicy, Sample and Segment share graph runs (the pipeline's prepare/run)
+        self._batcher = None if policy is None else DynamicBatcher(pipeline, "semantics", policy, self._metrics)
         self._jobs = jobs or JobRunner(max_jobs, self._metrics)
         self._lock = threading.Lock()  # guards `_fitting`; job threads touch it too
         self._fitting: set[str] = set()  # head names being fitted now
@@ -119,21 +123,23 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
     @classmethod
     def from_dir(cls, models_dir: str | Path, heads_dir: str | Path, device: str = "auto", workers: int = 1,
                  max_jobs: int = 2, metrics: ServingMetrics | None = None,
-                 jobs: JobRunner | None = None) -> "EmbeddedSemanticsEngine":
+                 jobs: JobRunner | None = None, onnx=None, policy=None) -> "EmbeddedSemanticsEngine":
         """Load <models>/stylegan, segmenter and heads, plus the user heads in `heads_dir` (blocking).
-        `jobs`: a job runner shared with other engines (else one of `max_jobs` of its own)."""
+        `jobs`: a job runner shared with other engines (else one of `max_jobs` of its own);
+        `onnx`: an OnnxModels exported from the bundle; `policy`: a BatchPolicy for Sample/Segment."""
         import torch
         from semgen.checkpoints import read_config
         from semgen.pipelines.semantics import SemanticsPipeline
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipeline = SemanticsPipeline.from_dir(models_dir, device=device, extra_heads_dir=heads_dir)
+        pipeline = SemanticsPipeline.from_dir(models_dir, device=device, extra_heads_dir=heads_dir, onnx=onnx)
         user = {p.parent.name: int(read_config(p.parent).get("training", {}).get("shots", 0))
                 for p in Path(heads_dir).glob("*/config.json")}
         # A user head with a bundled head's name replaced it in the pipeline (it loads last).
         bundled = {p.parent.name for p in (Path(models_dir) / "heads").glob("*/config.json")} - set(user)
-        return cls(pipeline, heads_dir, bundled, user, workers=workers, max_jobs=max_jobs, metrics=metrics, jobs=jobs)
+        return cls(pipeline, heads_dir, bundled, user, workers=workers, max_jobs=max_jobs, metrics=metrics, jobs=jobs,
+                   policy=policy)
 
     @property
     def info(self) -> SemanticsInfo:
@@ -150,12 +156,17 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
 
     async def sample(self, seeds, latents, psi, head) -> Samples:
         classes = self._classes(head) if head else ()
-        r = await self._work.call("sample", _head_errors(self._pipeline.sample), seeds=seeds, latents=latents,
-                                  psi=psi, predictor=head or None)
+        args = dict(seeds=seeds, latents=latents, psi=psi, predictor=head or None)
+        if self._batcher is not None:
+            r = await self._batcher.call("sample", args)
+        else:
+            r = await self._work.call("sample", _head_errors(self._pipeline.sample), **args)
         return Samples(r.images, r.latents, r.masks, classes)
 
     async def segment(self, latents, head) -> np.ndarray:
         self._classes(head)
+        if self._batcher is not None:
+            return (await self._batcher.call("sample", dict(latents=latents, predictor=head))).masks
         return await self._work.call("segment", _head_errors(self._pipeline.segment), latents, head)
 
     def _classes(self, head: str) -> tuple[str, ...]:
@@ -238,6 +249,8 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
 
     async def close(self) -> None:
         await self._jobs.close()
+        if self._batcher is not None:
+            await self._batcher.close()
         await self._work.close()
 
 

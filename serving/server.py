@@ -33,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from serving.batcher import BatchPolicy
 from serving.engine import Engine, EmbeddedEngine
 from serving.higan_engine import BUNDLE_FOLDERS as HIGAN_FOLDERS, EmbeddedHiganEngine, HiganEngine
 from serving.higan_servicer import HiganServicer, add_higan_servicer
@@ -62,6 +63,15 @@ class ServeOptions:
     metrics_port: int = 9464
     device: str = "auto"
     workers: int = 1
+    engine: str = "embedded"  # embedded (in this process) or torchserve
+    torchserve_address: str = ""  # --engine torchserve: a running TorchServe's inference URL; empty: start one
+    torchserve_dir: str = "var/torchserve"  # its model store (built from the bundle) and logs
+    runtime: str = "onnx"  # forward-only work on: onnx (ONNX Runtime, batched) or torch (eager, one call at a time)
+    onnx_dir: str = "var/onnx"  # the bundle's graphs go to <onnx_dir>/<fingerprint of its weights>/
+    ort_threads: int = 2
+    max_batch: int = 8
+    max_batch_delay_ms: float = 5.0
+    max_queue: int = 64
     max_samples: int = 16
     max_image_bytes: int = 8 * MiB
     max_image_pixels: int = 4096 * 4096
@@ -84,8 +94,21 @@ class ServeOptions:
                self.max_candidates, self.max_imagine_iterations) < 1:
             raise ValueError("--max-samples, --workers, --max-jobs, --max-iterations, --max-fit-iterations, "
                              "--max-candidates and --max-imagine-iterations must be >= 1")
+        if self.engine not in ("embedded", "torchserve"):
+            raise ValueError(f"--engine must be embedded or torchserve, got {self.engine!r}")
+        if self.engine == "torchserve" and self.runtime != "onnx":
+            raise ValueError("--engine torchserve runs the forward work on ONNX Runtime; drop --runtime torch")
+        if self.runtime not in ("onnx", "torch"):
+            raise ValueError(f"--runtime must be onnx or torch, got {self.runtime!r}")
+        self.batch_policy.check()
+        if self.ort_threads < 1:
+            raise ValueError("--ort-threads must be >= 1")
         if self.max_image_bytes >= self.max_message_bytes:
             raise ValueError("--max-image-bytes must be below --max-message-bytes (the image travels inside a message)")
+
+    @property
+    def batch_policy(self) -> BatchPolicy:
+        return BatchPolicy(self.max_batch, self.max_batch_delay_ms / 1000, self.max_queue)
 
     @property
     def limits(self) -> Limits:
@@ -110,6 +133,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--metrics-port", type=int, default=d.metrics_port, help="Prometheus /metrics port (default: %(default)s)")
     a("--device", default=d.device, help="torch device: auto (cuda if available), cpu, cuda, cuda:1 (default: %(default)s)")
     a("--workers", type=int, default=d.workers, help="engine threads running the model (default: %(default)s)")
+    a("--engine", default=d.engine, choices=("embedded", "torchserve"),
+      help="where inference runs: in this process, or on TorchServe (started here on loopback from the bundle, "
+           "or at --torchserve-address) (default: %(default)s)")
+    a("--torchserve-address", default=d.torchserve_address,
+      help="inference URL of a running TorchServe with semgen's models (semgen export mar), e.g. "
+           "http://127.0.0.1:8080; empty: start one")
+    a("--torchserve-dir", default=d.torchserve_dir,
+      help="the started TorchServe's model store and logs (default: %(default)s)")
+    a("--runtime", default=d.runtime, choices=("onnx", "torch"),
+      help="forward-only work (Generate, Repaint, Composite, Sample, Segment) on ONNX Runtime with the dynamic "
+           "batcher, or on eager torch one call at a time (default: %(default)s)")
+    a("--onnx-dir", default=d.onnx_dir,
+      help="cache of exported graphs: <onnx-dir>/<fingerprint of the weights>/, exported on start when "
+           "missing (default: %(default)s)")
+    a("--ort-threads", type=int, default=d.ort_threads, help="ONNX Runtime intra-op threads (default: %(default)s)")
+    a("--max-batch", type=int, default=d.max_batch, help="requests per batched graph run (default: %(default)s)")
+    a("--max-batch-delay-ms", type=float, default=d.max_batch_delay_ms,
+      help="how long the oldest request waits for others to batch with (default: %(default)s)")
+    a("--max-queue", type=int, default=d.max_queue,
+      help="requests waiting for a batch; more are refused with RESOURCE_EXHAUSTED (default: %(default)s)")
     a("--max-samples", type=int, default=d.max_samples, help="largest num_samples per request (default: %(default)s)")
     a("--max-image-bytes", type=int, default=d.max_image_bytes, help="largest encoded reference image (default: %(default)s)")
     a("--max-image-pixels", type=int, default=d.max_image_pixels, help="largest reference width*height (default: %(default)s)")
@@ -218,12 +261,17 @@ def load_embedded(opts: ServeOptions, metrics: ServingMetrics) -> Engines:
         raise FileNotFoundError(f"{models} has none of pyramid/, stylegan/ and classifier/ (and no --imagine-classifier)")
     engines = Engines()
     jobs = JobRunner(opts.max_jobs, metrics)  # one limit for the iterative jobs of every service
+    onnx, policy = exported_models(opts)
     if (models / "pyramid").exists():
+        # a --classifier other than the bundle's was not exported: that pyramid runs on torch
         engines.pyramid = EmbeddedEngine.from_dir(models, device=opts.device, workers=opts.workers, metrics=metrics,
-                                                  classifier=opts.classifier or None)
+                                                  classifier=opts.classifier or None,
+                                                  onnx=None if opts.classifier else onnx,
+                                                  policy=None if opts.classifier else policy)
     if (models / "stylegan").exists():
         engines.semantics = EmbeddedSemanticsEngine.from_dir(models, opts.heads_dir, device=opts.device,
-                                                             workers=opts.workers, metrics=metrics, jobs=jobs)
+                                                             workers=opts.workers, metrics=metrics, jobs=jobs,
+                                                             onnx=onnx, policy=policy)
     if imagine:
         engines.imagine = EmbeddedImagineEngine.from_dir(models, opts.imagine_classifier or None, device=opts.device,
                                                          metrics=metrics, jobs=jobs)
@@ -233,6 +281,20 @@ def load_embedded(opts: ServeOptions, metrics: ServingMetrics) -> Engines:
     else:
         engines.higan = EmbeddedHiganEngine.from_dir(models, device=opts.device, workers=opts.workers, metrics=metrics)
     return engines
+
+
+def exported_models(opts: ServeOptions):
+    """(OnnxModels, BatchPolicy) for --runtime onnx, exporting the bundle first if its graphs are
+    missing or were made from other weights; (None, None) for --runtime torch."""
+    if opts.runtime != "onnx":
+        return None, None
+    from export.onnx import ensure_exported
+    from semgen.pipelines.onnx_models import OnnxModels
+
+    started = time.perf_counter()
+    folder = ensure_exported(opts.models, opts.onnx_dir)
+    log.info("ONNX graphs of %s in %s (%.1fs)", opts.models, folder, time.perf_counter() - started)
+    return OnnxModels(folder, opts.ort_threads), opts.batch_policy
 
 
 async def serve(opts: ServeOptions,
@@ -257,6 +319,10 @@ async def serve(opts: ServeOptions,
     engines = Engines()
     code = 0
     started = time.perf_counter()
+    if opts.engine == "torchserve" and load_engines is load_embedded:
+        from serving.torchserve_gateway import load_torchserve
+
+        load_engines = load_torchserve
     loading = asyncio.ensure_future(asyncio.to_thread(load_engines, opts, metrics))
     stopping = asyncio.ensure_future(stop.wait())
     try:

@@ -2,7 +2,7 @@
 
 No torch here. Exceptions become status codes in one place, `rpc_errors`:
 InvalidInput -> INVALID_ARGUMENT, NotFound -> NOT_FOUND, AlreadyExists -> ALREADY_EXISTS,
-ResourceExhausted -> RESOURCE_EXHAUSTED, DeadlineExceeded -> DEADLINE_EXCEEDED,
+ResourceExhausted -> RESOURCE_EXHAUSTED, DeadlineExceeded -> DEADLINE_EXCEEDED, Unsupported -> UNIMPLEMENTED,
 Unavailable -> UNAVAILABLE, anything else -> INTERNAL with a short message (the stack trace goes
 to the server log under the request id, never to the client).
 """
@@ -25,6 +25,7 @@ from serving.engine import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    Unsupported,
 )
 from serving.images import decode_image, decode_mask, encode_pngs
 from serving.interceptors import REQUEST_ID
@@ -49,6 +50,7 @@ _STATUS_CODES = (
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unsupported, grpc.StatusCode.UNIMPLEMENTED),
 )
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 from semgen.checkpoints import load_checkpoint, load_classifier
 from semgen.data.loaders import center_square, square_resize, to_tensor, to_uint8
 from semgen.networks.classifier import LEVELS, SPATIAL_LEVELS
+from semgen.pipelines.forward import Prepared, Rows, complete
 from semgen.pipelines.masks import check_levels, level_masks
 
 __all__ = ["LEVELS", "GenerateResult", "PyramidPipeline", "check_pair", "paste_box"]
@@ -38,31 +39,75 @@ class GenerateResult:
 
 
 class PyramidPipeline:
-    """The classifier (feature extractor) and the EMA pyramid generator, ready for inference."""
+    """The classifier (feature extractor) and the EMA pyramid generator, ready for inference.
 
-    def __init__(self, classifier, generator, device: str = "cpu"):
+    `onnx`: an `OnnxModels` with classifier.onnx and pyramid.onnx, which then run the forward
+    passes; the torch modules still answer the shape questions. Every operation is also split
+    into `prepare(op, args)` and `run(key, rows)` (semgen.pipelines.forward) for batching.
+    """
+
+    OPS = ("generate", "repaint", "composite")
+
+    def __init__(self, classifier, generator, device: str = "cpu", onnx=None):
         check_pair(classifier, generator)
         self.classifier = classifier.to(device).eval()
         self.generator = generator.to(device).eval()
         self.device = torch.device(device)
+        self.onnx = onnx
         self.image_size = classifier.image_size
         self.class_names = tuple(generator.class_names) or tuple(str(i) for i in range(generator.num_classes))
         self.level_shapes = classifier.level_shapes()
 
     @classmethod
-    def from_dir(cls, models_dir: str | Path, device: str = "cpu", classifier: str | None = None) -> "PyramidPipeline":
+    def from_dir(cls, models_dir: str | Path, device: str = "cpu", classifier: str | None = None,
+                 onnx=None) -> "PyramidPipeline":
         """The bundle in `models_dir`; `classifier` (a checkpoint folder or torchvision-vgg16:PATH)
         replaces its classifier/ folder, for a generator trained against that classifier."""
         models_dir = Path(models_dir)
-        return cls(load_classifier(classifier or models_dir / "classifier"), load_checkpoint(models_dir / "pyramid"), device)
+        return cls(load_classifier(classifier or models_dir / "classifier"), load_checkpoint(models_dir / "pyramid"),
+                   device, onnx)
 
-    @torch.no_grad()
     def generate(self, image: np.ndarray, levels: str | Mapping[str, np.ndarray | None], num_samples: int,
                  seed: int, class_index: int | None = None) -> GenerateResult:
         """Samples from `image`'s features (uint8 [H, W, 3] RGB, any size).
 
         levels: a level name (passed whole), or {level: None (whole) or mask [H, W] in [0, 1]}.
         """
+        return complete(self, self._prepare_generate(image, levels, num_samples, seed, class_index))
+
+    def repaint(self, image: np.ndarray, region: np.ndarray, level: str, num_samples: int, seed: int,
+                class_index: int | None = None) -> GenerateResult:
+        """Regenerate `region` (mask [H, W], 1 = repaint) from `level`; outside it the shallower
+        levels pin the reference."""
+        return complete(self, self._prepare_repaint(image, region, level, num_samples, seed, class_index))
+
+    def composite(self, image: np.ndarray, object_image: np.ndarray, box: tuple[int, int, int, int], level: str,
+                  num_samples: int, seed: int, class_index: int | None = None) -> GenerateResult:
+        """Paste `object_image` (resized) into `box` = (left, top, width, height) of `image`, then
+        repaint the box from `level` of the paste (paper §4.3, semantic image composition)."""
+        return complete(self, self._prepare_composite(image, object_image, box, level, num_samples, seed,
+                                                      class_index))
+
+    # ---- prepare / run: the batching interface --------------------------------------------
+
+    def prepare(self, op: str, args: dict) -> Prepared:
+        """`op` is generate, repaint or composite; `args` are that method's keyword arguments."""
+        if op not in self.OPS:
+            raise ValueError(f"op: unknown operation {op!r}; expected one of {', '.join(self.OPS)}")
+        return getattr(self, f"_prepare_{op}")(**args)
+
+    @torch.no_grad()
+    def run(self, key: str, rows: Rows) -> Rows:
+        """The generator over a batch of rows: z, labels, then <level>_features and <level>_mask."""
+        if self.onnx is not None:
+            return self.onnx.run("pyramid", rows)
+        t = {k: torch.from_numpy(v).to(self.device) for k, v in rows.items()}
+        used = [lv for lv in LEVELS if rows[f"{lv}_mask"].any()]  # an all-zero mask adds exactly nothing
+        images = self.generator(t["z"], {lv: t[f"{lv}_features"] for lv in used},
+                                {lv: t[f"{lv}_mask"] for lv in used}, t["labels"])
+        return {"image": images.cpu().numpy()}
+
+    def _prepare_generate(self, image, levels, num_samples, seed, class_index=None) -> Prepared:
         # 1. check inputs
         if isinstance(levels, str):
             levels = {levels: None}
@@ -71,47 +116,55 @@ class PyramidPipeline:
         check_levels(levels)
         ref = self._check_image(image)
         regions = {lv: None if m is None else self._check_mask(m, image, f"mask[{lv}]") for lv, m in levels.items()}
-        return self._run(ref, regions, num_samples, seed, class_index)
+        return self._rows(ref, regions, num_samples, seed, class_index)
 
-    def repaint(self, image: np.ndarray, region: np.ndarray, level: str, num_samples: int, seed: int,
-                class_index: int | None = None) -> GenerateResult:
-        """Regenerate `region` (mask [H, W], 1 = repaint) from `level`; outside it the shallower
-        levels pin the reference."""
+    def _prepare_repaint(self, image, region, level, num_samples, seed, class_index=None) -> Prepared:
         check_levels([level])
         ref = self._check_image(image)
         keep = 1.0 - self._check_mask(region, image, "region", nonempty=True)
         regions = {lv: keep for lv in LEVELS[: LEVELS.index(level)] if lv in SPATIAL_LEVELS}
         regions[level] = None
-        return self._run(ref, regions, num_samples, seed, class_index)
+        return self._rows(ref, regions, num_samples, seed, class_index)
 
-    def composite(self, image: np.ndarray, object_image: np.ndarray, box: tuple[int, int, int, int], level: str,
-                  num_samples: int, seed: int, class_index: int | None = None) -> GenerateResult:
-        """Paste `object_image` (resized) into `box` = (left, top, width, height) of `image`, then
-        repaint the box from `level` of the paste (paper §4.3, semantic image composition)."""
+    def _prepare_composite(self, image, object_image, box, level, num_samples, seed, class_index=None) -> Prepared:
         if (not isinstance(object_image, np.ndarray) or object_image.dtype != np.uint8 or object_image.ndim != 3
                 or object_image.shape[2] != 3 or object_image.size == 0):
             raise ValueError("object_image: expected uint8 RGB array [H, W, 3]")
         pasted, region = paste_box(image, object_image, box)
-        return self.repaint(pasted, region, level, num_samples, seed, class_index)
+        return self._prepare_repaint(pasted, region, level, num_samples, seed, class_index)
 
     # ---- steps shared by every operation -------------------------------------------------
 
     @torch.no_grad()
-    def _run(self, ref: torch.Tensor, regions: dict, num_samples: int, seed: int, class_index: int | None):
+    def _rows(self, ref: torch.Tensor, regions: dict, num_samples: int, seed: int, class_index: int | None) -> Prepared:
         if num_samples < 1:
             raise ValueError(f"num_samples: must be >= 1, got {num_samples}")
         # 2. features of the reference, and its class unless overridden
-        feats = self.classifier.features(ref)
+        feats = self._features(ref)
         label = self._class(feats, class_index)
-        # 3. seeded noise, masks, forward
-        z = self._noise(seed, num_samples)
-        masks = {k: v.to(self.device) for k, v in level_masks(self.level_shapes, regions, num_samples).items()}
-        feats = {k: v.expand(num_samples, *v.shape[1:]) for k, v in feats.items()}
-        labels = torch.full((num_samples,), label, dtype=torch.long, device=self.device)
-        images = self.generator(z, feats, masks, labels)
-        # 4. postprocess
+        # 3. seeded noise and masks, one row per sample; levels not asked for get all-zero masks
+        masks = level_masks(self.level_shapes, regions, num_samples)
+        rows = {"z": self._noise(seed, num_samples), "labels": np.full(num_samples, label, np.int64)}
+        for level in LEVELS:
+            f = feats[level]
+            rows[f"{level}_features"] = np.repeat(f, num_samples, axis=0)  # a writable copy per sample
+            rows[f"{level}_mask"] = (masks[level] if level in masks else
+                                     torch.zeros(num_samples, 1, *self.level_shapes[level][1:])).numpy()
+        # 4. postprocess, once the generator has run
         deepest = max(regions, key=LEVELS.index)
-        return GenerateResult(images=to_uint8(images), class_index=label, level=deepest, reference=to_uint8(ref)[0])
+        reference = to_uint8(ref)[0]
+
+        def finish(out: Rows) -> GenerateResult:
+            return GenerateResult(images=to_uint8(torch.from_numpy(out["image"])), class_index=label, level=deepest,
+                                  reference=reference)
+
+        return Prepared("pyramid", rows, finish)
+
+    @torch.no_grad()
+    def _features(self, ref: torch.Tensor) -> dict[str, np.ndarray]:
+        if self.onnx is not None:
+            return self.onnx.run("classifier", {"image": ref.cpu().numpy()})
+        return {k: v.cpu().numpy() for k, v in self.classifier.features(ref).items()}
 
     def _check_image(self, image: np.ndarray, field: str = "image") -> torch.Tensor:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -137,15 +190,15 @@ class PyramidPipeline:
 
     def _class(self, feats: dict, class_index: int | None) -> int:
         if class_index is None:
-            return int(feats["fc8"].argmax(1)[0])
+            return int(np.argmax(feats["fc8"][0]))
         if not 0 <= class_index < len(self.class_names):
             raise ValueError(f"class_index: {class_index} out of range [0, {len(self.class_names) - 1}]")
         return int(class_index)
 
-    def _noise(self, seed: int, n: int) -> torch.Tensor:
+    def _noise(self, seed: int, n: int) -> np.ndarray:
         # drawn on the CPU so that the same seed gives the same noise on every device
         gen = torch.Generator().manual_seed(int(seed))
-        return torch.randn(n, self.generator.z_dim, generator=gen).to(self.device)
+        return torch.randn(n, self.generator.z_dim, generator=gen).numpy()
 
 
 def check_pair(classifier, generator) -> None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from semgen.checkpoints import load_checkpoint, save_checkpoint
 from semgen.data.loaders import to_uint8
 from semgen.networks.heads import HEAD_KINDS, SemanticHead
+from semgen.pipelines.forward import Prepared, Rows, chunks, concat_rows, split_rows
 
 SEGMENTER = "segmenter"
 LATENT_SPACES = ("w", "w+")
@@ -57,8 +58,13 @@ class FewShotSchedule:
 class SemanticsPipeline:
     """The layer-wise generator, the segmenter and named semantic heads."""
 
-    def __init__(self, generator, segmenter=None, heads: dict[str, SemanticHead] | None = None, device: str = "cpu"):
+    def __init__(self, generator, segmenter=None, heads: dict[str, SemanticHead] | None = None, device: str = "cpu",
+                 onnx=None):
         self.device = torch.device(device)
+        # `onnx`: an OnnxModels with mapping.onnx and synthesis_<head>.onnx; the graphs then run the
+        # forward passes of `sample` for the heads in `onnx_heads` (those exported from these weights)
+        self.onnx = onnx
+        self.onnx_heads: set[str] = set()
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         self.segmenter = None if segmenter is None else segmenter.to(self.device).eval().requires_grad_(False)
         self.heads: dict[str, SemanticHead] = {}
@@ -68,15 +74,20 @@ class SemanticsPipeline:
         self.latent_shape = (generator.num_ws, generator.w_dim)
 
     @classmethod
-    def from_dir(cls, models_dir: str | Path, device: str = "cpu", extra_heads_dir: str | Path | None = None):
+    def from_dir(cls, models_dir: str | Path, device: str = "cpu", extra_heads_dir: str | Path | None = None,
+                 onnx=None):
         """<models>/stylegan, <models>/segmenter (optional), every head in <models>/heads/<name>/
-        and in `extra_heads_dir` (heads fitted by users)."""
+        and in `extra_heads_dir` (heads fitted by users); `onnx` as in the constructor, exported
+        from this bundle."""
         models_dir = Path(models_dir)
         segmenter = load_checkpoint(models_dir / "segmenter") if (models_dir / "segmenter").exists() else None
-        pipe = cls(load_checkpoint(models_dir / "stylegan"), segmenter, device=device)
-        for folder in (models_dir / "heads", extra_heads_dir):
-            for path in sorted(Path(folder).glob("*/config.json")) if folder else []:
-                pipe.add_head(path.parent.name, load_checkpoint(path.parent))
+        pipe = cls(load_checkpoint(models_dir / "stylegan"), segmenter, device=device, onnx=onnx)
+        for path in sorted((models_dir / "heads").glob("*/config.json")):
+            pipe.add_head(path.parent.name, load_checkpoint(path.parent))
+        if onnx is not None:
+            pipe.onnx_heads = {name for name in pipe.heads if onnx.has(f"synthesis_{name}")}
+        for path in sorted(Path(extra_heads_dir).glob("*/config.json")) if extra_heads_dir else []:
+            pipe.add_head(path.parent.name, load_checkpoint(path.parent))
         return pipe
 
     # ---- predictors ---------------------------------------------------------------------
@@ -86,6 +97,7 @@ class SemanticsPipeline:
             raise ValueError(f"head {name!r}: made for layers {head.layer_channels}, "
                              f"the generator has {tuple(self.generator.layer_channels())}")
         self.heads[name] = head.to(self.device).eval().requires_grad_(False)
+        self.onnx_heads.discard(name)  # a new head of that name is not the exported one
 
     def predictor_classes(self, predictor: str) -> tuple[str, ...]:
         model = self._predictor_model(predictor)
@@ -110,7 +122,11 @@ class SemanticsPipeline:
         """One w+ [N, num_ws, w_dim] per seed (z ~ N(0, I) from the seed, mapped, truncated)."""
         z = torch.stack([torch.randn(self.generator.z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         with torch.no_grad():
-            w = self.generator.mapping_w(z.to(self.device), psi)
+            if self.onnx is not None and self.onnx.has("mapping"):
+                w = torch.from_numpy(self.onnx.run("mapping", {"z": z.numpy()})["w"]).to(self.device)
+                w = self.generator.w_avg.lerp(w, psi) if psi != 1.0 else w
+            else:
+                w = self.generator.mapping_w(z.to(self.device), psi)
         return self.generator.broadcast(w).contiguous()
 
     def check_latents(self, latents, field: str = "latents") -> torch.Tensor:
@@ -148,10 +164,39 @@ class SemanticsPipeline:
 
     # ---- forward-only operations --------------------------------------------------------
 
-    @torch.no_grad()
     def sample(self, seeds=None, latents=None, psi: float = 1.0, predictor: str | None = None,
                batch_size: int = 32) -> Samples:
-        """Images (and masks by `predictor`) for seeds or given latents."""
+        """Images (and masks by `predictor`) for seeds or given latents, `batch_size` at a time."""
+        prepared = self._prepare_sample(seeds, latents, psi, predictor)
+        outputs = [self.run(prepared.key, rows) for rows in split_rows(prepared.rows, chunks(len(prepared), batch_size))]
+        return prepared.finish(concat_rows(outputs))
+
+    # ---- prepare / run: the batching interface (semgen.pipelines.forward) ------------------
+
+    def prepare(self, op: str, args: dict) -> Prepared:
+        """`op` is sample; `args` are `sample`'s keyword arguments (but batch_size)."""
+        if op != "sample":
+            raise ValueError(f"op: unknown operation {op!r}; expected sample")
+        return self._prepare_sample(**args)
+
+    @torch.no_grad()
+    def run(self, key: str, rows: Rows) -> Rows:
+        """Synthesis (+ the predictor's masks) over a batch of w+ rows; key = "synthesis:<predictor>"."""
+        predictor = key.split(":", 1)[1] or None
+        graph = self._onnx_graph(predictor)
+        if graph is not None:
+            out = self.onnx.run(graph, {"ws": rows["ws"]})
+            result = {"image": out["image"]}
+            if predictor is not None:
+                result["mask"] = out["logits"].argmax(1).astype(np.uint8)
+            return result
+        images, feats = self.synthesize(torch.from_numpy(rows["ws"]).to(self.device))
+        result = {"image": images.cpu().numpy()}
+        if predictor is not None:
+            result["mask"] = self.predict(predictor, images, feats).argmax(1).to(torch.uint8).cpu().numpy()
+        return result
+
+    def _prepare_sample(self, seeds=None, latents=None, psi: float = 1.0, predictor: str | None = None) -> Prepared:
         # 1. check inputs
         if (seeds is None) == (latents is None):
             raise ValueError("seeds: give either seeds or latents")
@@ -159,21 +204,23 @@ class SemanticsPipeline:
             raise ValueError("seeds: empty; give at least one seed")
         if predictor is not None:
             self._predictor_model(predictor)
-        # 2. latents
+        # 2. latents, one row per image
         ws = self.latents_from_seeds(seeds, psi) if latents is None else self.check_latents(latents)
-        # 3. forward in chunks
-        images, masks = [], []
-        for chunk in ws.split(batch_size):
-            img, feats = self.synthesize(chunk)
-            images.append(img)
-            if predictor is not None:
-                masks.append(self.predict(predictor, img, feats).argmax(1))
-        # 4. postprocess
-        return Samples(
-            images=to_uint8(torch.cat(images)),
-            latents=ws.cpu().numpy().astype(np.float32),
-            masks=torch.cat(masks).to(torch.uint8).cpu().numpy() if masks else None,
-        )
+        ws = ws.cpu().numpy().astype(np.float32)
+
+        # 3. (the forward pass is `run`) 4. postprocess
+        def finish(out: Rows) -> Samples:
+            return Samples(images=to_uint8(torch.from_numpy(out["image"])), latents=ws, masks=out.get("mask"))
+
+        return Prepared(f"synthesis:{predictor or ''}", {"ws": ws}, finish)
+
+    def _onnx_graph(self, predictor: str | None) -> str | None:
+        """The exported synthesis graph for `predictor`, if its head is the one that was exported."""
+        if self.onnx is None:
+            return None
+        if predictor is None:
+            return f"synthesis_{min(self.onnx_heads)}" if self.onnx_heads else None
+        return f"synthesis_{predictor}" if predictor in self.onnx_heads else None
 
     def segment(self, latents, predictor: str) -> np.ndarray:
         """Masks uint8 [N, S, S] of the images the latents make."""

@@ -1,0 +1,62 @@
+"""`semgen bench serve` (serving/bench.py) on a tiny random bundle. The last test starts server
+subprocesses: the embedded engine, and one that cannot start."""
+
+import json
+import math
+
+import pytest
+
+from serving.bench import (ServeBench, bench_serve, inprocess_throughput, load_pipelines, ort_over_eager, reference,
+                           summarize)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from semgen.bundle import make_random_bundle, make_random_semantics_bundle
+
+    root = tmp_path_factory.mktemp("bench")
+    return root, make_random_semantics_bundle(make_random_bundle(root / "models", image_size=32), image_size=32)
+
+
+def test_summary_of_known_latencies():
+    latencies = [ms / 1000 for ms in range(1, 101)] + [0.0005, 0.0007]  # 1..100 ms OK, two fast failures
+    codes = ["OK"] * 100 + ["RESOURCE_EXHAUSTED", "UNAVAILABLE"]
+    assert summarize(latencies, codes, wall=2.0) == {
+        "requests": 102, "ok": 100, "seconds": 2.0, "throughput": 50.0,
+        "p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0,  # nearest rank, failures left out
+        "errors": {"RESOURCE_EXHAUSTED": 1, "UNAVAILABLE": 1}}
+    assert summarize([], [], wall=1.0)["p99_ms"] is None
+
+
+def test_inprocess_and_ort_over_eager_are_positive(bundle):
+    root, models = bundle
+    pipes = load_pipelines(str(models), str(root / "onnx"), ["generate", "sample"])
+    _, image = reference(0)
+    for method, pipe in pipes.items():
+        assert math.isfinite(rate := inprocess_throughput(pipe, method, image, requests=6, max_batch=4)) and rate > 0
+        ratios = ort_over_eager(pipe, method, image, batches=(1, 2), repeats=2)
+        assert set(ratios) == {1, 2} and all(math.isfinite(r) and r > 0 for r in ratios.values())
+
+
+def test_bench_serve_against_an_embedded_server(bundle):
+    root, models = bundle
+    opts = ServeBench(models=str(models), concurrency=(1, 2), requests=4, seconds=20, max_batch=2,
+                      engines=("embedded", "no-such-engine"), eager_batches=(1, 2), out=str(root / "report"), onnx_dir=str(root / "onnx"))
+    lines = []
+    result = bench_serve(opts, progress=lines.append)
+    for key in ("inprocess.generate", "inprocess.sample", "ort_over_eager.2", "ort_over_eager_sample.2",
+                "served_over_inprocess.generate", "served_over_inprocess.sample", "served_over_inprocess",
+                "engines.embedded.throughput", "engines.embedded.p50", "engines.embedded.p99"):
+        assert result[key] > 0, key
+    assert result["targets"] == {"served_over_inprocess>=0.8": result["served_over_inprocess"] >= 0.8,
+                                 "ort_over_eager.32>=1.5": None}  # batch 32 was not measured
+    assert [(lv["method"], lv["concurrency"]) for lv in result["levels"]] == [
+        ("generate", 1), ("generate", 2), ("sample", 1), ("sample", 2)]
+    assert all(lv["ok"] == lv["requests"] == 4 and not lv["errors"] for lv in result["levels"])
+    assert json.loads((root / "report" / "serve.json").read_text())["levels"] == result["levels"]
+    assert (root / "report" / "serve.png").stat().st_size > 0
+    assert any("embedded generate c=2" in line for line in lines)
+    # an engine that fails to start is recorded, not fatal, and has no numbers
+    assert result["engines.no-such-engine.error"].startswith("server --engine no-such-engine exited with code 2")
+    assert not any(key.startswith("engines.no-such-engine.") and key != "engines.no-such-engine.error"
+                   for key in result)

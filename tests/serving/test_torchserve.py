@@ -1,0 +1,88 @@
+"""TorchServe round trip: build a .mar from a throwaway batching handler, start TorchServe on free
+loopback ports, send concurrent requests, read Prometheus metrics, stop and check the ports."""
+
+from __future__ import annotations
+
+import http.client
+import textwrap
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from export.mar import build_mar
+from serving.torchserve import TorchServeProcess, TorchServeSettings, java_available
+
+HANDLER = textwrap.dedent(
+    """
+    import os
+
+    from export.mar import read_handler_settings  # the worker runs our venv's python
+
+
+    def handle(data, context):
+        if data is None:  # TorchServe calls handle(None, context) once to initialise
+            settings = read_handler_settings(context)
+            model_dir = context.system_properties["model_dir"]
+            assert settings == {"suffix": "!"}, settings
+            assert os.path.isfile(os.path.join(model_dir, "assets", "note.txt"))
+            return None
+        suffix = read_handler_settings(context)["suffix"].encode()
+        batch = str(len(data)).encode()
+        for i in range(len(data)):
+            context.set_response_header(i, "x-batch-size", batch.decode())
+        return [bytes(request["body"])[::-1] + suffix for request in data]
+    """
+)
+
+
+def _post(port: int, body: bytes) -> tuple[int, bytes, str | None]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/predictions/reverse", body=body,
+                     headers={"Content-Type": "application/octet-stream"})
+        reply = conn.getresponse()
+        return reply.status, reply.read(), reply.getheader("x-batch-size")
+    finally:
+        conn.close()
+
+
+def test_torchserve_round_trip(tmp_path):
+    ok, reason = java_available()
+    if not ok:
+        pytest.skip(reason)
+
+    handler = tmp_path / "reverse_handler.py"
+    handler.write_text(HANDLER)
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "note.txt").write_text("kept as assets/note.txt")
+    store = tmp_path / "store"
+    mar = build_mar("reverse", handler, store, [assets], {
+        "minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 50,
+        "responseTimeout": 30, "handler": {"suffix": "!"},
+    })
+    assert mar == store / "reverse.mar" and mar.is_file()
+
+    server = TorchServeProcess(TorchServeSettings(model_store=store, models=[mar.name]),
+                               tmp_path / "ts")
+    with server:
+        assert server.alive()
+        port = server.settings.inference_port
+        bodies = [f"request-{i}-".encode() * (i + 1) for i in range(4)]
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            replies = list(pool.map(lambda body: _post(port, body), bodies))
+        for body, (status, reply, _) in zip(bodies, replies):
+            assert status == 200
+            assert reply == body[::-1] + b"!"
+        # with maxBatchDelay 50 ms the four concurrent requests share at least one batch
+        assert max(int(batch) for _, _, batch in replies) > 1
+
+        metrics_url = server.address.metrics_url + "/metrics"
+        with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+            metrics = reply.read().decode()
+        assert "# TYPE ts_inference_requests_total counter" in metrics
+        assert 'ts_inference_requests_total{model_name="reverse"' in metrics
+
+    assert not server.alive()
+    assert server.ports_open() == []

@@ -1,0 +1,143 @@
+"""`semgen serve --engine torchserve` on a real TorchServe (Java 17): the same request with the same
+seed gives the same image bytes through both engines; jobs stream through it; when TorchServe dies,
+calls get UNAVAILABLE and the gateway recovers once it is back; the batch metrics appear under the
+embedded engine's names."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from semgen.bundle import make_random_bundle, make_random_semantics_bundle
+from serving.client import SemgenClient, job_result
+from serving.imagine_client import ImagineClient
+from serving.semantics_client import SemanticsClient, latents_array
+from serving.torchserve import java_available
+
+pytestmark = pytest.mark.skipif(not java_available()[0], reason=java_available()[1])
+
+
+class Server:
+    """`python -m serving.server` in a subprocess; its address and metrics URL from its output."""
+
+    def __init__(self, args, timeout=240):
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--port", "0", "--metrics-port", "0",
+                                      *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines = []
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not any("health SERVING" in line for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("server did not start:\n" + "".join(self.lines[-30:]))
+            time.sleep(0.1)
+        text = "".join(self.lines)
+        self.address = re.search(r"gRPC listening on (\S+)", text).group(1)
+        self.metrics_url = re.search(r"metrics on (\S+)", text).group(1)
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def metrics(self) -> str:
+        return urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ts_engine")
+    models = make_random_semantics_bundle(make_random_bundle(root / "models", image_size=32), image_size=32)
+    return root, models
+
+
+def png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def requests(address):
+    """The same calls on either engine: generate (2 references, batched concurrently), sample, edit, imagine."""
+    with SemgenClient(address, timeout=120) as pyramid, SemanticsClient(address, timeout=120) as semantics, \
+            ImagineClient(address, timeout=120) as imagine:
+        threads = []
+        generated = [None] * 4
+
+        def generate(i):
+            generated[i] = pyramid.generate(png(i % 2), level="conv3", num_samples=2, seed=i)
+
+        for i in range(4):
+            threads.append(threading.Thread(target=generate, args=(i,)))
+            threads[-1].start()
+        for t in threads:
+            t.join()
+        sampled = semantics.sample(seeds=[5, 6], head="lse")
+        latent = latents_array(sampled.latents)[:1]
+        edited = job_result(semantics.edit(latent, np.zeros((32, 32), np.uint8), head="lse", iterations=3,
+                                           preview_every=1))
+        variations = job_result(imagine.imagine(png(7), num_variations=2, seed=3, stage1_iterations=2,
+                                                stage2_iterations=2))
+    return generated, sampled, edited, variations
+
+
+def test_same_bytes_through_torchserve_and_recovery(bundle):
+    root, models = bundle
+    common = ["--models", str(models), "--onnx-dir", str(root / "onnx"), "--heads-dir", str(root / "heads"),
+              "--max-batch", "4", "--max-batch-delay-ms", "50"]
+    embedded = Server(common)
+    try:
+        expected = requests(embedded.address)
+    finally:
+        embedded.stop()
+    ts = Server([*common, "--engine", "torchserve", "--torchserve-dir", str(root / "ts")])
+    try:
+        got = requests(ts.address)
+        for e, g in zip(expected[0], got[0]):
+            assert e == g  # PNG bytes of Generate
+        assert list(expected[1].images) == list(got[1].images) and list(expected[1].masks) == list(got[1].masks)
+        assert list(expected[2].images) == list(got[2].images)  # SIE, streamed through TorchServe
+        assert list(expected[3].images_png) == list(got[3].images_png)  # IMAGINE, streamed
+        metrics = ts.metrics()
+        assert re.search(r'semgen_batch_size_count\{model="pyramid"\} [1-9]', metrics)
+        assert re.search(r'semgen_engine_compute_seconds_count\{op="generate"\} 4', metrics)
+        assert re.search(r'semgen_engine_queue_seconds_count\{op="sample"\} 1', metrics)
+
+        # TorchServe dies: UNAVAILABLE, then the supervisor brings it back and calls succeed again
+        subprocess.run(["pkill", "-9", "-f", str(root / "ts" / "run")], check=False)
+        with SemgenClient(ts.address, timeout=30) as client:
+            with pytest.raises(grpc.RpcError) as error:
+                client.generate(png(0), level="conv3", num_samples=2, seed=0)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "TorchServe" in error.value.details()
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    assert client.generate(png(0), level="conv3", num_samples=2, seed=0) == expected[0][0]
+                    break
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
+                    time.sleep(1)
+    finally:
+        ts.stop()
+    assert subprocess.run(["pgrep", "-f", str(root / "ts" / "run")], capture_output=True).stdout == b""
