@@ -21,12 +21,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# 1. Dependencies only (a cached layer that changes only with pyproject.toml).
+# 0. Java 17 for `semgen serve --engine torchserve` (TorchServe's frontend is Java).
+RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && rm -rf /var/lib/apt/lists/*
+
+# 1. Dependencies only (a cached layer that changes only with pyproject.toml). onnxruntime-gpu
+#    replaces the CPU onnxruntime (same module), so the exported graphs run on the CUDA provider.
 COPY pyproject.toml ./
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/constraints.txt \
  && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       > /tmp/requirements.txt \
  && pip install -c /tmp/constraints.txt -r /tmp/requirements.txt \
+ && pip uninstall -y onnxruntime && pip install -c /tmp/constraints.txt onnxruntime-gpu \
  && python -c "import torch; assert torch.version.cuda, 'the base image torch has no CUDA'"
 
 # 2. The project (editable, so the stubs generated into serving/_generated/ are the ones imported)
@@ -34,12 +40,14 @@ RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/constr
 COPY . .
 RUN pip install -c /tmp/constraints.txt --no-deps -e . \
  && python -m serving.build_protos \
- && python -c "from serving.protos import pyramid_pb2, semantics_pb2; import semgen_cli"
+ && python -c "from serving.protos import pyramid_pb2, semantics_pb2; import semgen_cli" \
+ && python -c "from export.onnx import ensure_exported; ensure_exported('artifacts', 'var/onnx')"
 
-# 3. Run as a non-root user; the code stays root-owned and read-only to it. Heads fitted with
-#    FitHead are the one thing it writes: mount a volume there to keep them across containers.
+# 3. Run as a non-root user; the code stays root-owned and read-only to it. It writes heads fitted
+#    with FitHead (mount a volume there to keep them across containers), the ONNX graphs of
+#    another bundle (var/onnx; the default bundle's were exported above) and TorchServe's store.
 RUN useradd --create-home --uid 10001 semgen \
- && mkdir -p /app/var/heads && chown semgen /app/var/heads
+ && mkdir -p /app/var/heads /app/var/torchserve && chown -R semgen /app/var
 VOLUME /app/var/heads
 USER semgen
 

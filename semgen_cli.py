@@ -191,6 +191,14 @@ def cmd_export_tensorrt(args):
     _print(report, args.json)
 
 
+def cmd_export_mar(args):
+    from export.mar import export_mars
+
+    _print(export_mars(args.models, args.out, args.onnx_dir, batch_size=args.batch_size,
+                       max_batch_delay_ms=args.max_batch_delay_ms, workers=args.workers,
+                       ort_threads=args.ort_threads), args.json)
+
+
 def cmd_serve(args):
     from serving.server import run
 
@@ -346,6 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32, help="largest batch the engines accept (smallest 1)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export_tensorrt)
+    p = export.add_parser("mar", help="TorchServe archives (pyramid, semantics, semantics_jobs, imagine) with the "
+                                      "handler, the bundle, its ONNX graphs and a model-config.yaml each")
+    p.add_argument("--models", default="artifacts")
+    p.add_argument("--out", default="exports/mar", help="the model store: <name>.mar + <name>-model-config.yaml")
+    p.add_argument("--onnx-dir", default="var/onnx", help="the cache of exported graphs (shared with the server)")
+    p.add_argument("--batch-size", type=int, default=8, help="batchSize of the forward models")
+    p.add_argument("--max-batch-delay-ms", type=float, default=5, help="maxBatchDelay of the forward models")
+    p.add_argument("--workers", type=int, default=1, help="minWorkers = maxWorkers of every model")
+    p.add_argument("--ort-threads", type=int, default=2, help="ONNX Runtime threads in each worker")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export_mar)
 
     client = sub.add_parser("client", help="call a running server").add_subparsers(dest="service", required=True)
     from serving.client import add_pyramid_commands

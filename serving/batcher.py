@@ -1,9 +1,11 @@
 """The dynamic batcher: forward-only requests share one graph run.
 
-Requests wait in a bounded queue. The batch loop takes the oldest request and waits until
-`max_batch` requests are there or the oldest has waited `max_delay` seconds, then runs them as one
-`semgen.pipelines.forward.run_batch` on its own thread; the next batch gathers meanwhile. A full
-queue refuses at once (RESOURCE_EXHAUSTED) instead of letting latency grow without bound.
+A request is first prepared (checked, its rows made: `ops.prepare`) on a small thread pool, so bad
+input fails at once and preparing overlaps the running batch. Prepared requests wait in a bounded
+queue. The batch loop takes the oldest and waits until `max_batch` requests for the same graph are
+there or the oldest has waited `max_delay` seconds, then runs them as one graph run
+(`semgen.pipelines.forward.run_prepared`) on its own thread; the next batch gathers meanwhile. A
+full queue refuses at once (RESOURCE_EXHAUSTED) instead of letting latency grow without bound.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ class BatchPolicy:
 @dataclass
 class _Waiting:
     op: str
-    args: dict
+    prepared: Any  # a semgen.pipelines.forward.Prepared
     future: asyncio.Future
     submitted: float = field(default_factory=time.perf_counter)
+    left_queue: bool = False  # counted out of the queue-depth gauge
 
 
 class DynamicBatcher:
@@ -50,24 +53,42 @@ class DynamicBatcher:
         self._arrived: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._compute = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"semgen-batch-{name}")
+        self._prepare = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix=f"semgen-prepare-{name}")
+        self._admitted = 0  # requests preparing or waiting for their batch: what max_queue bounds
         self._closed = False
 
     async def call(self, op: str, args: dict) -> Any:
         """The result of `op` on `args`; InvalidInput / NotFound for bad requests."""
         if self._closed:
             raise Unavailable("engine: shutting down; retry on another replica")
-        if len(self._queue) >= self.policy.max_queue:
+        if self._admitted >= self.policy.max_queue:
             raise ResourceExhausted(f"queue: the {self.name} queue is full ({self.policy.max_queue} requests "
                                     "waiting); retry with backoff")
-        waiting = _Waiting(op, args, asyncio.get_running_loop().create_future())
-        self._queue.append(waiting)
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(op, None, loop.create_future())
+        self._admitted += 1
         self._metrics.engine_queue_depth.inc()
-        self._start()
-        self._arrived.set()
-        result = await waiting.future
+        try:
+            try:
+                waiting.prepared = await loop.run_in_executor(self._prepare, self._ops.prepare, op, args)
+            except (ValueError, KeyError) as e:
+                raise _client_error(e) from None
+            self._queue.append(waiting)
+            self._start()
+            self._arrived.set()
+            result = await waiting.future
+        finally:
+            self._leave_queue(waiting)  # failed or cancelled before its batch started
         if isinstance(result, Exception):
             raise _client_error(result)
         return result
+
+    def _leave_queue(self, waiting: _Waiting) -> None:
+        """Count a request out of the queue (once): its batch started, or it failed or left first."""
+        if not waiting.left_queue:
+            waiting.left_queue = True
+            self._admitted -= 1
+            self._metrics.engine_queue_depth.dec()
 
     def _start(self) -> None:
         if self._loop_task is None:
@@ -84,8 +105,8 @@ class DynamicBatcher:
                 m.engine_queue_latency.labels(op=w.op).observe(started - w.submitted)
             m.batch_size.labels(model=self.name).observe(len(batch))
             try:
-                results = await loop.run_in_executor(self._compute, _run_batch, self._ops,
-                                                     [(w.op, w.args) for w in batch])
+                results = await loop.run_in_executor(self._compute, _run_prepared, self._ops,
+                                                     [w.prepared for w in batch])
             except Exception as e:  # a bug in the batch itself: every request in it fails
                 results = [e] * len(batch)
             elapsed = time.perf_counter() - started
@@ -95,23 +116,33 @@ class DynamicBatcher:
                     w.future.set_result(result)
 
     async def _next_batch(self) -> list[_Waiting]:
-        """Up to max_batch live requests, once the batch is full or its oldest waited max_delay."""
+        """Up to max_batch live requests for the oldest one's graph, once that many are queued or
+        the oldest has waited max_delay."""
         while True:
             while not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
-            deadline = self._queue[0].submitted + self.policy.max_delay
-            while len(self._queue) < self.policy.max_batch and (left := deadline - time.perf_counter()) > 0:
+            oldest = self._queue[0]
+            deadline = oldest.submitted + self.policy.max_delay
+            while self._same_graph(oldest) < self.policy.max_batch and (left := deadline - time.perf_counter()) > 0:
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), left)
                 except asyncio.TimeoutError:
                     break
-            batch = [self._queue.popleft() for _ in range(min(self.policy.max_batch, len(self._queue)))]
-            self._metrics.engine_queue_depth.dec(len(batch))
+            batch, rest = [], collections.deque()
+            for w in self._queue:
+                fits = len(batch) < self.policy.max_batch and w.prepared.key == oldest.prepared.key
+                (batch if fits else rest).append(w)
+            self._queue = rest
+            for w in batch:
+                self._leave_queue(w)
             live = [w for w in batch if not w.future.done()]  # drop requests cancelled while queued
             if live:
                 return live
+
+    def _same_graph(self, oldest: _Waiting) -> int:
+        return sum(w.prepared.key == oldest.prepared.key for w in self._queue)
 
     async def close(self) -> None:
         """Refuse new calls, finish what is queued, stop."""
@@ -121,12 +152,13 @@ class DynamicBatcher:
         if self._loop_task is not None:
             self._loop_task.cancel()
         await asyncio.to_thread(self._compute.shutdown, wait=True)
+        await asyncio.to_thread(self._prepare.shutdown, wait=True)
 
 
-def _run_batch(ops, requests):
-    from semgen.pipelines.forward import run_batch
+def _run_prepared(ops, prepared):
+    from semgen.pipelines.forward import run_prepared
 
-    return run_batch(ops, requests)
+    return run_prepared(ops, prepared)
 
 
 def _client_error(e: Exception) -> Exception:

@@ -52,6 +52,12 @@ def run_batch(ops: ForwardOps, requests: list[tuple[str, dict]]) -> list[Any]:
             prepared.append(ops.prepare(op, args))
         except (ValueError, KeyError) as e:
             prepared.append(e)
+    return run_prepared(ops, prepared)
+
+
+def run_prepared(ops: ForwardOps, prepared: list[Any]) -> list[Any]:
+    """`run_batch` after the prepare step: one graph run per key over the rows of its requests;
+    entries that are exceptions already (failed prepares) stay as they are."""
     results = list(prepared)
     groups: dict[str, list[int]] = defaultdict(list)
     for i, p in enumerate(prepared):

@@ -163,7 +163,7 @@ class PyramidPipeline:
     @torch.no_grad()
     def _features(self, ref: torch.Tensor) -> dict[str, np.ndarray]:
         if self.onnx is not None:
-            return self.onnx.run("classifier", {"image": ref.cpu().numpy()})
+            return self.onnx.run("classifier", {"image": ref.cpu().numpy()}, batched=False)  # one request's image
         return {k: v.cpu().numpy() for k, v in self.classifier.features(ref).items()}
 
     def _check_image(self, image: np.ndarray, field: str = "image") -> torch.Tensor:

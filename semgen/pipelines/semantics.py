@@ -123,7 +123,7 @@ class SemanticsPipeline:
         z = torch.stack([torch.randn(self.generator.z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         with torch.no_grad():
             if self.onnx is not None and self.onnx.has("mapping"):
-                w = torch.from_numpy(self.onnx.run("mapping", {"z": z.numpy()})["w"]).to(self.device)
+                w = torch.from_numpy(self.onnx.run("mapping", {"z": z.numpy()}, batched=False)["w"]).to(self.device)
                 w = self.generator.w_avg.lerp(w, psi) if psi != 1.0 else w
             else:
                 w = self.generator.mapping_w(z.to(self.device), psi)
