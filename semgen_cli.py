@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "ONNX Runtime and by engine; ONNX Runtime over eager torch")
     p.add_argument("--models", default="artifacts")
     p.add_argument("--concurrency", default="1,4,16", help="requests in flight, one level each")
-    p.add_argument("--requests", type=int, default=64, help="requests per (engine, method, concurrency) level")
+    p.add_argument("--requests", type=int, default=256, help="requests per (engine, method, concurrency) level")
     p.add_argument("--seconds", type=float, default=30.0, help="time cap per level")
     p.add_argument("--engines", default="embedded,torchserve", help="servers to measure, one at a time")
     p.add_argument("--max-batch", type=int, default=8)

@@ -53,7 +53,8 @@ class DynamicBatcher:
         self._arrived: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._compute = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"semgen-batch-{name}")
-        self._prepare = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix=f"semgen-prepare-{name}")
+        # one thread: preparing overlaps the running batch; more would only compete for the cores
+        self._prepare = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"semgen-prepare-{name}")
         self._admitted = 0  # requests preparing or waiting for their batch: what max_queue bounds
         self._closed = False
 

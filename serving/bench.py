@@ -48,7 +48,7 @@ RATIO_KEYS = {"generate": "ort_over_eager", "sample": "ort_over_eager_sample"}
 class ServeBench:
     models: str = "artifacts"
     concurrency: tuple[int, ...] = (1, 4, 16)
-    requests: int = 64  # per (engine, method, concurrency) level
+    requests: int = 256  # per (engine, method, concurrency) level; fewer make ramp-up and tail weigh
     seconds: float = 30.0  # cap per level
     max_batch: int = 8
     max_batch_delay_ms: float = 5.0
@@ -194,7 +194,7 @@ def running_server(opts: ServeBench, engine: str, heads_dir: str):
             raise ServerFailed(f"server --engine {engine} not SERVING in {START_TIMEOUT_S} s", list(output)[-20:])
         if "serving" not in seen:
             raise ServerFailed(f"server --engine {engine} exited with code {proc.wait(5)}", list(output)[-20:])
-        yield seen["address"]
+        yield seen["address"], proc.pid
     finally:
         if proc.poll() is None:
             proc.terminate()  # SIGTERM: the server drains and closes its engines (TorchServe too)
@@ -231,7 +231,26 @@ async def run_level(call, request, concurrency: int, requests: int, seconds: flo
     return summarize(latencies, codes, time.perf_counter() - started)
 
 
-async def drive(address: str, engine: str, methods: list[str], png: bytes, opts: ServeBench, progress) -> list[dict]:
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and every process under it (TorchServe's Java and workers too)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def drive(address: str, engine: str, methods: list[str], png: bytes, opts: ServeBench, progress,
+                server_pid: int | None = None) -> list[dict]:
     import grpc
     from serving.protos import pyramid_pb2, pyramid_pb2_grpc, semantics_pb2, semantics_pb2_grpc
 
@@ -245,11 +264,17 @@ async def drive(address: str, engine: str, methods: list[str], png: bytes, opts:
             call, request = rpcs[method]
             await run_level(call, request, opts.max_batch, opts.max_batch, opts.seconds)  # warm-up, not counted
             for c in opts.concurrency:
+                server0, client0 = (process_tree_cpu(server_pid) if server_pid else 0.0), own_cpu()
                 level = {"engine": engine, "method": method, "concurrency": c,
                          **await run_level(call, request, c, opts.requests, opts.seconds)}
+                done = max(1, level["requests"])
+                if server_pid:  # where the CPU goes: 2 cores are shared by the server and this client
+                    level["server_cpu_ms_per_request"] = round((process_tree_cpu(server_pid) - server0) / done * 1e3, 2)
+                level["client_cpu_ms_per_request"] = round((own_cpu() - client0) / done * 1e3, 2)
                 levels.append(level)
                 progress(f"{engine} {method} c={c}: {level['throughput']} req/s, p50 {level['p50_ms']} ms, "
-                         f"p99 {level['p99_ms']} ms, errors {level['errors'] or 'none'}")
+                         f"p99 {level['p99_ms']} ms, errors {level['errors'] or 'none'}, CPU ms per request: "
+                         f"server {level.get('server_cpu_ms_per_request')}, client {level['client_cpu_ms_per_request']}")
     return levels
 
 
@@ -279,8 +304,11 @@ def bench_serve(opts: ServeBench = ServeBench(), progress: Callable[[str], None]
     # 1. in process first: it exports the graphs the servers then find in the cache
     pipes = load_pipelines(opts.models, opts.onnx_dir, methods)
     for m in methods:
+        cpu0 = own_cpu()
         result[f"inprocess.{m}"] = round(inprocess_throughput(pipes[m], m, image, opts.requests, opts.max_batch), 3)
-        progress(f"in-process {m}: {result[f'inprocess.{m}']} req/s in batches of {opts.max_batch}")
+        result[f"inprocess_cpu_ms_per_request.{m}"] = round((own_cpu() - cpu0) / (opts.requests + opts.max_batch) * 1e3, 2)
+        progress(f"in-process {m}: {result[f'inprocess.{m}']} req/s in batches of {opts.max_batch}, "
+                 f"{result[f'inprocess_cpu_ms_per_request.{m}']} ms CPU per request")
         prefix = RATIO_KEYS[m]
         for b, ratio in ort_over_eager(pipes[m], m, image, opts.eager_batches).items():
             result[f"{prefix}.{b}"] = round(ratio, 3)
@@ -292,8 +320,8 @@ def bench_serve(opts: ServeBench = ServeBench(), progress: Callable[[str], None]
         for engine in opts.engines:
             progress(f"starting the {engine} server")
             try:
-                with running_server(opts, engine, heads_dir) as address:
-                    levels += asyncio.run(drive(address, engine, methods, png, opts, progress))
+                with running_server(opts, engine, heads_dir) as (address, pid):
+                    levels += asyncio.run(drive(address, engine, methods, png, opts, progress, pid))
             except ServerFailed as e:  # raised at start only
                 if engine == "embedded":
                     raise

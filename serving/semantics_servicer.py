@@ -13,7 +13,7 @@ import contextlib
 import grpc
 import numpy as np
 
-from serving.images import decode_class_mask, encode_mask_pngs, encode_png, encode_pngs
+from serving.images import decode_class_mask, encode_mask_pngs, encode_png, encode_pngs, off_loop
 from serving.protos import SEMANTICS_SERVICE, semantics_pb2 as pb
 from serving.semantics_engine import HeadSummary, Progress, Samples, SemanticsEngine, SemanticsInfo
 from serving.semantics_validation import (
@@ -110,9 +110,9 @@ class SemanticsServicer(AttachableServicer):
         n, height, width, _ = result.images.shape
         if len(result.latents) != n or (result.masks is not None and len(result.masks) != n):
             raise RuntimeError(f"engine broke its contract: {n} images, latents {result.latents.shape}")
-        masks = [] if result.masks is None else await asyncio.to_thread(encode_mask_pngs, result.masks)
+        masks = [] if result.masks is None else await off_loop(encode_mask_pngs, result.masks, size=result.masks.size)
         return pb.SampleResponse(
-            images=await asyncio.to_thread(encode_pngs, result.images),
+            images=await off_loop(encode_pngs, result.images, size=result.images.size),
             latents=latents_message(result.latents),
             masks=masks,
             class_names=result.class_names,

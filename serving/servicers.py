@@ -27,7 +27,7 @@ from serving.engine import (
     Unavailable,
     Unsupported,
 )
-from serving.images import decode_image, decode_mask, encode_pngs
+from serving.images import decode_image, decode_mask, encode_pngs, off_loop
 from serving.interceptors import REQUEST_ID
 from serving.protos import PYRAMID_SERVICE, pyramid_pb2 as pb
 from serving.validation import (
@@ -183,10 +183,9 @@ class PyramidServicer(AttachableServicer):
     # ---- shared steps ------------------------------------------------------------------
 
     async def _decode(self, data: bytes, field: str):
-        # PIL decode/encode is CPU work too: keep it off the event loop.
-        return await asyncio.to_thread(
-            decode_image, data, self.limits.max_image_bytes, self.limits.max_image_pixels, field
-        )
+        # PIL decode/encode is CPU work too: keep large images off the event loop.
+        return await off_loop(decode_image, data, self.limits.max_image_bytes, self.limits.max_image_pixels, field,
+                              size=len(data))
 
     async def _mask(self, mask, field: str, image):
         height, width = image.shape[:2]
@@ -198,7 +197,7 @@ class PyramidServicer(AttachableServicer):
         n, height, width, _ = result.images.shape
         if n != num_samples or not 0 <= result.class_index < len(info.class_names):
             raise RuntimeError(f"engine broke its contract: {n} images, class {result.class_index}")
-        pngs = await asyncio.to_thread(encode_pngs, result.images)
+        pngs = await off_loop(encode_pngs, result.images, size=result.images.size)
         return pb.GenerateResponse(
             images=pngs,
             class_index=result.class_index,
