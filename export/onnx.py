@@ -98,12 +98,17 @@ def export_onnx(models: str = "artifacts", out: str = "exports/onnx", head: str 
     another batch size than it was traced with. Writes <out>/parity.json (and bundle.json, the
     fingerprint of the weights) and returns the parity report."""
     models, out = Path(models), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
-    report = {}
-    classifier = load_checkpoint(models / "classifier")
-    size = classifier.image_size
-    jobs = [("classifier", _ClassifierLevels(classifier), lambda b: torch.rand(b, 3, size, size, generator=gen) * 2 - 1,
-             "image", tuple(classifier.features(torch.zeros(1, 3, size, size)).keys()))]
+    report, jobs = {}, []
+    if (models / "classifier").exists():
+        classifier = load_checkpoint(models / "classifier")
+        size = classifier.image_size
+        jobs.append(("classifier", _ClassifierLevels(classifier),
+                     lambda b: torch.rand(b, 3, size, size, generator=gen) * 2 - 1,
+                     "image", tuple(classifier.features(torch.zeros(1, 3, size, size)).keys())))
+        if (models / "pyramid").exists():
+            jobs.append(_pyramid_job(load_checkpoint(models / "pyramid"), classifier, gen))
     if (models / "stylegan").exists():
         g = load_checkpoint(models / "stylegan")
         jobs.append(("mapping", _Mapping(g), lambda b: torch.randn(b, g.z_dim, generator=gen), "z", ("w",)))
@@ -111,8 +116,6 @@ def export_onnx(models: str = "artifacts", out: str = "exports/onnx", head: str 
             fused = _SynthesisWithHead(g, load_checkpoint(models / "heads" / head))
             ws = lambda b: g.broadcast(g.mapping_w(torch.randn(b, g.z_dim, generator=gen))).contiguous().detach()
             jobs.append((f"synthesis_{head}", fused, ws, "ws", ("image", "logits")))
-    if (models / "pyramid").exists():
-        jobs.append(_pyramid_job(load_checkpoint(models / "pyramid"), classifier, gen))
     for name, module, example, input_name, output_names in jobs:
         path = export_model(module, example(2), out / f"{name}.onnx", input_name, output_names)
         diff = parity(module, path, example(3))  # another batch size: the batch axis is dynamic

@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import http.client
 import json
+import threading
 import time
 import urllib.parse
 from typing import Any, AsyncIterator
@@ -70,10 +71,13 @@ class TorchServeClient:
         m.engine_queue_depth.inc()
         sent = time.perf_counter()
 
-        def post(item):
-            loop.call_soon_threadsafe(events.put_nowait, item)
+        left = threading.Event()  # the caller stopped reading (cancelled, error): stop at the next message
 
-        self._pool.submit(self._post, model, body, post)
+        def post(item):
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(events.put_nowait, item)
+
+        self._pool.submit(self._post, model, body, post, left)
         first = True
         try:
             while (item := await events.get()) is not _END:
@@ -91,10 +95,11 @@ class TorchServeClient:
                     raise _ERRORS.get(item["error"], RuntimeError)(item["message"])
                 yield item["value"]
         finally:
+            left.set()
             if first:
                 m.engine_queue_depth.dec()
 
-    def _post(self, model: str, body: bytes, post) -> None:
+    def _post(self, model: str, body: bytes, post, left: threading.Event) -> None:
         """On a pool thread: POST, then hand every framed reply (or an error) to the event loop."""
         connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         try:
@@ -104,6 +109,8 @@ class TorchServeClient:
                 post(self._http_error(model, response.status, response.read()))
                 return
             for message in wire.unframe(response):
+                if left.is_set():  # closing the connection is all we can do: TorchServe cannot stop a handler
+                    return
                 post(wire.unpack(message))
         except (OSError, http.client.HTTPException) as e:
             post(Unavailable(f"engine: TorchServe at {self.url} is not reachable ({type(e).__name__}: {e}); "
