@@ -132,10 +132,11 @@ def export_mars(models: str | Path = "artifacts", out: str | Path = "exports/mar
                 if (models / folder).exists():
                     (stage / "bundle" / folder).symlink_to((models / folder).resolve(), target_is_directory=True)
             for graph in onnx_names:
-                (stage / "onnx" / f"{graph}.onnx").symlink_to((graphs / f"{graph}.onnx").resolve())
+                if (graphs / f"{graph}.onnx").exists():  # a bundle without heads/lse has no synthesis_lse
+                    (stage / "onnx" / f"{graph}.onnx").symlink_to((graphs / f"{graph}.onnx").resolve())
             config = {"minWorkers": workers, "maxWorkers": workers,
                       "batchSize": batch_size if batched else 1,
-                      "maxBatchDelay": int(max_batch_delay_ms) if batched else 0,
+                      "maxBatchDelay": round(max_batch_delay_ms) if batched else 0,
                       "responseTimeout": response_timeout,
                       "handler": {"service": name, "ort_threads": ort_threads}}
             mar = build_mar(name, HANDLER, out, [stage / "bundle", stage / "onnx", stage / "heads"], config)
@@ -148,10 +149,13 @@ def export_mars(models: str | Path = "artifacts", out: str | Path = "exports/mar
 
 
 def ensure_mars(models: str | Path, store: str | Path, onnx_cache: str | Path = "var/onnx", **settings) -> Path:
-    """A model store for the bundle under `store`, rebuilt only when the weights or settings change."""
+    """A model store for the bundle under `store`, rebuilt only when what the archives pack (every
+    bundle folder, the handler) or the settings change."""
     from export.onnx import bundle_fingerprint
 
-    key = hashlib.sha256(json.dumps([bundle_fingerprint(models), sorted(settings.items())]).encode()).hexdigest()
+    folders = tuple(sorted({folder for needs, _, _ in SEMGEN_MODELS.values() for folder in needs}))
+    key = hashlib.sha256(json.dumps([bundle_fingerprint(models, folders=folders), HANDLER.read_text(),
+                                     sorted(settings.items())]).encode()).hexdigest()
     folder = Path(store) / key[:16]
     if not (folder / "mars.json").exists():
         export_mars(models, folder, onnx_cache, **settings)

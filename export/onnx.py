@@ -95,8 +95,7 @@ def parity(module: nn.Module, path: Path, example, threads: int = 2) -> float:
 
 def export_onnx(models: str = "artifacts", out: str = "exports/onnx", head: str = "lse", seed: int = 0) -> dict:
     """Export the bundle's classifier, mapping, synthesis+head and pyramid generator; check each at
-    another batch size than it was traced with. Writes <out>/parity.json (and bundle.json, the
-    fingerprint of the weights) and returns the parity report."""
+    another batch size than it was traced with. Writes <out>/parity.json and returns it."""
     models, out = Path(models), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
@@ -123,17 +122,17 @@ def export_onnx(models: str = "artifacts", out: str = "exports/onnx", head: str 
         report[f"{name}.parity"] = diff <= PARITY_TOLERANCE
         report[f"{name}.path"] = str(path)
     (out / "parity.json").write_text(json.dumps(report, indent=2))
-    (out / "bundle.json").write_text(json.dumps({"models": str(models), "fingerprint": bundle_fingerprint(models, head)}))
     return report
 
 
-def bundle_fingerprint(models: str | Path, head: str = "lse") -> str:
-    """sha256 over the weights and configs that the exported graphs are made from."""
+def bundle_fingerprint(models: str | Path, head: str = "lse", folders: tuple[str, ...] | None = None) -> str:
+    """sha256 over the files of `folders` of the bundle (default: the weights and configs the
+    exported graphs are made from)."""
     models = Path(models)
     digest = hashlib.sha256()
-    for folder in ("classifier", "pyramid", "stylegan", f"heads/{head}"):
-        for path in sorted((models / folder).glob("*")) if (models / folder).is_dir() else []:
-            digest.update(f"{folder}/{path.name}".encode())
+    for folder in folders or ("classifier", "pyramid", "stylegan", f"heads/{head}"):
+        for path in sorted(p for p in (models / folder).rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(models)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -150,6 +149,7 @@ def ensure_exported(models: str | Path, cache: str | Path, head: str = "lse") ->
     failed = [k.split(".")[0] for k, ok in report.items() if k.endswith(".parity") and not ok]
     if failed:
         raise RuntimeError(f"ONNX export of {', '.join(failed)} does not match eager PyTorch; see {out}/parity.json")
+    stamp.write_text(json.dumps({"models": str(models), "fingerprint": fingerprint}))  # only graphs that passed
     return out
 
 

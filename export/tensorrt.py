@@ -193,7 +193,7 @@ def export_tensorrt(onnx_dir: str = "exports/onnx", cache_dir: str = "exports/te
         name = path.stem
         cached = _is_cached(*_engine_paths(path, cache_dir, max_batch, True))
         plan = build_engine(path, cache_dir, max_batch=max_batch, fp16=True)
-        feeds = random_feeds(path)
+        feeds = random_feeds(path, batch=min(3, max_batch))  # inside the engine's batch profile
         session = ort_session(path)
         expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
         engine = TensorRTModel(plan)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.engine import InvalidInput, NotFound, ResourceExhausted, Unavailable
+from serving.engine import ResourceExhausted, Unavailable, client_error
 from serving.metrics import ServingMetrics
 
 
@@ -56,32 +56,35 @@ class DynamicBatcher:
         # one thread: preparing overlaps the running batch; more would only compete for the cores
         self._prepare = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"semgen-prepare-{name}")
         self._admitted = 0  # requests preparing or waiting for their batch: what max_queue bounds
+        self._running: list[_Waiting] = []  # the batch computing now
         self._closed = False
 
-    async def call(self, op: str, args: dict) -> Any:
-        """The result of `op` on `args`; InvalidInput / NotFound for bad requests."""
+    async def call(self, op: str, args: dict, label: str | None = None) -> Any:
+        """The result of `op` on `args`; InvalidInput / NotFound for bad requests. `label`: the op's
+        name in the metrics, when it is not `op` (Segment runs as sample)."""
         if self._closed:
             raise Unavailable("engine: shutting down; retry on another replica")
         if self._admitted >= self.policy.max_queue:
             raise ResourceExhausted(f"queue: the {self.name} queue is full ({self.policy.max_queue} requests "
                                     "waiting); retry with backoff")
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(op, None, loop.create_future())
+        waiting = _Waiting(label or op, None, loop.create_future())
         self._admitted += 1
         self._metrics.engine_queue_depth.inc()
         try:
             try:
                 waiting.prepared = await loop.run_in_executor(self._prepare, self._ops.prepare, op, args)
             except (ValueError, KeyError) as e:
-                raise _client_error(e) from None
+                raise client_error(e) from None
+            waiting.submitted = time.perf_counter()  # queue time: from here to the start of its batch
             self._queue.append(waiting)
             self._start()
             self._arrived.set()
             result = await waiting.future
         finally:
             self._leave_queue(waiting)  # failed or cancelled before its batch started
-        if isinstance(result, Exception):
-            raise _client_error(result)
+        if isinstance(result, Exception):  # the graph run failed: a bug, not the client's input
+            raise result
         return result
 
     def _leave_queue(self, waiting: _Waiting) -> None:
@@ -105,11 +108,13 @@ class DynamicBatcher:
             for w in batch:
                 m.engine_queue_latency.labels(op=w.op).observe(started - w.submitted)
             m.batch_size.labels(model=self.name).observe(len(batch))
+            self._running = batch
             try:
                 results = await loop.run_in_executor(self._compute, _run_prepared, self._ops,
                                                      [w.prepared for w in batch])
             except Exception as e:  # a bug in the batch itself: every request in it fails
                 results = [e] * len(batch)
+            self._running = []
             elapsed = time.perf_counter() - started
             for w, result in zip(batch, results):
                 m.engine_compute_latency.labels(op=w.op).observe(elapsed)
@@ -146,9 +151,9 @@ class DynamicBatcher:
         return sum(w.prepared.key == oldest.prepared.key for w in self._queue)
 
     async def close(self) -> None:
-        """Refuse new calls, finish what is queued, stop."""
+        """Refuse new calls, finish every admitted one (the server's grace has passed already), stop."""
         self._closed = True
-        while self._queue:
+        while self._admitted or self._running:
             await asyncio.sleep(0.01)
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -162,11 +167,3 @@ def _run_prepared(ops, prepared):
     return run_prepared(ops, prepared)
 
 
-def _client_error(e: Exception) -> Exception:
-    """A pipeline's input errors as the engine's: ValueError -> InvalidInput, KeyError (an unknown
-    name, "head: ...") -> NotFound; anything else stays what it is (an internal error)."""
-    if isinstance(e, ValueError):
-        return InvalidInput(str(e))
-    if isinstance(e, KeyError):
-        return NotFound(str(e.args[0]) if e.args else "name: not found")
-    return e

@@ -40,7 +40,7 @@ import numpy as np
 
 ORT_THREADS = 2  # the server's default --ort-threads; eager torch gets as many threads
 LEVEL, HEAD, PSI = "conv3", "lse", 1.0  # what every Generate / Sample request asks for
-START_TIMEOUT_S, STOP_GRACE_S = 180, 20
+START_TIMEOUT_S, STOP_GRACE_S = 180, 45  # the grace outlasts TorchServe's own 30 s stop
 RATIO_KEYS = {"generate": "ort_over_eager", "sample": "ort_over_eager_sample"}
 
 
@@ -169,7 +169,7 @@ class ServerFailed(RuntimeError):
 @contextlib.contextmanager
 def running_server(opts: ServeBench, engine: str, heads_dir: str):
     """`python -m serving.server` on loopback in its own process group; yields its gRPC address once
-    it says health SERVING (ServerFailed otherwise) and always stops it: SIGTERM, SIGKILL after 20 s."""
+    it says health SERVING (ServerFailed otherwise) and always stops it: SIGTERM, SIGKILL after STOP_GRACE_S."""
     cmd = [sys.executable, "-m", "serving.server", "--models", opts.models, "--host", "127.0.0.1", "--port", "0",
            "--metrics-port", "0", "--engine", engine, "--onnx-dir", opts.onnx_dir, "--ort-threads", str(ORT_THREADS),
            "--max-batch", str(opts.max_batch), "--max-batch-delay-ms", str(opts.max_batch_delay_ms),

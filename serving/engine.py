@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,21 @@ class EmbeddedEngine(Engine):
         if self._batcher is not None:
             await self._batcher.close()
         await self._work.close()
+
+
+_FIELD_PREFIX = re.compile(r"^[A-Za-z_][\w.\[\]]*: ")  # "head: ...", "mask[conv3]: ..."
+
+
+def client_error(e: Exception) -> Exception:
+    """A pipeline's documented input errors as the engine's: ValueError -> InvalidInput; a KeyError
+    for an unknown name ("head: no head named 'x'") -> NotFound. Anything else is returned as it is:
+    a bug, which the client sees as INTERNAL."""
+    if isinstance(e, ValueError):
+        return InvalidInput(str(e))
+    message = str(e.args[0]) if isinstance(e, KeyError) and e.args else ""
+    if _FIELD_PREFIX.match(message):
+        return NotFound(message)
+    return e
 
 
 def not_found_errors(fn: Callable, field: str) -> Callable:

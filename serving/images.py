@@ -16,15 +16,25 @@ from PIL import Image, ImageOps
 from serving.engine import InvalidInput
 
 ACCEPTED_FORMATS = ("PNG", "JPEG")
-SMALL_WORK = 64 * 1024  # bytes in or out; below this, decoding or encoding costs less than a thread hop
+SMALL_WORK = 64 * 1024  # decoded bytes; below this, decoding or encoding costs less than a thread hop
 
 
 async def off_loop(fn, *args, size: int):
-    """`fn(*args)` on a worker thread, or right here when `size` (the bytes it reads or writes) is
-    small: a 64 px PNG takes ~0.2-0.5 ms, a thread hop and the wake-up of the event loop as much."""
+    """`fn(*args)` on a worker thread, or right here when `size` (the decoded bytes it reads or
+    writes) is small: a 64 px PNG takes ~0.2-0.5 ms, a thread hop and the event loop's wake-up as much."""
     if size <= SMALL_WORK:
         return fn(*args)
     return await asyncio.to_thread(fn, *args)
+
+
+def decoded_size(data: bytes) -> int:
+    """Width x height x 3 from the image's header (not the pixels: a small file can inflate a lot);
+    unreadable data counts as large, so its error is raised off the event loop."""
+    try:
+        width, height = Image.open(io.BytesIO(data)).size
+        return width * height * 3
+    except Exception:
+        return SMALL_WORK + 1
 
 
 def decode_image(data: bytes, max_bytes: int, max_pixels: int, field: str = "image") -> np.ndarray:

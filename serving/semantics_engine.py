@@ -166,7 +166,7 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
     async def segment(self, latents, head) -> np.ndarray:
         self._classes(head)
         if self._batcher is not None:
-            return (await self._batcher.call("sample", dict(latents=latents, predictor=head))).masks
+            return (await self._batcher.call("sample", dict(latents=latents, predictor=head), label="segment")).masks
         return await self._work.call("segment", _head_errors(self._pipeline.segment), latents, head)
 
     def _classes(self, head: str) -> tuple[str, ...]:

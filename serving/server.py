@@ -10,6 +10,10 @@ ImagineService if <models>/classifier exists or --imagine-classifier is given, H
 <models>/stylegan, classifier, attributes and boundaries all exist; a service whose model is
 missing answers NOT_FOUND and its health stays NOT_SERVING. Iterative jobs of every
 service share one limit, --max-jobs.
+Engines: --engine embedded (default) runs the models here, forward-only work on ONNX Runtime
+through the dynamic batcher (--runtime onnx: the bundle is exported to --onnx-dir on start) or
+on eager torch (--runtime torch); --engine torchserve forwards to TorchServe
+(serving/torchserve_gateway.py).
 On SIGINT/SIGTERM: health NOT_SERVING, stop accepting RPCs, let in-flight ones finish for up to
 --grace-seconds (then running jobs are cancelled), close the engines, exit 0.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -96,6 +101,8 @@ class ServeOptions:
                              "--max-candidates and --max-imagine-iterations must be >= 1")
         if self.engine not in ("embedded", "torchserve"):
             raise ValueError(f"--engine must be embedded or torchserve, got {self.engine!r}")
+        if self.torchserve_address and not self.torchserve_address.startswith("http://"):
+            raise ValueError(f"--torchserve-address must be an http:// URL, got {self.torchserve_address!r}")
         if self.engine == "torchserve" and self.runtime != "onnx":
             raise ValueError("--engine torchserve runs the forward work on ONNX Runtime; drop --runtime torch")
         if self.runtime not in ("onnx", "torch"):
@@ -152,7 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-batch-delay-ms", type=float, default=d.max_batch_delay_ms,
       help="how long the oldest request waits for others to batch with (default: %(default)s)")
     a("--max-queue", type=int, default=d.max_queue,
-      help="requests waiting for a batch; more are refused with RESOURCE_EXHAUSTED (default: %(default)s)")
+      help="requests waiting for a batch (with --engine torchserve: calls waiting for TorchServe); more are "
+           "refused with RESOURCE_EXHAUSTED (default: %(default)s)")
     a("--max-samples", type=int, default=d.max_samples, help="largest num_samples per request (default: %(default)s)")
     a("--max-image-bytes", type=int, default=d.max_image_bytes, help="largest encoded reference image (default: %(default)s)")
     a("--max-image-pixels", type=int, default=d.max_image_pixels, help="largest reference width*height (default: %(default)s)")
@@ -294,7 +302,7 @@ def exported_models(opts: ServeOptions):
     started = time.perf_counter()
     folder = ensure_exported(opts.models, opts.onnx_dir)
     log.info("ONNX graphs of %s in %s (%.1fs)", opts.models, folder, time.perf_counter() - started)
-    return OnnxModels(folder, opts.ort_threads), opts.batch_policy
+    return OnnxModels(folder, opts.ort_threads, opts.device), opts.batch_policy
 
 
 async def serve(opts: ServeOptions,
@@ -343,6 +351,9 @@ async def serve(opts: ServeOptions,
         code = 1
     finally:
         stopping.cancel()
+        if not loading.done():  # a signal during loading: wait for it, then close what it made
+            with contextlib.suppress(Exception):
+                engines = await loading
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await health.enter_graceful_shutdown()

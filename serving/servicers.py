@@ -27,7 +27,7 @@ from serving.engine import (
     Unavailable,
     Unsupported,
 )
-from serving.images import decode_image, decode_mask, encode_pngs, off_loop
+from serving.images import decode_image, decode_mask, decoded_size, encode_pngs, off_loop
 from serving.interceptors import REQUEST_ID
 from serving.protos import PYRAMID_SERVICE, pyramid_pb2 as pb
 from serving.validation import (
@@ -185,7 +185,7 @@ class PyramidServicer(AttachableServicer):
     async def _decode(self, data: bytes, field: str):
         # PIL decode/encode is CPU work too: keep large images off the event loop.
         return await off_loop(decode_image, data, self.limits.max_image_bytes, self.limits.max_image_pixels, field,
-                              size=len(data))
+                              size=decoded_size(data))
 
     async def _mask(self, mask, field: str, image):
         height, width = image.shape[:2]

@@ -11,15 +11,19 @@ is the rest of the round trip (TorchServe's queue, batching delay and transport)
 size is counted once, and the queue depth is the calls waiting for TorchServe.
 
 Not supported here: FitHead (a fitted head would live in one worker only; UNIMPLEMENTED), and
-cancelling a running job (TorchServe cannot stop a handler; the job stops at its deadline).
+cancelling a running job (TorchServe cannot stop a handler: the gateway stops reading and closes
+the connection at the next event; the job itself stops at its deadline). TorchServe answers a
+full job queue with HTTP 503, which is UNAVAILABLE here like any other 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import http.client
 import json
+import socket
 import threading
 import time
 import urllib.parse
@@ -34,21 +38,26 @@ from serving.imagine_engine import ImagineEngine, ImagineInfo, ImagineJob, StepP
 from serving.metrics import ServingMetrics
 from serving.semantics_engine import HeadSummary, Progress, Samples, SemanticsEngine, SemanticsInfo
 
-_ERRORS = {"InvalidInput": InvalidInput, "ValueError": InvalidInput, "NotFound": NotFound, "KeyError": NotFound,
-           "AlreadyExists": AlreadyExists, "ResourceExhausted": ResourceExhausted,
-           "DeadlineExceeded": DeadlineExceeded, "Unavailable": Unavailable}
+# the engine errors a handler reports by name; any other name is a bug there (INTERNAL here)
+_ERRORS = {cls.__name__: cls for cls in (InvalidInput, NotFound, AlreadyExists, ResourceExhausted, DeadlineExceeded,
+                                         Unavailable, Unsupported)}
 _END = object()
 
 
 class TorchServeClient:
-    """Calls to the models of one TorchServe; `on_close` runs once when the last user closes it."""
+    """Calls to the models of one TorchServe, at most `max_in_flight` at once (more are refused
+    with ResourceExhausted); `on_close` runs on the first `close` (it stops a TorchServe we started)."""
 
-    def __init__(self, inference_url: str, metrics: ServingMetrics | None = None, threads: int = 64,
+    def __init__(self, inference_url: str, metrics: ServingMetrics | None = None, max_in_flight: int = 64,
                  timeout: float = 600.0, on_close=None):
         url = urllib.parse.urlsplit(inference_url)
         self.url, self._host, self._port = inference_url, url.hostname, url.port or 80
         self._metrics = metrics or ServingMetrics()
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="semgen-torchserve")
+        self._max_in_flight = max_in_flight
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_in_flight, thread_name_prefix="semgen-torchserve")
+        self._in_flight = 0  # calls sent and not finished (event-loop side)
+        self._connections: set[http.client.HTTPConnection] = set()  # open now; close() cuts them
+        self._lock = threading.Lock()
         self._timeout = timeout
         self._on_close = on_close
         self._closed = False
@@ -64,6 +73,8 @@ class TorchServeClient:
         """Every event `op` sends; raises the engine error the handler reported."""
         if self._closed:
             raise Unavailable("engine: shutting down; retry on another replica")
+        if self._in_flight >= self._max_in_flight:
+            raise ResourceExhausted(f"queue: {self._max_in_flight} calls are waiting for TorchServe; retry with backoff")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         body = wire.pack({"op": op, "args": args or {}})
@@ -78,6 +89,7 @@ class TorchServeClient:
                 loop.call_soon_threadsafe(events.put_nowait, item)
 
         self._pool.submit(self._post, model, body, post, left)
+        self._in_flight += 1
         first = True
         try:
             while (item := await events.get()) is not _END:
@@ -96,12 +108,15 @@ class TorchServeClient:
                 yield item["value"]
         finally:
             left.set()
+            self._in_flight -= 1
             if first:
                 m.engine_queue_depth.dec()
 
     def _post(self, model: str, body: bytes, post, left: threading.Event) -> None:
         """On a pool thread: POST, then hand every framed reply (or an error) to the event loop."""
         connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        with self._lock:
+            self._connections.add(connection)
         try:
             connection.request("POST", f"/predictions/{model}", body, {"Content-Type": "application/octet-stream"})
             response = connection.getresponse()
@@ -118,6 +133,8 @@ class TorchServeClient:
         except Exception as e:  # a reply we cannot read: a bug, not the client's fault
             post(RuntimeError(f"TorchServe reply for {model}: {e}"))
         finally:
+            with self._lock:
+                self._connections.discard(connection)
             connection.close()
             post(_END)
 
@@ -127,19 +144,26 @@ class TorchServeClient:
         except ValueError:
             message = body[:200].decode(errors="replace")
         text = f"engine: TorchServe model {model!r} answered HTTP {status}: {message}"
-        if status in (429, 507):  # its job queue is full
+        if status in (429, 507):
             return ResourceExhausted(text + "; retry with backoff")
-        if status in (404, 503):  # not loaded (yet), no worker, a worker died
-            return Unavailable(text + "; retry shortly")
+        if status in (404, 500, 503):  # not loaded (yet), its queue full or no worker ("no worker to serve"),
+            return Unavailable(text + "; retry shortly")  # a worker died ("Worker died.")
+        if status == 408:
+            return DeadlineExceeded(text)
         return RuntimeError(text)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        await asyncio.to_thread(self._pool.shutdown, wait=True)
-        if self._on_close is not None:
+        if self._on_close is not None:  # stopping TorchServe ends every open call
             await asyncio.to_thread(self._on_close)
+        with self._lock:  # a TorchServe we did not start: cut the calls still reading
+            for connection in self._connections:
+                if connection.sock is not None:
+                    with contextlib.suppress(OSError):
+                        connection.sock.shutdown(socket.SHUT_RDWR)
+        await asyncio.to_thread(self._pool.shutdown, wait=True)
 
 
 class TorchServePyramidEngine(Engine):

@@ -25,7 +25,6 @@ class Supervisor:
 
     def __init__(self, process, poll_seconds: float = 1.0):
         self.process = process
-        self.restarts = 0
         self._poll = poll_seconds
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="semgen-torchserve-supervisor", daemon=True)
@@ -41,8 +40,8 @@ class Supervisor:
                 continue
             log.warning("TorchServe exited; starting it again (calls get UNAVAILABLE meanwhile)")
             try:
+                self.process.stop()  # sweeps up what is left of the old process group
                 self.process.start(timeout=180)
-                self.restarts += 1
                 log.warning("TorchServe is back at %s", self.process.base_url)
             except Exception as e:  # keep trying: the gateway stays up and answers UNAVAILABLE
                 log.error("TorchServe restart failed: %s", e)
@@ -76,7 +75,8 @@ def load_torchserve(opts, metrics: ServingMetrics):
         supervisor = Supervisor(process).start()
         url = process.base_url
         log.info("TorchServe started at %s (logs in %s)", url, process.log_dir)
-    client = TorchServeClient(url, metrics, on_close=supervisor.stop if supervisor else None)
+    client = TorchServeClient(url, metrics, max_in_flight=opts.max_queue,
+                              on_close=supervisor.stop if supervisor else None)
     try:
         engines = asyncio.run(_connect(client, Path(opts.models)))
         engines.higan = _embedded_higan(opts, metrics)

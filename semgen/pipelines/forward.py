@@ -5,8 +5,8 @@ with one row per output image), the key of the graph those rows go through, and 
 turns the request's own output rows into its result. `run_batch` concatenates the rows of the
 requests that share a key, runs each graph once and gives every request its rows back.
 
-The embedded engine's batcher and the TorchServe handler both call `run_batch` on the same
-pipelines, which is why one request gives the same bytes on either engine.
+The embedded engine's batcher (prepare, then `run_prepared`) and the TorchServe handler
+(`run_batch`) run the same pipelines, which is why one request gives the same bytes on either engine.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ class Prepared:
         return len(next(iter(self.rows.values())))
 
 
+class GraphFailed(RuntimeError):
+    """A graph run failed (a bug or a broken model, never the client's input)."""
+
+
 class ForwardOps(Protocol):
     def prepare(self, op: str, args: dict) -> Prepared:
         """Check one request (ValueError / KeyError naming the field) and prepare its rows."""
@@ -45,14 +49,16 @@ def complete(ops: ForwardOps, prepared: Prepared) -> Any:
 
 def run_batch(ops: ForwardOps, requests: list[tuple[str, dict]]) -> list[Any]:
     """The result of every (op, args), in order; a request that fails gets its exception in its
-    place and leaves the others alone."""
+    place and leaves the others alone. ValueError / KeyError mean bad input (from `prepare`);
+    a failed graph run is a GraphFailed."""
     prepared: list[Any] = []
     for op, args in requests:
         try:
             prepared.append(ops.prepare(op, args))
-        except (ValueError, KeyError) as e:
+        except Exception as e:  # one request's problem, whatever it is
             prepared.append(e)
     return run_prepared(ops, prepared)
+
 
 
 def run_prepared(ops: ForwardOps, prepared: list[Any]) -> list[Any]:
@@ -71,7 +77,7 @@ def run_prepared(ops: ForwardOps, prepared: list[Any]) -> list[Any]:
                 results[i] = p.finish(rows)
         except Exception as e:  # a failed graph fails the requests in it, not the batch's others
             for i in members:
-                results[i] = e
+                results[i] = GraphFailed(f"{key}: {type(e).__name__}: {e}")
     return results
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 
-def ort_session(path: str | Path, threads: int = 2):
-    """An ONNX Runtime session with full graph optimisation; the CUDA provider when it is there."""
+def ort_session(path: str | Path, threads: int = 2, device: str = "auto"):
+    """An ONNX Runtime session with full graph optimisation; the CUDA provider when it is there and
+    `device` is not "cpu"."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -22,16 +23,17 @@ def ort_session(path: str | Path, threads: int = 2):
     # no busy-waiting between runs: spinning threads starve the torch/numpy steps around each run
     # (measured: a 64 px torch.round took 7 ms next to spinning ORT threads)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    wanted = ("CPUExecutionProvider",) if device == "cpu" else ("CUDAExecutionProvider", "CPUExecutionProvider")
+    providers = [p for p in wanted if p in ort.get_available_providers()]
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
 class OnnxModels:
     """The .onnx files of one folder, each loaded on first use."""
 
-    def __init__(self, folder: str | Path, threads: int = 2):
+    def __init__(self, folder: str | Path, threads: int = 2, device: str = "auto"):
         self.folder = Path(folder)
-        self.threads = threads
+        self.threads, self.device = threads, device
         self._sessions: dict = {}
         self._lock = threading.Lock()
 
@@ -44,7 +46,7 @@ class OnnxModels:
                 path = self.folder / f"{name}.onnx"
                 if not path.exists():
                     raise FileNotFoundError(f"{path}: not exported; run `semgen export onnx`")
-                self._sessions[name] = ort_session(path, self.threads)
+                self._sessions[name] = ort_session(path, self.threads, self.device)
             return self._sessions[name]
 
     def run(self, name: str, feeds: dict[str, np.ndarray], batched: bool = True) -> dict[str, np.ndarray]:

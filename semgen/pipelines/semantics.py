@@ -10,6 +10,7 @@ with the cross-entropy between a predictor's logits and a target mask.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ from semgen.pipelines.forward import Prepared, Rows, chunks, concat_rows, split_
 
 SEGMENTER = "segmenter"
 LATENT_SPACES = ("w", "w+")
+_ALONE = itertools.count()  # keys for requests that must not be batched with others
 
 # Called after every optimisation step with (iteration, loss, current images [N, 3, S, S]).
 # It may raise to stop the job (cancel, deadline): the pipeline stops within one iteration.
@@ -62,9 +64,11 @@ class SemanticsPipeline:
                  onnx=None):
         self.device = torch.device(device)
         # `onnx`: an OnnxModels with mapping.onnx and synthesis_<head>.onnx; the graphs then run the
-        # forward passes of `sample` for the heads in `onnx_heads` (those exported from these weights)
+        # forward passes of `sample` for the heads in `onnx_heads` (those exported from these weights),
+        # and `onnx_synthesis` for samples without masks (its image output does not depend on the head)
         self.onnx = onnx
         self.onnx_heads: set[str] = set()
+        self.onnx_synthesis: str | None = None
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         self.segmenter = None if segmenter is None else segmenter.to(self.device).eval().requires_grad_(False)
         self.heads: dict[str, SemanticHead] = {}
@@ -86,6 +90,7 @@ class SemanticsPipeline:
             pipe.add_head(path.parent.name, load_checkpoint(path.parent))
         if onnx is not None:
             pipe.onnx_heads = {name for name in pipe.heads if onnx.has(f"synthesis_{name}")}
+            pipe.onnx_synthesis = f"synthesis_{min(pipe.onnx_heads)}" if pipe.onnx_heads else None
         for path in sorted(Path(extra_heads_dir).glob("*/config.json")) if extra_heads_dir else []:
             pipe.add_head(path.parent.name, load_checkpoint(path.parent))
         return pipe
@@ -182,7 +187,7 @@ class SemanticsPipeline:
     @torch.no_grad()
     def run(self, key: str, rows: Rows) -> Rows:
         """Synthesis (+ the predictor's masks) over a batch of w+ rows; key = "synthesis:<predictor>"."""
-        predictor = key.split(":", 1)[1] or None
+        predictor = key.split(":")[1] or None
         graph = self._onnx_graph(predictor)
         if graph is not None:
             out = self.onnx.run(graph, {"ws": rows["ws"]})
@@ -212,14 +217,18 @@ class SemanticsPipeline:
         def finish(out: Rows) -> Samples:
             return Samples(images=to_uint8(torch.from_numpy(out["image"])), latents=ws, masks=out.get("mask"))
 
-        return Prepared(f"synthesis:{predictor or ''}", {"ws": ws}, finish)
+        key = f"synthesis:{predictor or ''}"
+        if self.onnx is not None and self._onnx_graph(predictor) is None:
+            # eager torch is not batch-size invariant: such a request never shares a batch
+            key += f":alone-{next(_ALONE)}"
+        return Prepared(key, {"ws": ws}, finish)
 
     def _onnx_graph(self, predictor: str | None) -> str | None:
         """The exported synthesis graph for `predictor`, if its head is the one that was exported."""
         if self.onnx is None:
             return None
         if predictor is None:
-            return f"synthesis_{min(self.onnx_heads)}" if self.onnx_heads else None
+            return self.onnx_synthesis
         return f"synthesis_{predictor}" if predictor in self.onnx_heads else None
 
     def segment(self, latents, predictor: str) -> np.ndarray:

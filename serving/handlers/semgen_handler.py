@@ -1,10 +1,10 @@
 """The TorchServe handler for every semgen model (pyramid, semantics, semantics_jobs, imagine).
 
-It runs the very engines `semgen serve --engine embedded` runs, built from the bundle and ONNX
-graphs packed in the .mar (see export/mar.py); the `handler:` section of model-config.yaml says
-which service. Forward-only operations (generate, repaint, composite, sample) arrive batched by
-TorchServe (batchSize, maxBatchDelay) and run as one `run_batch` over the pipeline on ONNX
-Runtime. Iterative operations (imagine, edit, sample_conditional) run as the embedded engine's job
+It builds the engine `semgen serve --engine embedded` runs, from the bundle and ONNX graphs
+packed in the .mar (see export/mar.py); the `handler:` section of model-config.yaml says which
+service. Forward-only operations (generate, repaint, composite, sample) arrive batched by
+TorchServe (batchSize, maxBatchDelay) and run as one `run_batch` over the engine's pipeline on
+ONNX Runtime. Iterative operations (imagine, edit, sample_conditional) run as the engine's own job
 and stream every event as an intermediate response. Requests and replies are `serving.wire`
 messages, one framed message per event: {"op", "args"} in; {"event": type, "value"} or
 {"error": type, "message"} out, with the batch size and compute time for the gateway's metrics.
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from semgen.pipelines.forward import run_batch
 from serving import wire
+from serving.engine import client_error
 
 FORWARD_OPS = ("generate", "repaint", "composite", "sample")
 JOB_OPS = ("imagine", "edit", "sample_conditional")
@@ -32,8 +33,10 @@ class SemgenHandler:
         self.initialized = False
 
     def initialize(self, context) -> None:
+        from export.mar import read_handler_settings
+
         model_dir = Path(context.system_properties["model_dir"])
-        settings = dict(getattr(context, "model_yaml_config", None) or {}).get("handler", {})
+        settings = read_handler_settings(context)
         self.engine = load_engine(settings["service"], model_dir / "bundle", model_dir / "onnx",
                                   int(settings.get("ort_threads", 2)), model_dir / "heads")
         self.loop = asyncio.new_event_loop()  # the embedded engines are asyncio objects
@@ -41,14 +44,14 @@ class SemgenHandler:
 
     def handle(self, data: list[dict], context) -> list[bytes]:
         started = time.perf_counter()
-        requests = [wire.unpack(row.get("body") or row.get("data")) for row in data]
-        forward = [i for i, r in enumerate(requests) if r.get("op") in FORWARD_OPS]
-        results = [None] * len(requests)
+        requests = [_unpack(row) for row in data]
+        forward = [i for i, r in enumerate(requests) if isinstance(r, dict) and r.get("op") in FORWARD_OPS]
+        results: list = list(requests)  # a body that did not unpack keeps its error
         batch = run_batch(self.engine._pipeline, [(requests[i]["op"], requests[i].get("args", {})) for i in forward])
         for i, result in zip(forward, batch):
             results[i] = result
         for i, request in enumerate(requests):
-            if i not in forward:
+            if i not in forward and isinstance(request, dict):
                 results[i] = self._one(request, context, i)
         compute = time.perf_counter() - started
         # the first reply of a batch carries its size, so the gateway counts every batch once
@@ -73,17 +76,34 @@ class SemgenHandler:
             return e
 
     async def _stream(self, op: str, args: dict, context, index: int):
+        """Every event but the last as an intermediate response; the last is the reply (a job that
+        fails sends what it had, then its error)."""
         last = None
-        async for event in getattr(self.engine, op)(**args):
+        try:
+            async for event in getattr(self.engine, op)(**args):
+                if last is not None:
+                    _send_intermediate(context, index, wire.frame(wire.pack(reply(last))))
+                last = event
+        except Exception:
             if last is not None:
                 _send_intermediate(context, index, wire.frame(wire.pack(reply(last))))
-            last = event
+            raise
         return last
 
 
+def _unpack(row: dict):
+    try:
+        return wire.unpack(row.get("body") or row.get("data"))
+    except Exception as e:  # one unreadable body fails alone
+        return RuntimeError(f"request: not a semgen wire message ({type(e).__name__})")
+
+
 def reply(result) -> dict:
+    """An event, or an error under the engine's name for it (InvalidInput, NotFound, ...; anything
+    else is a bug the gateway reports as INTERNAL)."""
     if isinstance(result, Exception):
-        return {"error": type(result).__name__, "message": str(result.args[0]) if result.args else str(result)}
+        error = client_error(result)
+        return {"error": type(error).__name__, "message": str(error.args[0]) if error.args else str(error)}
     return {"event": type(result).__name__, "value": result}
 
 

@@ -151,3 +151,48 @@ def test_full_queue_is_refused_and_the_rest_complete():
     assert depth == 3
     assert results == [2, 4, 6, 8]
     assert ops.batches[:3] == [1, 2, 1]  # max_batch 2: the three waiting ones ran as 2 + 1
+
+
+def test_a_failing_graph_is_an_internal_error_not_bad_input():
+    from semgen.pipelines.forward import GraphFailed
+
+    class Broken(BlockingOps):
+        def run(self, key, rows):
+            raise ValueError("shapes do not match")  # a bug: must not read as the client's fault
+
+    async def scenario():
+        batcher = DynamicBatcher(Broken(), "test", BatchPolicy(max_batch=2, max_delay=0.0))
+        try:
+            with pytest.raises(GraphFailed, match="k: ValueError: shapes do not match"):
+                await batcher.call("op", {"n": 1})
+        finally:
+            await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_close_finishes_every_admitted_call():
+    ops = BlockingOps()
+    ops.release.set()
+
+    async def scenario():
+        batcher = DynamicBatcher(ops, "test", BatchPolicy(max_batch=2, max_delay=0.05))
+        calls = [asyncio.ensure_future(batcher.call("op", {"n": n})) for n in range(5)]
+        await asyncio.sleep(0)  # admitted, not yet batched
+        await batcher.close()
+        with pytest.raises(Exception, match="shutting down"):
+            await batcher.call("op", {"n": 9})
+        return [c.result() for c in calls]  # all done by the time close returned
+
+    assert asyncio.run(scenario()) == [0, 2, 4, 6, 8]
+
+
+def test_requests_on_eager_torch_never_share_a_batch(bundle):
+    models, onnx = bundle
+    pipe = SemanticsPipeline.from_dir(models, onnx=onnx)
+    pipe.add_head("lse", pipe.heads["lse"])  # a replaced head is no longer the exported graph
+    keys = [pipe.prepare("sample", dict(seeds=[s], predictor="lse")).key for s in range(3)]
+    assert len(set(keys)) == 3
+    # images without masks still run the exported synthesis graph, batched
+    assert {pipe.prepare("sample", dict(seeds=[s])).key for s in range(3)} == {"synthesis:"}
+    assert pipe._onnx_graph(None) == "synthesis_lse"

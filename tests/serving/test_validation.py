@@ -128,3 +128,16 @@ def test_lenient_deserializer_flags_wrong_typed_fields(payload, message):
 def test_lenient_deserializer_ignores_fields_from_newer_clients():
     newer = request().SerializeToString() + b"\xf8\x06\x01"  # field 111 (varint), unknown to us
     assert isinstance(lenient_deserializer(pb.GenerateRequest)(newer), pb.GenerateRequest)
+
+
+def test_decoded_size_reads_the_header_not_the_file_size():
+    import io as _io
+
+    from PIL import Image as _Image
+
+    from serving.images import SMALL_WORK, decoded_size
+
+    buf = _io.BytesIO()
+    _Image.new("RGB", (2048, 2048)).save(buf, format="PNG")  # a small file that inflates to 12 MB
+    assert len(buf.getvalue()) < SMALL_WORK and decoded_size(buf.getvalue()) == 2048 * 2048 * 3
+    assert decoded_size(b"not an image") > SMALL_WORK  # decoded (and refused) off the event loop
