@@ -24,7 +24,7 @@ from serving.metrics import ServingMetrics
 @dataclass(frozen=True)
 class BatchPolicy:
     max_batch: int = 8  # requests per graph run (like TorchServe's batchSize)
-    max_delay: float = 0.005  # seconds the oldest request may wait for others (maxBatchDelay)
+    max_delay: float = 0.005  # seconds from its arrival the oldest request may wait for others (maxBatchDelay)
     max_queue: int = 64  # requests waiting; one more is refused
 
     def check(self) -> None:
@@ -37,7 +37,8 @@ class _Waiting:
     op: str
     prepared: Any  # a semgen.pipelines.forward.Prepared
     future: asyncio.Future
-    submitted: float = field(default_factory=time.perf_counter)
+    arrived: float = field(default_factory=time.perf_counter)  # max_delay counts from here
+    queued: float = 0.0  # prepared and queued: the queue-time metric counts from here
     left_queue: bool = False  # counted out of the queue-depth gauge
 
 
@@ -76,7 +77,7 @@ class DynamicBatcher:
                 waiting.prepared = await loop.run_in_executor(self._prepare, self._ops.prepare, op, args)
             except (ValueError, KeyError) as e:
                 raise client_error(e) from None
-            waiting.submitted = time.perf_counter()  # queue time: from here to the start of its batch
+            waiting.queued = time.perf_counter()
             self._queue.append(waiting)
             self._start()
             self._arrived.set()
@@ -106,7 +107,7 @@ class DynamicBatcher:
             started = time.perf_counter()
             m = self._metrics
             for w in batch:
-                m.engine_queue_latency.labels(op=w.op).observe(started - w.submitted)
+                m.engine_queue_latency.labels(op=w.op).observe(started - w.queued)
             m.batch_size.labels(model=self.name).observe(len(batch))
             self._running = batch
             try:
@@ -129,7 +130,7 @@ class DynamicBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
             oldest = self._queue[0]
-            deadline = oldest.submitted + self.policy.max_delay
+            deadline = oldest.arrived + self.policy.max_delay  # preparing took part of it already
             while self._same_graph(oldest) < self.policy.max_batch and (left := deadline - time.perf_counter()) > 0:
                 self._arrived.clear()
                 try:
