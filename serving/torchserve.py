@@ -39,6 +39,7 @@ Findings for TorchServe 0.12.0 (checked in ts/ and the frontend jar, and by expe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -231,23 +232,19 @@ class TorchServeProcess:
         if self._proc is None or self._stopped:
             return
         java_pid = self._java_pid()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             if java_pid is not None:
                 os.kill(java_pid, signal.SIGTERM)
             else:
                 os.killpg(self._proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout
         while self.alive() or self.ports_open():
             if time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         # SIGKILL whatever is left in the group (a worker the frontend was restarting, or all of it)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._proc.wait(timeout=10)
         self._stopped = True
         if self._own_tmpdir:

@@ -64,10 +64,8 @@ class TorchServeClient:
 
     async def call(self, model: str, op: str, args: dict | None = None) -> Any:
         """The single result of `op` (forward work, info)."""
-        result = None
-        async for result in self.stream(model, op, args):
-            pass
-        return result
+        results = [result async for result in self.stream(model, op, args)]
+        return results[-1] if results else None
 
     async def stream(self, model: str, op: str, args: dict | None = None) -> AsyncIterator[Any]:
         """Every event `op` sends; raises the engine error the handler reported."""
