@@ -172,23 +172,29 @@ class ServerFailed(RuntimeError):
         self.reason, self.tail = reason, tail
 
 
+@dataclass(frozen=True)
+class ServerProcess:
+    address: str  # gRPC host:port
+    metrics_url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def running_server(opts: ServeBench, engine: str, heads_dir: str):
-    """`python -m serving.server` on loopback in its own process group; yields its gRPC address once
-    it says health SERVING (ServerFailed otherwise) and always stops it: SIGTERM, SIGKILL after STOP_GRACE_S."""
-    cmd = [sys.executable, "-m", "serving.server", "--models", opts.models, "--host", "127.0.0.1", "--port", "0",
-           "--metrics-port", "0", "--engine", engine, "--onnx-dir", opts.onnx_dir, "--ort-threads", str(ORT_THREADS),
-           "--max-batch", str(opts.max_batch), "--max-batch-delay-ms", str(opts.max_batch_delay_ms),
-           "--heads-dir", heads_dir, "--log-level", "WARNING"]  # per-request logs would cost the server CPU
+def server_process(args: list[str], name: str = "server"):
+    """`python -m serving.server --port 0 --metrics-port 0 ARGS` in its own process group; yields a
+    ServerProcess once it says health SERVING (ServerFailed otherwise) and always stops it:
+    SIGTERM, SIGKILL after STOP_GRACE_S."""
+    cmd = [sys.executable, "-m", "serving.server", "--port", "0", "--metrics-port", "0", *args]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     output, seen, done = collections.deque(maxlen=200), {}, threading.Event()
 
-    def read():  # drains the pipe (a full one would block the server) and watches for the two lines
+    def read():  # drains the pipe (a full one would block the server) and watches for its lines
         for line in proc.stdout:
             output.append(line.rstrip())
-            if match := re.search(r"gRPC listening on (\S+)", line):
-                seen["address"] = match.group(1)
+            for key, pattern in (("address", r"gRPC listening on (\S+)"), ("metrics_url", r"metrics on (\S+)")):
+                if match := re.search(pattern, line):
+                    seen[key] = match.group(1)
             if "health SERVING" in line:
                 seen["serving"] = True
                 done.set()
@@ -197,10 +203,10 @@ def running_server(opts: ServeBench, engine: str, heads_dir: str):
     threading.Thread(target=read, daemon=True).start()
     try:
         if not done.wait(START_TIMEOUT_S):
-            raise ServerFailed(f"server --engine {engine} not SERVING in {START_TIMEOUT_S} s", list(output)[-20:])
+            raise ServerFailed(f"{name} not SERVING in {START_TIMEOUT_S} s", list(output)[-20:])
         if "serving" not in seen:
-            raise ServerFailed(f"server --engine {engine} exited with code {proc.wait(5)}", list(output)[-20:])
-        yield seen["address"], proc.pid
+            raise ServerFailed(f"{name} exited with code {proc.wait(5)}", list(output)[-20:])
+        yield ServerProcess(seen["address"], seen["metrics_url"], proc.pid)
     finally:
         if proc.poll() is None:
             proc.terminate()  # SIGTERM: the server drains and closes its engines (TorchServe too)
@@ -210,6 +216,16 @@ def running_server(opts: ServeBench, engine: str, heads_dir: str):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def running_server(opts: ServeBench, engine: str, heads_dir: str):
+    """The bench's server for `engine` on loopback (see server_process)."""
+    return server_process(["--models", opts.models, "--host", "127.0.0.1", "--engine", engine,
+                           "--onnx-dir", opts.onnx_dir, "--ort-threads", str(ORT_THREADS),
+                           "--max-batch", str(opts.max_batch), "--max-batch-delay-ms", str(opts.max_batch_delay_ms),
+                           "--heads-dir", heads_dir,
+                           "--log-level", "WARNING"],  # per-request logs would cost the server CPU
+                          name=f"server --engine {engine}")
 
 
 async def run_level(call, request, concurrency: int, requests: int, seconds: float) -> dict:
@@ -331,8 +347,8 @@ def bench_serve(opts: ServeBench = ServeBench(), progress: Callable[[str], None]
         for engine in opts.engines:
             progress(f"starting the {engine} server")
             try:
-                with running_server(opts, engine, heads_dir) as (address, pid):
-                    levels += asyncio.run(drive(address, engine, methods, png, opts, progress, pid))
+                with running_server(opts, engine, heads_dir) as server:
+                    levels += asyncio.run(drive(server.address, engine, methods, png, opts, progress, server.pid))
             except ServerFailed as e:  # raised at start only
                 if engine == "embedded":
                     raise

@@ -180,10 +180,6 @@ class TorchServeProcess:
     def base_url(self) -> str:
         return self.address.inference_url
 
-    @property
-    def management_url(self) -> str:
-        return self.address.management_url
-
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

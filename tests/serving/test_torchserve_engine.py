@@ -6,11 +6,8 @@ embedded engine's names."""
 from __future__ import annotations
 
 import io
-import os
 import re
-import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -21,47 +18,13 @@ import pytest
 from PIL import Image
 
 from semgen.bundle import make_random_bundle, make_random_semantics_bundle
+from serving.bench import server_process
 from serving.client import SemgenClient, job_result
 from serving.imagine_client import ImagineClient
 from serving.semantics_client import SemanticsClient, latents_array
 from serving.torchserve import java_available
 
 pytestmark = pytest.mark.skipif(not java_available()[0], reason=java_available()[1])
-
-
-class Server:
-    """`python -m serving.server` in a subprocess; its address and metrics URL from its output."""
-
-    def __init__(self, args, timeout=240):
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--port", "0", "--metrics-port", "0",
-                                      *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-        self.lines = []
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while not any("health SERVING" in line for line in self.lines):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("server did not start:\n" + "".join(self.lines[-30:]))
-            time.sleep(0.1)
-        text = "".join(self.lines)
-        self.address = re.search(r"gRPC listening on (\S+)", text).group(1)
-        self.metrics_url = re.search(r"metrics on (\S+)", text).group(1)
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def metrics(self) -> str:
-        return urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -105,20 +68,16 @@ def test_same_bytes_through_torchserve_and_recovery(bundle):
     root, models = bundle
     common = ["--models", str(models), "--onnx-dir", str(root / "onnx"), "--heads-dir", str(root / "heads"),
               "--max-batch", "4", "--max-batch-delay-ms", "50"]
-    embedded = Server(common)
-    try:
+    with server_process(common) as embedded:
         expected = requests(embedded.address)
-    finally:
-        embedded.stop()
-    ts = Server([*common, "--engine", "torchserve", "--torchserve-dir", str(root / "ts")])
-    try:
+    with server_process([*common, "--engine", "torchserve", "--torchserve-dir", str(root / "ts")]) as ts:
         got = requests(ts.address)
         for e, g in zip(expected[0], got[0]):
             assert e == g  # PNG bytes of Generate
         assert list(expected[1].images) == list(got[1].images) and list(expected[1].masks) == list(got[1].masks)
         assert list(expected[2].images) == list(got[2].images)  # SIE, streamed through TorchServe
         assert list(expected[3].images_png) == list(got[3].images_png)  # IMAGINE, streamed
-        metrics = ts.metrics()
+        metrics = urllib.request.urlopen(ts.metrics_url, timeout=5).read().decode()
         assert re.search(r'semgen_batch_size_count\{model="pyramid"\} [1-9]', metrics)
         assert re.search(r'semgen_engine_compute_seconds_count\{op="generate"\} 4', metrics)
         assert re.search(r'semgen_engine_queue_seconds_count\{op="sample"\} 1', metrics)
@@ -138,6 +97,4 @@ def test_same_bytes_through_torchserve_and_recovery(bundle):
                 except grpc.RpcError as e:
                     assert e.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
                     time.sleep(1)
-    finally:
-        ts.stop()
     assert subprocess.run(["pgrep", "-f", str(root / "ts" / "run")], capture_output=True).stdout == b""
