@@ -236,3 +236,12 @@ def in_thread(server_context, timeout: float = 30.0):
         thread.join(timeout)
         loop.close()
 
+
+
+@contextlib.contextmanager
+def serve_subprocess(args: list[str], workdir):
+    """`semgen serve ARGS` in its own process on free loopback ports; yields its address once SERVING."""
+    from serving.bench import server_process
+
+    with server_process(args) as server:
+        yield server
