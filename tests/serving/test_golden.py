@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import descriptor_pool, message_factory
 from PIL import Image
 
 from serving._generated.semgen.v1 import higan_pb2, imagine_pb2, pyramid_pb2, semantics_pb2
@@ -96,6 +97,15 @@ def calls() -> list[tuple[str, str, bool, bytes]]:
     return [(name, method, stream, request.SerializeToString()) for name, method, stream, request in requests]
 
 
+def canonical(method: str, reply: bytes) -> bytes:
+    """The reply re-serialized deterministically: map fields (losses, scores) have no fixed wire order."""
+    service, name = method.strip("/").split("/")
+    output = descriptor_pool.Default().FindServiceByName(service).FindMethodByName(name).output_type
+    message = message_factory.GetMessageClass(output)()
+    message.ParseFromString(reply)
+    return message.SerializeToString(deterministic=True)
+
+
 def responses(address: str) -> dict[str, dict]:
     """Each call's status code and the sha256 of its response bytes (a stream: of every event, in order)."""
     out = {}
@@ -105,9 +115,10 @@ def responses(address: str) -> dict[str, dict]:
             try:
                 if stream:
                     for event in channel.unary_stream(method)(request, timeout=300):
+                        event = canonical(method, event)
                         digest.update(len(event).to_bytes(8, "little") + event)
                 else:
-                    digest.update(channel.unary_unary(method)(request, timeout=300))
+                    digest.update(canonical(method, channel.unary_unary(method)(request, timeout=300)))
                 out[name] = {"code": "OK", "sha256": digest.hexdigest()}
             except grpc.RpcError as error:
                 out[name] = {"code": error.code().name}
