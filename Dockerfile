@@ -55,7 +55,7 @@ EXPOSE 50051 9464
 
 # SERVING only once the model is loaded; the start period covers loading it.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "serving.healthcheck", "--address", "127.0.0.1:50051"]
+    CMD ["python", "-m", "serving.core.healthcheck", "--address", "127.0.0.1:50051"]
 
 # Exec form: the server is PID 1 and gets SIGTERM itself (health NOT_SERVING, drain, exit 0).
 # The grace period stays below `docker stop`'s default 10 s; raise both together (docker stop -t).

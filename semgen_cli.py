@@ -149,7 +149,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def cmd_bench_serve(args):
-    from serving.bench import ServeBench, bench_serve
+    from serving.bench.serve import ServeBench, bench_serve
 
     opts = ServeBench(models=args.models, concurrency=_ints(args.concurrency), requests=args.requests,
                       seconds=args.seconds, max_batch=args.max_batch, max_batch_delay_ms=args.max_batch_delay_ms,
@@ -367,10 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export_mar)
 
     client = sub.add_parser("client", help="call a running server").add_subparsers(dest="service", required=True)
-    from serving.client import add_pyramid_commands
-    from serving.higan_client import add_attributes_command, add_manipulate_command
-    from serving.imagine_client import add_imagine_commands
-    from serving.semantics_client import add_semantics_commands
+    from serving.pyramid.client import add_pyramid_commands
+    from serving.higan.client import add_attributes_command, add_manipulate_command
+    from serving.imagine.client import add_imagine_commands
+    from serving.semantics.client import add_semantics_commands
 
     add_pyramid_commands(client.add_parser("pyramid", help="PyramidService: generate, repaint, composite"))
     add_semantics_commands(client.add_parser(

@@ -11,12 +11,11 @@
   folder instead, so `weights/a.bin` stays `<model_dir>/weights/a.bin`.
 * The YAML becomes `context.model_yaml_config` (a dict). TorchServe reads minWorkers, maxWorkers,
   batchSize, maxBatchDelay (ms), responseTimeout (s) and ignores other keys; our own settings
-  go under `handler:` (read them with `read_handler_settings`).
+  go under `handler:`, which the handler reads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -25,6 +24,9 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+from export.onnx import ensure_exported
+from semgen.bundle import TORCHSERVE_MODELS, Bundle
 
 TORCHSERVE_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
 
@@ -90,38 +92,19 @@ def build_mar(
     return mar
 
 
-def read_handler_settings(context) -> dict:
-    """Our own settings from the `handler:` section of the model-config YAML (in a handler)."""
-    model_yaml = getattr(context, "model_yaml_config", None) or {}
-    return dict(model_yaml.get("handler") or {})
-
-
 # ---- semgen's own archives ------------------------------------------------------------------
 
-HANDLER = Path(__file__).resolve().parent.parent / "serving" / "handlers" / "semgen_handler.py"
-
-# model name -> (bundle folders it needs, ONNX graphs it runs, batched by TorchServe?)
-SEMGEN_MODELS = {
-    "pyramid": (("classifier", "pyramid"), ("classifier", "pyramid"), True),
-    "semantics": (("stylegan", "segmenter", "heads"), ("mapping", "synthesis_lse"), True),
-    "semantics_jobs": (("stylegan", "segmenter", "heads"), ("mapping", "synthesis_lse"), False),
-    "imagine": (("classifier",), (), False),
-}
-
-
-def export_mars(models: str | Path = "artifacts", out: str | Path = "exports/mar", onnx_cache: str | Path = "var/onnx",
-                batch_size: int = 8, max_batch_delay_ms: float = 5, workers: int = 1, ort_threads: int = 2,
-                response_timeout: int = 600) -> dict:
-    """One .mar per semgen model the bundle has (see SEMGEN_MODELS), each with the handler, the
+def export_mars(handler: str | Path, models: str | Path = "artifacts", out: str | Path = "exports/mar",
+                onnx_cache: str | Path = "var/onnx", batch_size: int = 8, max_batch_delay_ms: float = 5,
+                workers: int = 1, ort_threads: int = 2, response_timeout: int = 600) -> dict:
+    """One .mar per semgen model the bundle has (see TORCHSERVE_MODELS), each with `handler`, the
     bundle folders and ONNX graphs it needs (bundle/, onnx/ in the unpacked archive) and a
     model-config.yaml. Forward models are batched (batchSize, maxBatchDelay); job models run one
     request at a time. Returns {"<name>.mar": path, ...} and writes it to <out>/mars.json."""
-    from export.onnx import bundle_fingerprint, ensure_exported
-
     models, out = Path(models), Path(out)
     graphs = ensure_exported(models, onnx_cache)
     report = {}
-    for name, (folders, onnx_names, batched) in SEMGEN_MODELS.items():
+    for name, (folders, onnx_names, batched) in TORCHSERVE_MODELS.items():
         if not (models / folders[0]).exists():
             continue  # the bundle does not have this model
         with tempfile.TemporaryDirectory(prefix=f"mar-{name}-") as stage:
@@ -139,24 +122,20 @@ def export_mars(models: str | Path = "artifacts", out: str | Path = "exports/mar
                       "maxBatchDelay": round(max_batch_delay_ms) if batched else 0,
                       "responseTimeout": response_timeout,
                       "handler": {"service": name, "ort_threads": ort_threads}}
-            mar = build_mar(name, HANDLER, out, [stage / "bundle", stage / "onnx", stage / "heads"], config)
+            mar = build_mar(name, handler, out, [stage / "bundle", stage / "onnx", stage / "heads"], config)
         report[f"{name}.mar"] = str(mar)
-    report["fingerprint"] = bundle_fingerprint(models)
+    report["fingerprint"] = Bundle(models).fingerprint()
     report["settings"] = dict(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms, workers=workers,
                               ort_threads=ort_threads, response_timeout=response_timeout)
     (out / "mars.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def ensure_mars(models: str | Path, store: str | Path, onnx_cache: str | Path = "var/onnx", **settings) -> Path:
-    """A model store for the bundle under `store`, rebuilt only when what the archives pack (every
-    bundle folder, the handler) or the settings change."""
-    from export.onnx import bundle_fingerprint
-
-    folders = tuple(sorted({folder for needs, _, _ in SEMGEN_MODELS.values() for folder in needs}))
-    key = hashlib.sha256(json.dumps([bundle_fingerprint(models, folders=folders), HANDLER.read_text(),
-                                     sorted(settings.items())]).encode()).hexdigest()
-    folder = Path(store) / key[:16]
+def ensure_mars(handler: str | Path, models: str | Path, store: str | Path, onnx_cache: str | Path = "var/onnx",
+                **settings) -> Path:
+    """The archives for the bundle, handler and settings in <store>/<key>/ (what `semgen serve --engine
+    torchserve` opens), built unless already there."""
+    folder = Bundle(models).mar_store_dir(store, handler, settings)
     if not (folder / "mars.json").exists():
-        export_mars(models, folder, onnx_cache, **settings)
+        export_mars(handler, models, folder, onnx_cache, **settings)
     return folder

@@ -12,7 +12,6 @@ checked with `onnx.checker` and against eager PyTorch (max abs difference).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -20,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from semgen.bundle import ONNX_HEAD, Bundle
 from semgen.checkpoints import load_checkpoint
-from semgen.pipelines.onnx_models import ort_session
+from semgen.runtime.onnx import ort_session
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -125,31 +125,19 @@ def export_onnx(models: str = "artifacts", out: str = "exports/onnx", head: str 
     return report
 
 
-def bundle_fingerprint(models: str | Path, head: str = "lse", folders: tuple[str, ...] | None = None) -> str:
-    """sha256 over the files of `folders` of the bundle (default: the weights and configs the
-    exported graphs are made from)."""
-    models = Path(models)
-    digest = hashlib.sha256()
-    for folder in folders or ("classifier", "pyramid", "stylegan", f"heads/{head}"):
-        for path in sorted(p for p in (models / folder).rglob("*") if p.is_file()):
-            digest.update(str(path.relative_to(models)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def ensure_exported(models: str | Path, cache: str | Path, head: str = "lse") -> Path:
-    """The folder of the bundle's graphs under `cache`, named by the fingerprint of its weights;
-    exported (with parity checks) when it is not there yet."""
-    fingerprint = bundle_fingerprint(models, head)
-    out = Path(cache) / fingerprint[:16]
-    stamp = out / "bundle.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
+def ensure_exported(models: str | Path, cache: str | Path) -> Path:
+    """The bundle's graphs in <cache>/<fingerprint of its weights>/ (what `semgen serve --onnx-dir CACHE`
+    opens); exported with parity checks unless already there."""
+    bundle = Bundle(models)
+    out = bundle.onnx_dir(cache)
+    if bundle.onnx_up_to_date(cache):
         return out
-    report = export_onnx(str(models), str(out), head=head)
+    report = export_onnx(str(models), str(out), head=ONNX_HEAD)
     failed = [k.split(".")[0] for k, ok in report.items() if k.endswith(".parity") and not ok]
     if failed:
         raise RuntimeError(f"ONNX export of {', '.join(failed)} does not match eager PyTorch; see {out}/parity.json")
-    stamp.write_text(json.dumps({"models": str(models), "fingerprint": fingerprint}))  # only graphs that passed
+    stamp = {"models": str(models), "fingerprint": bundle.fingerprint()}
+    (out / "bundle.json").write_text(json.dumps(stamp))  # only graphs that passed
     return out
 
 

@@ -1,83 +1,113 @@
-"""The model bundle layout that serving loads: one checkpoint folder per network.
+"""The model bundle: one checkpoint folder per network, what it can serve, and its fingerprints.
 
     <models>/classifier/   the feature extractor (Classifier)
     <models>/pyramid/      the EMA pyramid generator (PyramidGenerator)
     <models>/stylegan/     the layer-wise latent generator (StyleGenerator)
     <models>/segmenter/    the supervisor segmenter; <models>/heads/<name>/ semantic heads
     <models>/attributes/   HiGAN's attribute predictor; <models>/boundaries/ its boundaries
+
+Exports are made from a bundle and kept under its fingerprint, so a server opens exactly the graphs
+and archives of the weights it serves: `<onnx cache>/<fingerprint>/` (semgen export onnx --cache) and
+`<store>/<key>/` (semgen export mar --store). No torch here: clients and the server import it.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
+import json
 from pathlib import Path
 
-import torch
 
-from semgen.checkpoints import load_checkpoint, save_checkpoint
-from semgen.data.scenes import CATEGORIES
-from semgen.networks.classifier import Classifier
-from semgen.networks.pyramid import PyramidGenerator
-
-
-def make_random_bundle(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
-    """An untrained, tiny bundle with the real layout: for tests that must not need artifacts/."""
-    path = Path(path)
-    torch.manual_seed(seed)
-    classifier = Classifier(image_size=image_size, num_classes=len(CATEGORIES), stage_channels=(4, 8, 8, 8, 8),
-                            convs_per_stage=(1, 1, 1, 1, 1), fc_dim=16, class_names=CATEGORIES)
-    generator = PyramidGenerator.mirroring(classifier, z_dim=8, embed_dim=8, hidden_dim=16,
-                                           gen_channels=(8, 8, 8, 8, 8, 8), class_names=CATEGORIES)
-    save_checkpoint(path / "classifier", classifier.eval(), classifier.config)
-    save_checkpoint(path / "pyramid", generator.eval(), generator.config)
-    return path
+class Service(str, enum.Enum):
+    PYRAMID = "pyramid"
+    SEMANTICS = "semantics"
+    IMAGINE = "imagine"
+    HIGAN = "higan"
 
 
-def make_random_semantics_bundle(path: str | Path, image_size: int = 16, seed: int = 0) -> Path:
-    """An untrained, tiny linear-semantics bundle (generator, segmenter, an LSE head named 'lse')
-    with the real layout, for tests:
-        <models>/stylegan/  <models>/segmenter/  <models>/heads/lse/"""
-    from semgen.data.scenes import CLASSES
-    from semgen.networks.heads import LinearSemanticExtractor
-    from semgen.networks.segmenter import UNetSegmenter
-    from semgen.networks.stylegan import StyleGenerator
-
-    path = Path(path)
-    torch.manual_seed(seed)
-    n_res = image_size.bit_length() - 2  # 4 px -> 1 resolution, 16 px -> 3
-    generator = StyleGenerator(image_size=image_size, z_dim=8, w_dim=8, mapping_layers=2, channels=(8,) * n_res)
-    segmenter = UNetSegmenter(num_classes=len(CLASSES), channels=(4, 8), class_names=CLASSES)
-    head = LinearSemanticExtractor(generator.layer_channels(), len(CLASSES), CLASSES)
-    save_checkpoint(path / "stylegan", generator.eval(), generator.config)
-    save_checkpoint(path / "segmenter", segmenter.eval(), segmenter.config)
-    save_checkpoint(path / "heads" / "lse", head.eval(), head.config)
-    return path
+# the folders a service needs; IMAGINE may also run on a classifier given outside the bundle
+SERVICE_FOLDERS = {
+    Service.PYRAMID: ("classifier", "pyramid"),
+    Service.SEMANTICS: ("stylegan",),
+    Service.IMAGINE: ("classifier",),
+    Service.HIGAN: ("stylegan", "classifier", "attributes", "boundaries"),
+}
+ONNX_HEAD = "lse"  # the head fused into the exported synthesis graph
+ONNX_FOLDERS = ("classifier", "pyramid", "stylegan", f"heads/{ONNX_HEAD}")  # what the exported graphs are made of
+# TorchServe archive -> (bundle folders it packs, ONNX graphs it runs, batched by TorchServe?)
+TORCHSERVE_MODELS = {
+    "pyramid": (("classifier", "pyramid"), ("classifier", "pyramid"), True),
+    "semantics": (("stylegan", "segmenter", "heads"), ("mapping", f"synthesis_{ONNX_HEAD}"), True),
+    "semantics_jobs": (("stylegan", "segmenter", "heads"), ("mapping", f"synthesis_{ONNX_HEAD}"), False),
+    "imagine": (("classifier",), (), False),
+}
 
 
-def make_random_higan_bundle(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
-    """An untrained, tiny HiGAN bundle for tests: the semantics bundle plus a classifier, an
-    attribute predictor and random boundaries for every score and category transfer (unit
-    normals, scale 1, default layers by level: layout early, objects and categories middle, the
-    rest late):
-        <models>/classifier/  <models>/attributes/  <models>/boundaries/"""
-    import numpy as np
+def torchserve_settings(batch_size: int, max_batch_delay_ms: float, ort_threads: int) -> dict:
+    """The settings a TorchServe store is built for (and keyed by), typed the same by export and server."""
+    return {"batch_size": int(batch_size), "max_batch_delay_ms": float(max_batch_delay_ms),
+            "ort_threads": int(ort_threads)}
 
-    from semgen.data.scenes import ATTRIBUTES
-    from semgen.networks.attributes import AttributePredictor
-    from semgen.pipelines.higan import TRANSFERS, Boundary, save_boundaries, transfer_name
 
-    path = make_random_semantics_bundle(make_random_bundle(path, image_size, seed), image_size, seed)
-    names, levels = tuple(ATTRIBUTES), tuple(ATTRIBUTES.values())
-    predictor = AttributePredictor(image_size, names, levels, (0.5,) * len(names), (0.25,) * len(names), channels=(4, 8))
-    save_checkpoint(path / "attributes", predictor.eval(), predictor.config)
-    generator = load_checkpoint(path / "stylegan")
-    num_ws, w_dim = generator.num_ws, generator.w_dim
-    rng = np.random.default_rng(seed)
-    layers = {"layout": (0, 1), "objects": (2, 3), "category": (2, 3)}
-    boundaries = []
-    categories = [(c, "category") for c in CATEGORIES] + [(transfer_name(a, b), "category") for a, b in TRANSFERS]
-    for name, level in list(zip(names, levels)) + categories:
-        normal = rng.standard_normal(w_dim).astype(np.float32)
-        boundaries.append(Boundary(name, level, normal / np.linalg.norm(normal), 1.0, 0.5,
-                                   layers.get(level, tuple(range(4, num_ws)))))
-    save_boundaries(path / "boundaries", boundaries)
-    return path
+class ExportMissing(FileNotFoundError):
+    """A server was asked to open an export that was not built (or was built from other weights)."""
+
+
+class Bundle:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    def has(self, *folders: str) -> bool:
+        return all((self.root / f).exists() for f in folders)
+
+    def missing(self, service: Service) -> list[str]:
+        return [f"{f}/" for f in SERVICE_FOLDERS[service] if not (self.root / f).exists()]
+
+    def serves(self, service: Service) -> bool:
+        return not self.missing(service)
+
+    def check(self) -> None:
+        """Raise if the bundle can serve nothing at all."""
+        if not any(self.serves(s) for s in (Service.PYRAMID, Service.SEMANTICS, Service.IMAGINE)):
+            raise FileNotFoundError(f"{self.root} has none of pyramid/, stylegan/ and classifier/")
+
+    def fingerprint(self, folders: tuple[str, ...] = ONNX_FOLDERS) -> str:
+        """sha256 over the files of `folders` (default: what the exported graphs are made of)."""
+        digest = hashlib.sha256()
+        for folder in folders:
+            for path in sorted(p for p in (self.root / folder).rglob("*") if p.is_file()):
+                digest.update(str(path.relative_to(self.root)).encode())
+                digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+    # ---- exports ------------------------------------------------------------------------
+
+    def onnx_dir(self, cache: str | Path) -> Path:
+        """Where `semgen export onnx --cache CACHE` puts this bundle's graphs."""
+        return Path(cache) / self.fingerprint()[:16]
+
+    def onnx_up_to_date(self, cache: str | Path) -> bool:
+        stamp = self.onnx_dir(cache) / "bundle.json"
+        return stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == self.fingerprint()
+
+    def exported_onnx(self, cache: str | Path) -> Path:
+        """The folder of the bundle's exported graphs; ExportMissing (naming the command) if absent or stale."""
+        if not self.onnx_up_to_date(cache):
+            raise ExportMissing(f"no ONNX export of {self.root} in {cache} (missing, or made from other weights); "
+                                f"run `semgen export onnx --models {self.root} --cache {cache}` first")
+        return self.onnx_dir(cache)
+
+    def mar_store_dir(self, store: str | Path, handler: str | Path, settings: dict) -> Path:
+        """Where `semgen export mar --store STORE` puts the archives for this bundle, handler and settings:
+        keyed by everything they pack, so a change to any of them gets a new store."""
+        folders = tuple(sorted({f for needs, _, _ in TORCHSERVE_MODELS.values() for f in needs}))
+        key = hashlib.sha256(json.dumps([self.fingerprint(folders), Path(handler).read_text(),
+                                         sorted(settings.items())]).encode()).hexdigest()
+        return Path(store) / key[:16]

@@ -3,7 +3,7 @@ import onnx
 import torch
 
 from export.onnx import PARITY_TOLERANCE, export_onnx, ort_session
-from semgen.bundle import make_random_bundle, make_random_semantics_bundle
+from random_bundles import make_random_bundle, make_random_semantics_bundle
 from semgen.checkpoints import load_checkpoint
 
 

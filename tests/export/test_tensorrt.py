@@ -70,7 +70,7 @@ def onnx_dir(tmp_path_factory):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
     from export.onnx import export_onnx
-    from semgen.bundle import make_random_bundle, make_random_semantics_bundle
+    from random_bundles import make_random_bundle, make_random_semantics_bundle
 
     root = tmp_path_factory.mktemp("trt")
     bundle = make_random_semantics_bundle(make_random_bundle(root / "models", image_size=32), image_size=32)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from semgen.bundle import make_random_higan_bundle
+from random_bundles import make_random_higan_bundle
 from semgen.pipelines.higan import Edit, HiganPipeline, default_layers, load_boundaries, save_boundaries
 
 

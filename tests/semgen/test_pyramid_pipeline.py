@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from semgen.bundle import make_random_bundle
+from random_bundles import make_random_bundle
 from semgen.data.scenes import render_scene
 from semgen.networks.classifier import LEVELS
 from semgen.pipelines.pyramid import PyramidPipeline, paste_box

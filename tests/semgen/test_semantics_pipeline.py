@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from semgen.bundle import make_random_semantics_bundle
+from random_bundles import make_random_semantics_bundle
 from semgen.networks.heads import LinearSemanticExtractor
 from semgen.pipelines.semantics import FewShotSchedule, SemanticsPipeline
 

@@ -77,7 +77,7 @@ def test_a_state_dict_in_another_layout_is_refused_clearly(tmp_path, vgg_file):
 
 
 def test_a_generator_built_for_another_classifier_is_refused_at_load(vgg_file, tmp_path):
-    from semgen.bundle import make_random_bundle
+    from random_bundles import make_random_bundle
 
     bundle = make_random_bundle(tmp_path / "bundle", image_size=32)
     with pytest.raises(ValueError, match=r"^classifier: does not match the generator.*image_size 32 \(classifier: 224\)"):

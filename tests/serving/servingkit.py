@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import io
@@ -15,13 +16,16 @@ from PIL import Image
 
 import grpc
 
-from serving.engine import EmbeddedEngine
-from serving.higan_engine import EmbeddedHiganEngine
-from serving.imagine_engine import EmbeddedImagineEngine
-from serving.metrics import ServingMetrics
-from serving.protos import pyramid_pb2 as pb, pyramid_pb2_grpc
-from serving.semantics_engine import EmbeddedSemanticsEngine
-from serving.server import Engines, ServeOptions, attach_engines, create_server
+from serving.pyramid.engine import EmbeddedEngine
+from serving.higan.engine import EmbeddedHiganEngine
+from serving.imagine.engine import EmbeddedImagineEngine
+from serving.core.metrics import ServingMetrics
+from serving.core.protos import pyramid_pb2 as pb, pyramid_pb2_grpc
+from serving.semantics.engine import EmbeddedSemanticsEngine
+from serving.bench.process import server_process
+from serving.engines import Engines
+from serving.options import ServeOptions
+from serving.server import attach_engines, create_server
 
 LEVELS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc7", "fc8")
 
@@ -238,10 +242,29 @@ def in_thread(server_context, timeout: float = 30.0):
 
 
 
-@contextlib.contextmanager
-def serve_subprocess(args: list[str], workdir):
-    """`semgen serve ARGS` in its own process on free loopback ports; yields its address once SERVING."""
-    from serving.bench import server_process
+def build_exports(args: list[str]) -> None:
+    """What `semgen serve ARGS` opens, built as `make serve` builds it: the bundle's ONNX graphs in --onnx-dir
+    and, for --engine torchserve, the archives in <--torchserve-dir>/store for the same settings."""
+    from export.mar import ensure_mars
+    from export.onnx import ensure_exported
+    from semgen.bundle import torchserve_settings
+    from serving.options import ServeOptions, add_arguments
+    from serving.torchserve.gateway import HANDLER
 
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    opts = ServeOptions.from_args(parser.parse_args(args))
+    if opts.runtime == "onnx":
+        ensure_exported(opts.models, opts.onnx_dir)
+    if opts.engine == "torchserve":
+        settings = torchserve_settings(opts.max_batch, opts.max_batch_delay_ms, opts.ort_threads)
+        ensure_mars(HANDLER, opts.models, f"{opts.torchserve_dir}/store", opts.onnx_dir, **settings)
+
+
+@contextlib.contextmanager
+def serve_subprocess(args: list[str]):
+    """`semgen serve ARGS` (its exports built first) in its own process on free loopback ports; yields its
+    address once SERVING."""
+    build_exports(args)
     with server_process(args) as server:
         yield server

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 
 from export.onnx import export_onnx
-from semgen.bundle import make_random_bundle, make_random_semantics_bundle
+from random_bundles import make_random_bundle, make_random_semantics_bundle
 from semgen.pipelines.forward import complete, run_batch
-from semgen.pipelines.onnx_models import OnnxModels
+from semgen.runtime.onnx import OnnxModels
 from semgen.pipelines.pyramid import PyramidPipeline
 from semgen.pipelines.semantics import SemanticsPipeline
-from serving.batcher import BatchPolicy, DynamicBatcher
-from serving.engine import EmbeddedEngine, InvalidInput, ResourceExhausted
-from serving.metrics import ServingMetrics
+from serving.core.batcher import BatchPolicy, DynamicBatcher
+from serving.core.errors import InvalidInput, ResourceExhausted
+from serving.pyramid.engine import EmbeddedEngine
+from serving.core.metrics import ServingMetrics
 from servingkit import LEVELS, sample_value
 
 

@@ -6,13 +6,13 @@ import math
 
 import pytest
 
-from serving.bench import (ServeBench, bench_serve, inprocess_throughput, load_pipelines, ort_over_eager, reference,
-                           summarize)
+from serving.bench.inprocess import inprocess_throughput, load_pipelines, ort_over_eager, reference
+from serving.bench.serve import ServeBench, bench_serve, summarize
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from semgen.bundle import make_random_bundle, make_random_semantics_bundle
+    from random_bundles import make_random_bundle, make_random_semantics_bundle
 
     root = tmp_path_factory.mktemp("bench")
     return root, make_random_semantics_bundle(make_random_bundle(root / "models", image_size=32), image_size=32)

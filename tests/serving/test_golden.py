@@ -134,7 +134,7 @@ def test_every_rpc_gives_the_recorded_bytes(engine, tmp_path):
         pytest.skip("TorchServe needs Java")
     args = ["--models", str(MODELS), "--heads-dir", str(tmp_path / "heads"), "--onnx-dir", str(tmp_path / "onnx"),
             "--torchserve-dir", str(tmp_path / "ts"), "--max-batch", "4", *ENGINES[engine]]
-    with serve_subprocess(args, tmp_path) as server:
+    with serve_subprocess(args) as server:
         got = responses(server.address)
     golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
     if os.environ.get("SEMGEN_WRITE_GOLDEN"):

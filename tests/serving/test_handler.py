@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from export.onnx import ensure_exported
-from semgen.bundle import make_random_bundle, make_random_semantics_bundle
-from semgen.pipelines.onnx_models import OnnxModels
-from serving import wire
-from serving.batcher import BatchPolicy
-from serving.engine import EmbeddedEngine
-from serving.handlers.semgen_handler import SemgenHandler
-from serving.semantics_engine import EmbeddedSemanticsEngine
+from random_bundles import make_random_bundle, make_random_semantics_bundle
+from semgen.runtime.onnx import OnnxModels
+from serving.torchserve import wire
+from serving.core.batcher import BatchPolicy
+from serving.pyramid.engine import EmbeddedEngine
+from serving.torchserve.handler import SemgenHandler
+from serving.semantics.engine import EmbeddedSemanticsEngine
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_jobs_stream_every_event(model_dir, monkeypatch):
     handler = SemgenHandler()
     handler.initialize(Context(model_dir, "semantics_jobs", 1))
     sent = []
-    monkeypatch.setattr("serving.handlers.semgen_handler._send_intermediate",
+    monkeypatch.setattr("serving.torchserve.handler._send_intermediate",
                         lambda context, index, message: sent.append(wire.unpack(next(wire.unframe(
                             __import__("io").BytesIO(message))))))
     latent = handler.engine._pipeline.latents_from_seeds([3]).numpy()

@@ -22,9 +22,9 @@ from servingkit import (
     torch_threads,
 )
 
-from serving.healthcheck import check as health_check
-from serving.higan_client import HiganClient, frame_latents
-from serving.protos import semantics_pb2
+from serving.core.healthcheck import check as health_check
+from serving.higan.client import HiganClient, frame_latents
+from serving.core.protos import semantics_pb2
 
 IMAGE_SIZE, NUM_WS, W_DIM = 32, 8, 8  # what make_random_higan_bundle(image_size=32) builds
 SERVICE = "semgen.v1.HiganService"
@@ -39,7 +39,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from semgen.bundle import make_random_higan_bundle
+    from random_bundles import make_random_higan_bundle
 
     return make_random_higan_bundle(tmp_path_factory.mktemp("bundle"), image_size=IMAGE_SIZE, seed=0)
 
@@ -210,8 +210,8 @@ def test_several_problems_are_reported_together(server):
 
 def test_the_engine_maps_the_pipelines_unknown_attribute_to_not_found(server):
     """The servicer checks names first; the engine also maps the pipeline's KeyError itself."""
-    from serving.engine import NotFound
-    from serving.higan_engine import AttributeEdit
+    from serving.core.errors import NotFound
+    from serving.higan.engine import AttributeEdit
 
     async def call():
         return await server.engine.manipulate([AttributeEdit("nope", 1.0)], [1], None, (1.0,), ())
@@ -257,9 +257,10 @@ def test_reflection_lists_the_service(server):
 
 
 def test_the_server_serves_higan_only_when_the_bundle_has_its_models(bundle, tmp_path, caplog):
-    from serving.higan_engine import EmbeddedHiganEngine
-    from serving.metrics import ServingMetrics
-    from serving.server import ServeOptions, load_embedded
+    from serving.higan.engine import EmbeddedHiganEngine
+    from serving.core.metrics import ServingMetrics
+    from serving.engines import load_embedded
+    from serving.options import ServeOptions
 
     def load(models):
         engines = load_embedded(ServeOptions(models=str(models), device="cpu", heads_dir=str(tmp_path / "heads"),

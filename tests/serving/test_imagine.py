@@ -21,8 +21,8 @@ from servingkit import (
     wait_until,
 )
 
-from serving.healthcheck import check as health_check
-from serving.imagine_client import ImagineClient, job_result, region_png
+from serving.core.healthcheck import check as health_check
+from serving.imagine.client import ImagineClient, job_result, region_png
 
 IMAGE_SIZE, CLASSES = 32, ("a", "b", "c")
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")

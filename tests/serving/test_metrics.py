@@ -8,8 +8,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servingkit import FakePipeline, generate, generate_raw, in_process_server, png_bytes, sample_value, wait_until
 
-from serving.metrics import LATENCY_BUCKETS, ServingMetrics
-from serving.protos import pyramid_pb2 as pb
+from serving.core.metrics import LATENCY_BUCKETS, ServingMetrics
+from serving.core.protos import pyramid_pb2 as pb
 
 GEN = "semgen.v1.PyramidService/Generate"
 

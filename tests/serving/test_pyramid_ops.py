@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from servingkit import FakePipeline, call, in_process_server, png_bytes
 
-from serving.client import mask_message
-from serving.protos import pyramid_pb2 as pb
+from serving.pyramid.client import mask_message
+from serving.core.protos import pyramid_pb2 as pb
 
 W, H = 24, 16  # the size of png_bytes()
 

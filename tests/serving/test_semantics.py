@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from servingkit import in_process_semantics_server, in_process_server, in_thread, sample_value, wait_until
 
-from serving.healthcheck import check as health_check
-from serving.protos import semantics_pb2 as pb
-from serving.semantics_client import SemanticsClient, job_result, latents_array, mask_array, mask_png
+from serving.core.healthcheck import check as health_check
+from serving.core.protos import semantics_pb2 as pb
+from serving.semantics.client import SemanticsClient, job_result, latents_array, mask_array, mask_png
 
 IMAGE_SIZE, NUM_WS, W_DIM = 16, 6, 8  # what make_random_semantics_bundle(image_size=16) builds
 LONG = 100_000  # iterations no test waits for: such a job ends only by cancel, deadline or limit
@@ -32,7 +32,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from semgen.bundle import make_random_semantics_bundle
+    from random_bundles import make_random_semantics_bundle
 
     return make_random_semantics_bundle(tmp_path_factory.mktemp("bundle"), image_size=IMAGE_SIZE)
 
@@ -292,7 +292,7 @@ def test_bad_input_names_the_field(server, rpc, fields, code, message):
 
 
 def test_malformed_bytes_and_services_not_in_the_bundle(server):
-    from serving.protos import pyramid_pb2, pyramid_pb2_grpc
+    from serving.core.protos import pyramid_pb2, pyramid_pb2_grpc
 
     with grpc.insecure_channel(server.address) as channel:
         unary = channel.unary_unary("/semgen.v1.SemanticsService/Sample")

@@ -18,8 +18,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from servingkit import GENERATE_METHOD, free_port, png_bytes
 
-from serving.client import SemgenClient
-from serving.healthcheck import check as health_check
+from serving.pyramid.client import SemgenClient
+from serving.core.healthcheck import check as health_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE_SIZE = 32
@@ -30,7 +30,7 @@ STARTUP_TIMEOUT_S = 60
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from semgen.bundle import make_random_bundle
+    from random_bundles import make_random_bundle
 
     bundle = make_random_bundle(tmp_path_factory.mktemp("bundle"), image_size=IMAGE_SIZE)
     port, metrics_port = free_port(), free_port()

@@ -8,7 +8,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from servingkit import FakePipeline, generate, generate_raw, in_process_server, png_bytes
 
-from serving.protos import pyramid_pb2 as pb, pyramid_pb2_grpc
+from serving.core.protos import pyramid_pb2 as pb, pyramid_pb2_grpc
 
 
 def run(coro):

@@ -9,9 +9,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servingkit import LEVELS, FakePipeline, free_port, generate, png_bytes
 
-from serving.engine import EmbeddedEngine
-from serving.protos import pyramid_pb2 as pb
-from serving.server import Engines, ServeOptions, serve
+from serving.pyramid.engine import EmbeddedEngine
+from serving.core.protos import pyramid_pb2 as pb
+from serving.engines import Engines
+from serving.options import ServeOptions
+from serving.server import serve
 
 
 async def wait_serving(address: str, timeout: float = 10.0) -> None:

@@ -11,23 +11,23 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from export.mar import build_mar
-from serving.torchserve import TorchServeProcess, TorchServeSettings, java_available
+from serving.torchserve.process import TorchServeProcess, TorchServeSettings, java_available
 
 HANDLER = textwrap.dedent(
     """
     import os
 
-    from export.mar import read_handler_settings  # the worker runs our venv's python
+    from serving.torchserve.handler import handler_settings  # the worker runs our venv's python
 
 
     def handle(data, context):
         if data is None:  # TorchServe calls handle(None, context) once to initialise
-            settings = read_handler_settings(context)
+            settings = handler_settings(context)
             model_dir = context.system_properties["model_dir"]
             assert settings == {"suffix": "!"}, settings
             assert os.path.isfile(os.path.join(model_dir, "assets", "note.txt"))
             return None
-        suffix = read_handler_settings(context)["suffix"].encode()
+        suffix = handler_settings(context)["suffix"].encode()
         batch = str(len(data)).encode()
         for i in range(len(data)):
             context.set_response_header(i, "x-batch-size", batch.decode())

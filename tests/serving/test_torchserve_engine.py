@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semgen.bundle import make_random_bundle, make_random_semantics_bundle
-from serving.bench import server_process
-from serving.client import SemgenClient, job_result
-from serving.imagine_client import ImagineClient
-from serving.semantics_client import SemanticsClient, latents_array
-from serving.torchserve import java_available
+from random_bundles import make_random_bundle, make_random_semantics_bundle
+from servingkit import serve_subprocess
+from serving.core.channel import job_result
+from serving.pyramid.client import SemgenClient
+from serving.imagine.client import ImagineClient
+from serving.semantics.client import SemanticsClient, latents_array
+from serving.torchserve.process import java_available
 
 pytestmark = pytest.mark.skipif(not java_available()[0], reason=java_available()[1])
 
@@ -68,9 +69,9 @@ def test_same_bytes_through_torchserve_and_recovery(bundle):
     root, models = bundle
     common = ["--models", str(models), "--onnx-dir", str(root / "onnx"), "--heads-dir", str(root / "heads"),
               "--max-batch", "4", "--max-batch-delay-ms", "50"]
-    with server_process(common) as embedded:
+    with serve_subprocess(common) as embedded:
         expected = requests(embedded.address)
-    with server_process([*common, "--engine", "torchserve", "--torchserve-dir", str(root / "ts")]) as ts:
+    with serve_subprocess([*common, "--engine", "torchserve", "--torchserve-dir", str(root / "ts")]) as ts:
         got = requests(ts.address)
         for e, g in zip(expected[0], got[0]):
             assert e == g  # PNG bytes of Generate

@@ -7,10 +7,12 @@ import pytest
 from PIL import Image
 from servingkit import LEVELS, png_bytes
 
-from serving.engine import InvalidInput, ModelInfo
-from serving.images import decode_image, encode_png, encode_pngs
-from serving.protos import pyramid_pb2 as pb
-from serving.validation import Limits, MalformedRequest, check_generate, lenient_deserializer
+from serving.core.errors import InvalidInput
+from serving.pyramid.engine import ModelInfo
+from serving.core.images import decode_image, encode_png, encode_pngs
+from serving.core.protos import pyramid_pb2 as pb
+from serving.core.validation import Limits, MalformedRequest, lenient_deserializer
+from serving.pyramid.validation import check_generate
 
 INFO = ModelInfo(levels=LEVELS, class_names=("beach", "lake", "forest"), image_size=8)
 LIMITS = Limits(max_samples=16, max_image_bytes=1000, max_image_pixels=10_000)
@@ -135,7 +137,7 @@ def test_decoded_size_reads_the_header_not_the_file_size():
 
     from PIL import Image as _Image
 
-    from serving.images import SMALL_WORK, decoded_size
+    from serving.core.images import SMALL_WORK, decoded_size
 
     buf = _io.BytesIO()
     _Image.new("RGB", (2048, 2048)).save(buf, format="PNG")  # a small file that inflates to 12 MB

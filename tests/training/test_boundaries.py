@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from semgen.bundle import make_random_higan_bundle
+from random_bundles import make_random_higan_bundle
 from semgen.pipelines.higan import TRANSFERS, HiganPipeline, load_boundaries, transfer_name
 from training.attributes import AttributeOptions, predictor_r2, train_attributes
 from training.boundaries import BoundaryOptions, fit_linear_svm, split_top_bottom, train_boundaries

@@ -1,4 +1,4 @@
-from semgen.bundle import make_random_higan_bundle
+from random_bundles import make_random_higan_bundle
 from training.eval_higan import eval_higan
 
 

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from semgen.bundle import make_random_bundle
+from random_bundles import make_random_bundle
 from semgen.pipelines.imagine import Schedule
 from training.eval_imagine import bench_imagine, eval_imagine
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from semgen.bundle import make_random_bundle
+from random_bundles import make_random_bundle
 from training.eval_pyramid import eval_pyramid
 from training.fd import frechet_distance
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from semgen.bundle import make_random_semantics_bundle
+from random_bundles import make_random_semantics_bundle
 from semgen.checkpoints import load_checkpoint
 from training.eval_scs import scripted_edit
 from training.heads import HeadsOptions, train_heads

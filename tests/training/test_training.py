@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from semgen.bundle import make_random_bundle
+from random_bundles import make_random_bundle
 from semgen.checkpoints import load_checkpoint, read_config
 from semgen.data.loaders import ImageFolderSource
 from semgen.pipelines.pyramid import PyramidPipeline

@@ -1,0 +1,86 @@
+"""A `semgen serve` subprocess for benches and tests: started on free loopback ports, yielded once SERVING,
+always stopped; and CPU time of a process tree."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+
+START_TIMEOUT_S, STOP_GRACE_S = 180, 45  # the grace outlasts TorchServe's own 30 s stop
+
+
+class ServerFailed(RuntimeError):
+    def __init__(self, reason: str, tail: list[str]):
+        super().__init__(f"{reason}; server output:\n" + "\n".join(tail))
+        self.reason, self.tail = reason, tail
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    address: str  # gRPC host:port
+    metrics_url: str
+    pid: int
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], name: str = "server"):
+    """`semgen serve --port 0 --metrics-port 0 ARGS` in its own process group; yields a
+    ServerProcess once it says health SERVING (ServerFailed otherwise) and always stops it:
+    SIGTERM, SIGKILL after STOP_GRACE_S."""
+    cmd = [sys.executable, "-m", "serving.server", "--port", "0", "--metrics-port", "0", *args]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    output, seen, done = collections.deque(maxlen=200), {}, threading.Event()
+
+    def read():  # drains the pipe (a full one would block the server) and watches for its lines
+        for line in proc.stdout:
+            output.append(line.rstrip())
+            for key, pattern in (("address", r"gRPC listening on (\S+)"), ("metrics_url", r"metrics on (\S+)")):
+                if match := re.search(pattern, line):
+                    seen[key] = match.group(1)
+            if "health SERVING" in line:
+                seen["serving"] = True
+                done.set()
+        done.set()  # end of output: the server has exited
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        if not done.wait(START_TIMEOUT_S):
+            raise ServerFailed(f"{name} not SERVING in {START_TIMEOUT_S} s", list(output)[-20:])
+        if "serving" not in seen:
+            raise ServerFailed(f"{name} exited with code {proc.wait(5)}", list(output)[-20:])
+        yield ServerProcess(seen["address"], seen["metrics_url"], proc.pid)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # SIGTERM: the server drains and closes its engines (TorchServe too)
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and every process under it (TorchServe's Java and workers too)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system

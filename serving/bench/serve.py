@@ -1,0 +1,295 @@
+"""`semgen bench serve`: what the gRPC server delivers against what this machine can do.
+
+    semgen bench serve --json        # prints the result; writes reports/bench/serve.json and serve.png
+
+1. In this process, the pipelines on ONNX Runtime run batches of `max_batch` requests back to back
+   (`run_batch`, what the server's batcher calls): the limit of this machine, `inprocess.<method>`.
+   Then ONNX Runtime against eager torch on identical rows, by batch size (`ort_over_eager.<batch>`).
+2. One server at a time (`python -m serving.server` on loopback, one per engine): an asyncio gRPC
+   load generator keeps c requests in flight for every concurrency c until `requests` are done or
+   `seconds` have passed; throughput and p50/p95/p99 latency per (engine, method, concurrency).
+`served_over_inprocess.<method>` = the embedded server's throughput at the highest concurrency /
+the in-process throughput; `served_over_inprocess` is the lowest over the methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from semgen.bundle import Bundle, torchserve_settings
+from serving.bench.inprocess import (HEAD, LEVEL, ORT_THREADS, PASSES, PSI, inprocess_throughput, load_pipelines,
+                                     ort_over_eager, reference)
+from serving.bench.process import ServerFailed, own_cpu, process_tree_cpu, server_process
+
+TORCHSERVE_DIR = "var/torchserve"  # the server's default --torchserve-dir
+RATIO_KEYS = {"generate": "ort_over_eager", "sample": "ort_over_eager_sample"}
+
+
+@dataclass(frozen=True)
+class ServeBench:
+    models: str = "artifacts"
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    requests: int = 256  # per (engine, method, concurrency) level; fewer make ramp-up and tail weigh
+    seconds: float = 30.0  # cap per level
+    max_batch: int = 8
+    max_batch_delay_ms: float = 5.0
+    engines: tuple[str, ...] = ("embedded", "torchserve")
+    eager_batches: tuple[int, ...] = (1, 8, 32)
+    out: str = "reports/bench"
+    onnx_dir: str = "var/onnx"
+    seed: int = 0  # the scene rendered as Generate's reference image
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def summarize(latencies: list[float], codes: list[str], wall: float) -> dict:
+    """One level: throughput = OK completions / wall seconds; nearest-rank percentiles of the OK
+    latencies (seconds in, ms out; failures are often fast and would flatter them); errors by code."""
+    ok = sorted(lat for lat, code in zip(latencies, codes) if code == "OK")
+
+    def pct(q):
+        return round(ok[max(math.ceil(q / 100 * len(ok)), 1) - 1] * 1000, 3) if ok else None
+
+    errors = collections.Counter(code for code in codes if code != "OK")
+    return {"requests": len(codes), "ok": len(ok), "seconds": round(wall, 3),
+            "throughput": round(len(ok) / wall, 3) if wall > 0 else 0.0,
+            "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "errors": dict(sorted(errors.items()))}
+
+
+def bundle_methods(models: str | Path) -> list[str]:
+    m = Path(models)
+    return [name for name, there in (("generate", (m / "pyramid").exists()),
+                                     ("sample", (m / "stylegan").exists() and (m / "heads" / HEAD).exists())) if there]
+
+
+# ---- 2. served ------------------------------------------------------------------------------
+
+def running_server(opts: ServeBench, engine: str, heads_dir: str):
+    """The bench's server for `engine` on loopback (see server_process); TorchServe's archives are built
+    first by the export command when missing."""
+    if engine == "torchserve":
+        build_torchserve_store(opts)
+    return server_process(["--models", opts.models, "--host", "127.0.0.1", "--engine", engine,
+                           "--onnx-dir", opts.onnx_dir, "--ort-threads", str(ORT_THREADS),
+                           "--max-batch", str(opts.max_batch), "--max-batch-delay-ms", str(opts.max_batch_delay_ms),
+                           "--heads-dir", heads_dir, "--torchserve-dir", TORCHSERVE_DIR,
+                           "--log-level", "WARNING"],  # per-request logs would cost the server CPU
+                          name=f"server --engine {engine}")
+
+
+def build_torchserve_store(opts: ServeBench) -> None:
+    from serving.torchserve.gateway import HANDLER
+
+    settings = torchserve_settings(opts.max_batch, opts.max_batch_delay_ms, ORT_THREADS)
+    store = Path(TORCHSERVE_DIR) / "store"
+    if not (Bundle(opts.models).mar_store_dir(store, HANDLER, settings) / "mars.json").exists():
+        subprocess.run([sys.executable, "-m", "semgen_cli", "export", "mar", "--models", opts.models, "--store",
+                        str(store), "--handler", str(HANDLER), "--onnx-cache", opts.onnx_dir,
+                        "--batch-size", str(opts.max_batch), "--max-batch-delay-ms", str(opts.max_batch_delay_ms),
+                        "--ort-threads", str(ORT_THREADS)], check=True, stdout=subprocess.DEVNULL)
+
+
+async def run_level(call, request, concurrency: int, requests: int, seconds: float) -> dict:
+    """`concurrency` coroutines take request indices from one counter until `requests` are
+    taken or `seconds` have passed; each times its awaited calls."""
+    import grpc
+
+    indices, latencies, codes = itertools.count(), [], []
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def worker():
+        while time.perf_counter() < deadline and (i := next(indices)) < requests:
+            message = request(i)
+            t0 = time.perf_counter()
+            try:
+                await call(message, timeout=seconds + 60)  # a stuck call ends instead of hanging the bench
+                code = "OK"
+            except grpc.aio.AioRpcError as e:
+                code = e.code().name
+            latencies.append(time.perf_counter() - t0)
+            codes.append(code)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summarize(latencies, codes, time.perf_counter() - started)
+
+
+async def drive(address: str, engine: str, methods: list[str], png: bytes, opts: ServeBench, progress,
+                server_pid: int | None = None) -> list[dict]:
+    import grpc
+    from serving.core.protos import pyramid_pb2, pyramid_pb2_grpc, semantics_pb2, semantics_pb2_grpc
+
+    levels = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        rpcs = {"generate": (pyramid_pb2_grpc.PyramidServiceStub(channel).Generate,
+                             lambda i: pyramid_pb2.GenerateRequest(image=png, level=LEVEL, num_samples=1, seed=i)),
+                "sample": (semantics_pb2_grpc.SemanticsServiceStub(channel).Sample,
+                           lambda i: semantics_pb2.SampleRequest(seeds=[i], head=HEAD, truncation_psi=PSI))}
+        for method in methods:
+            call, request = rpcs[method]
+            await run_level(call, request, opts.max_batch, opts.max_batch, opts.seconds)  # warm-up, not counted
+            for c in opts.concurrency:
+                runs = []  # the top level, which the ratios use, is run PASSES times; its median run is kept
+                for _ in range(PASSES if c == max(opts.concurrency) else 1):
+                    server0, client0 = (process_tree_cpu(server_pid) if server_pid else 0.0), own_cpu()
+                    level = {"engine": engine, "method": method, "concurrency": c,
+                             **await run_level(call, request, c, opts.requests, opts.seconds)}
+                    done = max(1, level["requests"])
+                    if server_pid:  # where the CPU goes: 2 cores are shared by the server and this client
+                        level["server_cpu_ms_per_request"] = round((process_tree_cpu(server_pid) - server0) / done * 1e3, 2)
+                    level["client_cpu_ms_per_request"] = round((own_cpu() - client0) / done * 1e3, 2)
+                    runs.append(level)
+                level = sorted(runs, key=lambda lv: lv["throughput"])[len(runs) // 2]
+                level["throughput_runs"] = [lv["throughput"] for lv in runs]
+                levels.append(level)
+                progress(f"{engine} {method} c={c}: {level['throughput']} req/s, p50 {level['p50_ms']} ms, "
+                         f"p99 {level['p99_ms']} ms, errors {level['errors'] or 'none'}, CPU ms per request: "
+                         f"server {level.get('server_cpu_ms_per_request')}, client {level['client_cpu_ms_per_request']}")
+    return levels
+
+
+# ---- the whole run --------------------------------------------------------------------------
+
+def device_info() -> dict:
+    import onnxruntime
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                platform.processor())
+    return {"cpu": name or platform.machine(), "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
+
+
+def bench_serve(opts: ServeBench = ServeBench(), progress: Callable[[str], None] = _stderr) -> dict:
+    methods = bundle_methods(opts.models)
+    if not methods:
+        raise FileNotFoundError(f"{opts.models} has neither pyramid/ nor stylegan/ with heads/{HEAD}/")
+    png, image = reference(opts.seed)
+    result: dict = {"models": opts.models, "methods": methods, "device": device_info(),
+                    "policy": {"max_batch": opts.max_batch, "max_batch_delay_ms": opts.max_batch_delay_ms,
+                               "ort_threads": ORT_THREADS},
+                    "load": {"concurrency": list(opts.concurrency), "requests": opts.requests, "seconds": opts.seconds},
+                    "eager_batches": list(opts.eager_batches)}
+    # 1. in process first: it exports the graphs the servers then find in the cache
+    pipes = load_pipelines(opts.models, opts.onnx_dir, methods)
+    for m in methods:
+        cpu0 = own_cpu()
+        result[f"inprocess.{m}"] = round(inprocess_throughput(pipes[m], m, image, opts.requests, opts.max_batch), 3)
+        result[f"inprocess_cpu_ms_per_request.{m}"] = round((own_cpu() - cpu0) / (PASSES * opts.requests + opts.max_batch) * 1e3, 2)
+        progress(f"in-process {m}: {result[f'inprocess.{m}']} req/s in batches of {opts.max_batch}, "
+                 f"{result[f'inprocess_cpu_ms_per_request.{m}']} ms CPU per request")
+        prefix = RATIO_KEYS[m]
+        for b, ratio in ort_over_eager(pipes[m], m, image, opts.eager_batches).items():
+            result[f"{prefix}.{b}"] = round(ratio, 3)
+        progress(f"{prefix}: " + ", ".join(f"{b}: {result[f'{prefix}.{b}']}" for b in opts.eager_batches))
+    del pipes  # the servers get the cores and memory to themselves
+    # 2. one server at a time (two would share the cores)
+    levels: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="semgen-bench-heads-") as heads_dir:  # no user head replaces lse
+        for engine in opts.engines:
+            progress(f"starting the {engine} server")
+            try:
+                with running_server(opts, engine, heads_dir) as server:
+                    levels += asyncio.run(drive(server.address, engine, methods, png, opts, progress, server.pid))
+            except ServerFailed as e:  # raised at start only
+                if engine == "embedded":
+                    raise
+                result[f"engines.{engine}.error"] = f"{e.reason}; last output: " + " | ".join(e.tail[-3:])
+                progress(f"{engine}: {result[f'engines.{engine}.error']}")
+                continue
+            top = [lv for lv in levels if lv["engine"] == engine and lv["concurrency"] == max(opts.concurrency)]
+            gen = next((lv for lv in top if lv["method"] == "generate"), top[0])  # Generate, if served
+            result.update({f"engines.{engine}.{k}": gen[key] for k, key in
+                           (("throughput", "throughput"), ("p50", "p50_ms"), ("p99", "p99_ms"))})
+    ratios = {m: lv["throughput"] / result[f"inprocess.{m}"] for lv in levels for m in methods
+              if lv["engine"] == "embedded" and lv["method"] == m and lv["concurrency"] == max(opts.concurrency)}
+    for m, ratio in ratios.items():
+        result[f"served_over_inprocess.{m}"] = round(ratio, 3)
+    result["served_over_inprocess"] = round(min(ratios.values()), 3) if ratios else None
+    result["targets"] = {f"{k}>={v}": None if result.get(k) is None else result[k] >= v
+                         for k, v in (("served_over_inprocess", 0.8), ("ort_over_eager.32", 1.5))}
+    result["levels"] = levels
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve.json").write_text(json.dumps({"options": asdict(opts), **result}, indent=2))
+    plot(result, out / "serve.png")
+    progress(f"wrote {out / 'serve.json'} and {out / 'serve.png'}")
+    return result
+
+
+# ---- the picture (PIL: matplotlib is not a dependency) ------------------------------------
+
+PALETTE, GREY = ((30, 80, 200), (220, 110, 20), (40, 150, 60)), (130, 130, 130)
+
+
+def plot(result: dict, path: Path, w: int = 340, h: int = 230) -> None:
+    """Per method, throughput and p99 against concurrency (a line per engine, the in-process limit
+    dashed); ort_over_eager by batch size as bars (parity and the 1.5 target dashed)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    methods = result["methods"]
+    img = Image.new("RGB", (w * (len(methods) + 1), 2 * h), "white")
+    draw = ImageDraw.Draw(img)
+    draw.font = ImageFont.load_default(size=12)  # the default bitmap font drops spaces
+    for col, m in enumerate(methods):
+        for row, (key, label) in enumerate((("throughput", "req/s"), ("p99_ms", "p99 ms"))):
+            series = collections.defaultdict(list)
+            for lv in result["levels"]:
+                if lv["method"] == m and lv[key] is not None:
+                    series[lv["engine"]].append((lv["concurrency"], lv[key]))
+            refs = [("in-process", result[f"inprocess.{m}"])] if key == "throughput" else []
+            _panel(draw, (col * w, row * h, w, h), f"{m}: {label} against concurrency", series, refs)
+    ratios = {m: [(b, result[f"{RATIO_KEYS[m]}.{b}"]) for b in result["eager_batches"]] for m in methods}
+    _panel(draw, (len(methods) * w, 0, w, h), "ort_over_eager (eager s / ORT s) by batch", ratios,
+           [("parity", 1.0), ("target", 1.5)], bars=True)
+    img.save(path)
+
+
+def _panel(draw, box, title: str, series: dict, refs, bars: bool = False) -> None:
+    """Axes with evenly spaced x values; a line (or bars side by side) per series; dashed
+    horizontal (label, y) references."""
+    x0, y0, w, h = box
+    left, right, top, bottom = x0 + 45, x0 + w - 15, y0 + 40, y0 + h - 25
+    xs = sorted({x for points in series.values() for x, _ in points})
+    ymax = 1.1 * max([y for points in series.values() for _, y in points] + [y for _, y in refs] + [1e-9])
+    slot = (right - left) / max(len(xs), 1)
+    px = lambda x: left + (xs.index(x) + 0.5) * slot
+    py = lambda y: bottom - y / ymax * (bottom - top)
+    draw.text((x0 + 8, y0 + 6), title, fill="black")
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
+    draw.text((x0 + 4, top - 5), f"{ymax:.3g}", fill="black")
+    for x in xs:
+        draw.text((px(x) - 4, bottom + 4), str(x), fill="black")
+    for label, y in refs:
+        for s in range(left, right, 8):
+            draw.line([(s, py(y)), (min(s + 4, right), py(y))], fill=GREY)
+        draw.text((right - 60, py(y) - 15), label, fill=GREY)
+    for i, (name, points) in enumerate(series.items()):
+        color = PALETTE[i % len(PALETTE)]
+        draw.text((left + 5 + 85 * i, y0 + 22), name, fill=color)  # the legend
+        for j, (x, y) in enumerate(points):
+            if bars:
+                width = 0.8 * slot / len(series)
+                bx = px(x) - 0.4 * slot + i * width
+                draw.rectangle([bx, py(y), bx + width - 2, bottom], fill=color)
+                draw.text((bx, py(y) - 11), f"{y:.2f}", fill="black")
+                continue
+            if j:
+                draw.line([(px(points[j - 1][0]), py(points[j - 1][1])), (px(x), py(y))], fill=color, width=2)
+            draw.ellipse([px(x) - 3, py(y) - 3, px(x) + 3, py(y) + 3], fill=color)

@@ -1,0 +1,95 @@
+"""Request checks that every service shares: limits, field values, malformed wire bytes.
+
+Every failure message starts with the proto field name and says why, so a client can act on
+it ("num_samples: must be between 1 and 16, got 0"). Nothing is clamped or defaulted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from serving.core.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_samples: int = 16
+    max_image_bytes: int = 8 * 1024 * 1024  # encoded PNG/JPEG size
+    max_image_pixels: int = 4096 * 4096  # width * height, read from the header before decoding
+    # Iterative work (semantics service), so that no request can ask for unbounded compute.
+    max_iterations: int = 500  # SCS and SIE steps
+    max_fit_iterations: int = 2000  # FitHead steps; the paper's schedule needs 2000 for 1-4 shots
+    max_candidates: int = 256  # SCS random latents per sample (n_init)
+    max_imagine_iterations: int = 5000  # IMAGINE iterations per stage
+
+
+def choices(names: tuple[str, ...], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def check_image_bytes(data: bytes, field: str, limits: Limits, errors: list) -> None:
+    if not data:
+        errors.append(f"{field}: empty; send PNG or JPEG bytes")
+    elif len(data) > limits.max_image_bytes:
+        errors.append(f"{field}: {len(data)} bytes is over the limit of {limits.max_image_bytes} bytes")
+
+
+def default_count(value: int, field: str, default: int, limit: int, errors: list) -> int:
+    """A count where 0 means `default` (capped at `limit`); above `limit` is an error."""
+    if not 0 <= value <= limit:
+        errors.append(f"{field}: must be between 1 and {limit} (0 = {min(default, limit)}), got {value}")
+    return value or min(default, limit)
+
+
+def raise_invalid(errors: list) -> None:
+    if errors:
+        raise InvalidInput("; ".join(errors))
+
+
+# ---- malformed wire bytes -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    """Stands in for a request whose bytes did not parse; the servicer answers INVALID_ARGUMENT.
+
+    grpc turns a raising deserializer into UNKNOWN with the exception text and never reaches
+    the handler or interceptors, so the deserializer returns this instead of raising.
+    """
+
+    reason: str
+
+
+_WIRE_TYPES = {0: "varint", 1: "fixed64", 2: "length-delimited", 3: "group", 4: "group", 5: "fixed32"}
+_FIELD_TYPES = {v: k[5:].lower() for k, v in vars(FieldDescriptor).items() if k.startswith("TYPE_")}
+
+
+def lenient_deserializer(message_cls):
+    """A request_deserializer that returns MalformedRequest instead of raising.
+
+    Besides bytes that do not parse at all, it catches a known field number sent with the
+    wrong wire type (e.g. `image` as an integer): protobuf keeps such a field as an unknown
+    field and the request would otherwise look merely empty.
+    """
+    descriptor = message_cls.DESCRIPTOR
+    by_number = descriptor.fields_by_number
+
+    def deserialize(data: bytes):
+        try:
+            message = message_cls.FromString(data)
+        except DecodeError:
+            return MalformedRequest(f"request: {len(data)} bytes do not parse as a {descriptor.full_name} message")
+        for unknown in UnknownFieldSet(message):
+            field = by_number.get(unknown.field_number)
+            if field is not None:
+                return MalformedRequest(
+                    f"{field.name}: wrong wire type ({_WIRE_TYPES.get(unknown.wire_type, unknown.wire_type)}) "
+                    f"for a {_FIELD_TYPES.get(field.type, field.type)} field"
+                )
+        return message
+
+    return deserialize

@@ -1,0 +1,134 @@
+"""The TorchServe handler for every semgen model (pyramid, semantics, semantics_jobs, imagine).
+
+It builds the engine `semgen serve --engine embedded` runs, from the bundle and ONNX graphs
+packed in the .mar (see `semgen export mar`); the `handler:` section of model-config.yaml says which
+service. Forward-only operations (generate, repaint, composite, sample) arrive batched by
+TorchServe (batchSize, maxBatchDelay) and run as one `run_batch` over the engine's pipeline on
+ONNX Runtime. Iterative operations (imagine, edit, sample_conditional) run as the engine's own job
+and stream every event as an intermediate response. Requests and replies are `serving.wire`
+messages (serving/torchserve/wire.py), one framed message per event: {"op", "args"} in; {"event": type, "value"} or
+{"error": type, "message"} out, with the batch size and compute time for the gateway's metrics.
+
+Nothing here needs TorchServe but `_send_intermediate`, so the class runs on any engine that
+calls initialize(context) and handle(data, context).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from serving.torchserve import wire
+from serving.core.errors import client_error
+
+FORWARD_OPS = ("generate", "repaint", "composite", "sample")
+JOB_OPS = ("imagine", "edit", "sample_conditional")
+
+
+class SemgenHandler:
+    def __init__(self):
+        self.engine = None
+        self.initialized = False
+
+    def initialize(self, context) -> None:
+        model_dir = Path(context.system_properties["model_dir"])
+        settings = handler_settings(context)
+        self.engine = load_engine(settings["service"], model_dir / "bundle", model_dir / "onnx",
+                                  int(settings.get("ort_threads", 2)), model_dir / "heads")
+        self.loop = asyncio.new_event_loop()  # the embedded engines are asyncio objects
+        self.initialized = True
+
+    def handle(self, data: list[dict], context) -> list[bytes]:
+        started = time.perf_counter()
+        requests = [_unpack(row) for row in data]
+        forward = [i for i, r in enumerate(requests) if isinstance(r, dict) and r.get("op") in FORWARD_OPS]
+        results: list = list(requests)  # a body that did not unpack keeps its error
+        batch = self.engine.run_batch([(requests[i]["op"], requests[i].get("args", {})) for i in forward])
+        for i, result in zip(forward, batch):
+            results[i] = result
+        for i, request in enumerate(requests):
+            if i not in forward and isinstance(request, dict):
+                results[i] = self._one(request, context, i)
+        compute = time.perf_counter() - started
+        # the first reply of a batch carries its size, so the gateway counts every batch once
+        return [wire.frame(wire.pack({**reply(r), "batch_size": len(data) if i == 0 else 0, "compute_seconds": compute}))
+                for i, r in enumerate(results)]
+
+    def _one(self, request: dict, context, index: int):
+        """An info request or an iterative job (their models run batches of one)."""
+        op, args = request.get("op"), request.get("args", {})
+        try:
+            if op == "info":
+                return self.engine.info
+            if op not in JOB_OPS:
+                raise ValueError(f"op: {op!r} is not served by this model")
+            if op == "imagine":
+                from serving.imagine.engine import ImagineJob
+
+                args = {**args, "job": ImagineJob(**{k: tuple(v) if isinstance(v, list) else v
+                                                     for k, v in args["job"].items()})}
+            return self.loop.run_until_complete(self._stream(op, args, context, index))
+        except Exception as e:  # the client gets the error as a message, the worker lives on
+            return e
+
+    async def _stream(self, op: str, args: dict, context, index: int):
+        """Every event but the last as an intermediate response; the last is the reply (a job that
+        fails sends what it had, then its error)."""
+        last = None
+        try:
+            async for event in getattr(self.engine, op)(**args):
+                if last is not None:
+                    _send_intermediate(context, index, wire.frame(wire.pack(reply(last))))
+                last = event
+        except Exception:
+            if last is not None:
+                _send_intermediate(context, index, wire.frame(wire.pack(reply(last))))
+            raise
+        return last
+
+
+def handler_settings(context) -> dict:
+    """Our own settings: the `handler:` section of the archive's model-config.yaml."""
+    model_yaml = getattr(context, "model_yaml_config", None) or {}
+    return dict(model_yaml.get("handler") or {})
+
+
+def _unpack(row: dict):
+    try:
+        return wire.unpack(row.get("body") or row.get("data"))
+    except Exception as e:  # one unreadable body fails alone
+        return RuntimeError(f"request: not a semgen wire message ({type(e).__name__})")
+
+
+def reply(result) -> dict:
+    """An event, or an error under the engine's name for it (InvalidInput, NotFound, ...; anything
+    else is a bug the gateway reports as INTERNAL)."""
+    if isinstance(result, Exception):
+        error = client_error(result)
+        return {"error": type(error).__name__, "message": str(error.args[0]) if error.args else str(error)}
+    return {"event": type(result).__name__, "value": result}
+
+
+def load_engine(service: str, bundle: Path, onnx_dir: Path, threads: int, heads_dir: Path):
+    """The embedded engine of `service` on the packed bundle (forward passes on ONNX Runtime)."""
+    from semgen.runtime.onnx import OnnxModels
+    from serving.pyramid.engine import EmbeddedEngine
+    from serving.imagine.engine import EmbeddedImagineEngine
+    from serving.semantics.engine import EmbeddedSemanticsEngine
+
+    onnx = OnnxModels(onnx_dir, threads)
+    if service == "pyramid":
+        return EmbeddedEngine.from_dir(bundle, device="auto", onnx=onnx)
+    if service in ("semantics", "semantics_jobs"):
+        return EmbeddedSemanticsEngine.from_dir(bundle, heads_dir, device="auto", max_jobs=1, onnx=onnx)
+    if service == "imagine":
+        return EmbeddedImagineEngine.from_dir(bundle, device="auto", max_jobs=1)
+    raise ValueError(f"handler.service: unknown service {service!r}")
+
+
+def _send_intermediate(context, index: int, message: bytes) -> None:
+    from ts.handler_utils.utils import send_intermediate_predict_response
+
+    request_id = context.request_ids[index]
+    send_intermediate_predict_response([message], {0: request_id}, "Intermediate response", 200, context)
