@@ -6,7 +6,10 @@ it ("num_samples: must be between 1 and 16, got 0"). Nothing is clamped or defau
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
@@ -49,6 +52,32 @@ def default_count(value: int, field: str, default: int, limit: int, errors: list
 def raise_invalid(errors: list) -> None:
     if errors:
         raise InvalidInput("; ".join(errors))
+
+
+def check_latents(message, field: str, latent_shape: tuple[int, int], low: int, high: int,
+                  errors: list) -> np.ndarray | None:
+    """A Latents message -> float32 [N, num_ws, w_dim] or [N, w_dim] with low <= N <= high; `latent_shape`:
+    the generator's (num_ws, w_dim). Latents travel in SemanticsService and HiganService alike."""
+    num_ws, w_dim = latent_shape
+    shape, values = list(message.shape), message.values
+    if not shape and not values:
+        errors.append(f"{field}: missing; send latents as returned by Sample (shape and values)")
+        return None
+    if len(shape) not in (2, 3) or shape[1:] not in ([num_ws, w_dim], [w_dim]):
+        errors.append(f"{field}: shape must be [N, {num_ws}, {w_dim}] (w+) or [N, {w_dim}] (w), got {shape}")
+        return None
+    if len(values) != math.prod(shape):
+        errors.append(f"{field}: shape {shape} needs {math.prod(shape)} values, got {len(values)}")
+        return None
+    if not low <= shape[0] <= high:
+        many = "exactly one latent" if low == high == 1 else f"{low} to {high} latents"
+        errors.append(f"{field}: give {many}, got {shape[0]}")
+        return None
+    latents = np.asarray(values, dtype=np.float32).reshape(shape)
+    if not np.isfinite(latents).all():
+        errors.append(f"{field}: contains NaN or infinity")
+        return None
+    return latents
 
 
 # ---- malformed wire bytes -------------------------------------------------------------------

@@ -15,8 +15,7 @@ import numpy as np
 
 from serving.core.errors import NotFound
 from serving.higan.engine import AttributeEdit, HiganInfo
-from serving.semantics.validation import check_latents
-from serving.core.validation import Limits, choices, raise_invalid
+from serving.core.validation import Limits, check_latents, choices, raise_invalid
 
 MAX_EDITS = 16
 MAX_SWEEP = 16
@@ -42,7 +41,7 @@ def check_manipulate(request, info: HiganInfo, limits: Limits) -> ManipulateArgs
     seeds = latents = None
     source = request.WhichOneof("source")
     if source == "latents":
-        latents = check_latents(request.latents, "latents", info, 1, limits.max_samples, errors)
+        latents = check_latents(request.latents, "latents", info.latent_shape, 1, limits.max_samples, errors)
     elif source == "seeds" and 1 <= len(request.seeds.values) <= limits.max_samples:
         seeds = list(request.seeds.values)
     else:

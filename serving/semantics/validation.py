@@ -16,7 +16,7 @@ import numpy as np
 
 from serving.core.errors import NotFound
 from serving.semantics.engine import SEGMENTER, SemanticsInfo
-from serving.core.validation import Limits, check_image_bytes, choices, default_count, raise_invalid
+from serving.core.validation import Limits, check_image_bytes, check_latents, choices, default_count, raise_invalid
 
 MAX_SHOTS = 16  # few-shot heads: the paper fits from 1 to 16 samples
 MAX_CLASSES = 256  # masks are 8-bit
@@ -82,7 +82,7 @@ def check_sample(request, info: SemanticsInfo, limits: Limits) -> SamplingArgs:
     if request.seeds and request.HasField("latents"):
         errors.append("seeds: give seeds or latents, not both")
     elif request.HasField("latents"):
-        latents = check_latents(request.latents, "latents", info, 1, limits.max_samples, errors)
+        latents = check_latents(request.latents, "latents", info.latent_shape, 1, limits.max_samples, errors)
         if request.HasField("truncation_psi"):
             errors.append("truncation_psi: applies to seeds only; latents are used as given")
     elif not 1 <= len(request.seeds) <= limits.max_samples:
@@ -99,7 +99,7 @@ def check_sample(request, info: SemanticsInfo, limits: Limits) -> SamplingArgs:
 
 def check_segment(request, info: SemanticsInfo, limits: Limits) -> SegmentArgs:
     errors = []
-    latents = check_latents(request.latents, "latents", info, 1, limits.max_samples, errors)
+    latents = check_latents(request.latents, "latents", info.latent_shape, 1, limits.max_samples, errors)
     _check_head_given(request.head, info, errors)
     raise_invalid(errors)
     _known_head(request.head, info)
@@ -119,7 +119,7 @@ def check_fit_head(request, info: SemanticsInfo, limits: Limits) -> FitHeadArgs:
         errors.append(f"name: {SEGMENTER!r} is reserved for the pixel-space segmenter; choose another name")
     elif name in info.heads and info.heads[name].bundled:
         errors.append(f"name: {name!r} is a bundled head and cannot be replaced; choose another name")
-    latents = check_latents(request.latents, "latents", info, 1, MAX_SHOTS, errors)
+    latents = check_latents(request.latents, "latents", info.latent_shape, 1, MAX_SHOTS, errors)
     shots = len(latents) if latents is not None else None
     if shots is not None and len(request.masks) != shots:
         errors.append(f"masks: give one mask per latent ({shots}), got {len(request.masks)}")
@@ -158,36 +158,12 @@ def check_sample_conditional(request, info: SemanticsInfo, limits: Limits) -> Co
 
 def check_edit(request, info: SemanticsInfo, limits: Limits) -> EditArgs:
     errors = []
-    latent = check_latents(request.latent, "latent", info, 1, 1, errors)
+    latent = check_latents(request.latent, "latent", info.latent_shape, 1, 1, errors)
     check_image_bytes(request.target_mask, "target_mask", limits, errors)
     optimise = _check_optimise(request, info, limits, errors)
     raise_invalid(errors)
     _known_head(request.head, info)
     return EditArgs(**optimise, latent=latent)
-
-
-def check_latents(message, field: str, info: SemanticsInfo, low: int, high: int, errors: list) -> np.ndarray | None:
-    """A Latents message -> float32 [N, num_ws, w_dim] or [N, w_dim] with low <= N <= high."""
-    num_ws, w_dim = info.latent_shape
-    shape, values = list(message.shape), message.values
-    if not shape and not values:
-        errors.append(f"{field}: missing; send latents as returned by Sample (shape and values)")
-        return None
-    if len(shape) not in (2, 3) or shape[1:] not in ([num_ws, w_dim], [w_dim]):
-        errors.append(f"{field}: shape must be [N, {num_ws}, {w_dim}] (w+) or [N, {w_dim}] (w), got {shape}")
-        return None
-    if len(values) != math.prod(shape):
-        errors.append(f"{field}: shape {shape} needs {math.prod(shape)} values, got {len(values)}")
-        return None
-    if not low <= shape[0] <= high:
-        many = "exactly one latent" if low == high == 1 else f"{low} to {high} latents"
-        errors.append(f"{field}: give {many}, got {shape[0]}")
-        return None
-    latents = np.asarray(values, dtype=np.float32).reshape(shape)
-    if not np.isfinite(latents).all():
-        errors.append(f"{field}: contains NaN or infinity")
-        return None
-    return latents
 
 
 def _check_optimise(request, info: SemanticsInfo, limits: Limits, errors: list) -> dict:

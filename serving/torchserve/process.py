@@ -40,125 +40,23 @@ Findings for TorchServe 0.12.0 (checked in ts/ and the frontend jar, and by expe
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
-_PORT_FIELDS = ("inference_port", "management_port", "metrics_port",
-                "grpc_inference_port", "grpc_management_port")
-_SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 107 bytes; keep a margin for ".ts.sock.NNNN"
-
-
-@dataclass
-class TorchServeSettings:
-    model_store: Path
-    models: list[str] | str = "all"  # .mar file names (or "name=file.mar") to load at start
-    host: str = LOOPBACK
-    inference_port: int = 0  # 0: pick a free port
-    management_port: int = 0
-    metrics_port: int = 0
-    # TorchServe always opens its gRPC APIs too (default 7070/7071, which a second server would
-    # fail on); we don't use them, but give them free loopback ports as well
-    grpc_inference_port: int = 0
-    grpc_management_port: int = 0
-    workers_per_model: int = 1
-    job_queue_size: int = 100
-    default_response_timeout: int = 120  # seconds
-    log_dir: Path | None = None  # None: <folder>/logs
-    java_heap: str = "1g"
-    extra_properties: dict[str, str] = field(default_factory=dict)
-
-    def with_free_ports(self) -> TorchServeSettings:
-        free = iter(_free_ports(len(_PORT_FIELDS)))
-        return replace(self, **{f: getattr(self, f) or next(free) for f in _PORT_FIELDS})
-
-    def ports(self) -> list[int]:
-        return [getattr(self, f) for f in _PORT_FIELDS]
-
-    def model_names(self) -> list[str]:
-        # torch-model-archiver names the archive <model-name>.mar, so the stem is the model name
-        if self.models == "all":
-            return sorted(p.stem for p in Path(self.model_store).glob("*.mar"))
-        return [m.split("=", 1)[0] if "=" in m else Path(m).stem for m in self.models]
-
-
-@dataclass(frozen=True)
-class TorchServeAddress:
-    """Where a running TorchServe answers; use it directly to connect to one we did not start."""
-
-    inference_url: str
-    management_url: str
-    metrics_url: str
-
-    def healthy(self) -> bool:
-        reply = _get_json(f"{self.inference_url}/ping")
-        return isinstance(reply, dict) and reply.get("status") == "Healthy"
-
-    def model_ready(self, name: str) -> bool:
-        reply = _get_json(f"{self.management_url}/models/{name}")
-        if not isinstance(reply, list) or not reply:
-            return False
-        workers = [w for version in reply for w in version.get("workers", [])]
-        return bool(workers) and all(w.get("status") == "READY" for w in workers)
-
-    def ready(self, models: list[str]) -> bool:
-        return self.healthy() and all(self.model_ready(name) for name in models)
-
-
-def write_config(
-    settings: TorchServeSettings, folder: Path, java_tmpdir: Path | None = None
-) -> Path:
-    """Write <folder>/config.properties; the ports must be chosen already (see with_free_ports)."""
-    if 0 in settings.ports():
-        raise ValueError("choose the ports first: settings.with_free_ports()")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    models = settings.models if settings.models == "all" else ",".join(settings.models)
-    vmargs = f"-Xmx{settings.java_heap} -XX:+UseSerialGC"  # serial GC: few threads on a small box
-    if java_tmpdir is not None:
-        vmargs += f" -Djava.io.tmpdir={java_tmpdir}"
-    props = {
-        "inference_address": f"http://{settings.host}:{settings.inference_port}",
-        "management_address": f"http://{settings.host}:{settings.management_port}",
-        "metrics_address": f"http://{settings.host}:{settings.metrics_port}",
-        "grpc_inference_address": settings.host,
-        "grpc_inference_port": str(settings.grpc_inference_port),
-        "grpc_management_address": settings.host,
-        "grpc_management_port": str(settings.grpc_management_port),
-        "metrics_mode": "prometheus",
-        "disable_token_authorization": "true",
-        "install_py_dep_per_model": "false",
-        "enable_envvars_config": "false",
-        "model_store": str(Path(settings.model_store).resolve()),
-        "load_models": models,
-        "default_workers_per_model": str(settings.workers_per_model),
-        "job_queue_size": str(settings.job_queue_size),
-        "default_response_timeout": str(settings.default_response_timeout),
-        "python": sys.executable,  # documentation only: ts.model_server's --python wins
-        "vmargs": vmargs,
-        **settings.extra_properties,
-    }
-    path = folder / "config.properties"
-    path.write_text("".join(f"{key}={value}\n" for key, value in props.items()))
-    return path
-
+from serving.torchserve.config import (SOCKET_PATH_MAX, TorchServeAddress, TorchServeSettings, java_available,
+                                       port_open, write_config)
 
 class TorchServeProcess:
     """A TorchServe we start and own: `with TorchServeProcess(settings, folder) as ts: ...`."""
 
     def __init__(self, settings: TorchServeSettings, folder: Path):
-        self.settings = settings.with_free_ports()
+        self.settings = settings.withfree_ports()
         self.folder = Path(folder).resolve()
         self.log_dir = Path(settings.log_dir or self.folder / "logs").resolve()
         self.console_log = self.log_dir / "console.log"
@@ -189,7 +87,7 @@ class TorchServeProcess:
         ok, reason = java_available()
         if not ok:
             raise RuntimeError(f"cannot start TorchServe: {reason}")
-        if len(str(self._tmpdir / ".ts.sock.65535")) > _SOCKET_PATH_MAX:
+        if len(str(self._tmpdir / ".ts.sock.65535")) > SOCKET_PATH_MAX:
             self._tmpdir, self._own_tmpdir = Path(tempfile.mkdtemp(prefix="ts-")), True
         self._tmpdir.mkdir(parents=True, exist_ok=True)
         # a stale pid file could make the start script think we are already running, and
@@ -255,7 +153,7 @@ class TorchServeProcess:
         return "\n".join([line for line in text.splitlines() if "ACCESS_LOG" not in line][-lines:])
 
     def ports_open(self) -> list[int]:
-        return [p for p in self.settings.ports() if _port_open(self.settings.host, p)]
+        return [p for p in self.settings.ports() if port_open(self.settings.host, p)]
 
     def _java_pid(self) -> int | None:
         # ts.model_server writes the Java frontend's pid to <TMPDIR>/.model_server.pid; trust it
@@ -273,49 +171,3 @@ class TorchServeProcess:
         self.stop()
 
 
-def java_available() -> tuple[bool, str]:
-    """TorchServe 0.12 needs Java 11+; it runs $JAVA_HOME/bin/java, else java on PATH."""
-    java_home = os.environ.get("JAVA_HOME")
-    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-    if not java or not Path(java).exists():
-        return False, "java not found (set JAVA_HOME or put Java 11+ on PATH)"
-    try:
-        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"{java} -version failed: {exc}"
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
-    if not match:
-        return False, f"cannot read the version of {java}: {out.stderr.strip()[:200]}"
-    major = int(match.group(1))
-    major = int(match.group(2) or 0) if major == 1 else major  # "1.8.0" is Java 8
-    if major < 11:
-        return False, f"{java} is Java {major}; TorchServe 0.12 needs 11 or newer"
-    return True, f"{java} (Java {major})"
-
-
-def _get_json(url: str, timeout: float = 5):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:
-            return json.loads(reply.read())
-    except (OSError, ValueError):  # URLError, HTTPError, refused, reset, not JSON
-        return None
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _free_ports(count: int) -> list[int]:
-    # hold all sockets until every port is picked, so the ports differ
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind((LOOPBACK, 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()

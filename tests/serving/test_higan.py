@@ -264,7 +264,7 @@ def test_the_server_serves_higan_only_when_the_bundle_has_its_models(bundle, tmp
 
     def load(models):
         engines = load_embedded(ServeOptions(models=str(models), device="cpu", heads_dir=str(tmp_path / "heads"),
-                                                onnx_dir=str(tmp_path / "onnx")),
+                                             runtime="torch"),
                                 ServingMetrics())
         for engine in engines.loaded():
             asyncio.run(engine.close())

@@ -35,12 +35,15 @@ def server(tmp_path_factory):
     bundle = make_random_bundle(tmp_path_factory.mktemp("bundle"), image_size=IMAGE_SIZE)
     port, metrics_port = free_port(), free_port()
     log_path = tmp_path_factory.mktemp("log") / "server.log"
-    # `python -m semgen_cli serve` is exactly what the `semgen serve` console script runs
-    command = [sys.executable, "-m", "semgen_cli", "serve", "--models", str(bundle),
+    onnx = tmp_path_factory.mktemp("onnx")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # the build step first, as `make serve` runs it; `python -m semgen_cli` is what the `semgen` script runs
+    subprocess.run([sys.executable, "-m", "semgen_cli", "export", "onnx", "--models", str(bundle), "--cache", str(onnx)],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    command = [sys.executable, "-m", "semgen_cli", "serve", "--models", str(bundle), "--onnx-dir", str(onnx),
                "--port", str(port), "--metrics-port", str(metrics_port), "--device", "cpu",
                "--max-image-bytes", str(MAX_IMAGE_BYTES), "--max-image-pixels", str(MAX_IMAGE_PIXELS),
                "--grace-seconds", "5"]
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{port}"
@@ -225,3 +228,16 @@ def test_sigint_stops_cleanly(server):  # keep last: it stops the module's serve
     log = server.log.read_text()
     assert "shutting down" in log and log.rstrip().endswith("stopped")
     assert "Traceback" not in log
+
+
+def test_a_server_without_its_export_names_the_command_to_run(tmp_path):
+    from random_bundles import make_random_bundle
+
+    bundle = make_random_bundle(tmp_path / "bundle", image_size=IMAGE_SIZE)
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "semgen_cli", "serve", "--models", str(bundle), "--onnx-dir",
+                           str(tmp_path / "onnx"), "--port", "0", "--metrics-port", "0", "--device", "cpu"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"run `semgen export onnx --models {bundle} --cache {tmp_path / 'onnx'}` first" in done.stderr
+    assert not (tmp_path / "onnx").exists()  # the server opened nothing and made nothing

@@ -1,0 +1,129 @@
+"""`semgen export onnx|tensorrt|mar`: the build step before serving. The server opens what these write:
+`export onnx --cache C` → C/<fingerprint>/, `export mar --store S` → S/<key>/ (see semgen/bundle.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from semgen.options import REQUIRED, command, opt, subcommands, write_options
+
+JSON_HELP = "print the result as one JSON line"
+
+
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOnnx:
+    models: str = opt("artifacts", "the model bundle")
+    out: str = opt("exports/onnx", "where the graphs and parity.json go (without --cache)")
+    head: str = opt("lse", "the semantic head fused with the synthesis network (without --cache)")
+    cache: str = opt("", "export into <cache>/<fingerprint of the weights>/ (what `semgen serve --onnx-dir` "
+                         "opens), skipped when up to date; prints the folder")
+    json: bool = opt(False, JSON_HELP)
+
+
+def export_onnx_command(o: ExportOnnx) -> int:
+    if o.cache:
+        from export.onnx import ensure_exported
+        from semgen.bundle import Bundle
+
+        built = not Bundle(o.models).onnx_up_to_date(o.cache)
+        folder = ensure_exported(o.models, o.cache)
+        if built:
+            write_options(o, folder, "export_options")
+        print(json.dumps({"folder": str(folder), "built": built}) if o.json else folder)
+        return 0
+    from export.onnx import export_onnx
+
+    report = export_onnx(o.models, o.out, head=o.head)
+    write_options(o, o.out, "export_options")
+    _print(report, o.json)
+    return 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportTensorRT:
+    onnx: str = opt("exports/onnx", "the folder `semgen export onnx` wrote")
+    out: str = opt("exports/tensorrt", "engine cache and parity.json")
+    max_batch: int = opt(32, "largest batch the engines accept (smallest 1)")
+    json: bool = opt(False, JSON_HELP)
+
+
+def export_tensorrt_command(o: ExportTensorRT) -> int:
+    from export.tensorrt import TensorRTUnavailable, export_tensorrt
+
+    try:
+        report = export_tensorrt(o.onnx, o.out, max_batch=o.max_batch)
+    except TensorRTUnavailable as e:  # expected off GPU nodes: one line and exit 2, not a traceback
+        print(f"TensorRT is not available here: {e}. The ONNX files in {o.onnx} run on ONNX Runtime instead; "
+              "build engines on a GPU node with `pip install tensorrt` and `semgen export tensorrt`.", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
+        return 2
+    write_options(o, o.out, "export_options")
+    _print(report, o.json)
+    return 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportMar:
+    models: str = opt("artifacts", "the model bundle")
+    handler: str = opt(REQUIRED, "the TorchServe handler file to pack (serving/torchserve/handler.py)")
+    out: str = opt("exports/mar", "the model store: <name>.mar + <name>-model-config.yaml (without --store)")
+    store: str = opt("", "build into <store>/<key of bundle, handler and settings>/ (what `semgen serve --engine "
+                         "torchserve` opens), skipped when up to date; prints the folder")
+    onnx_cache: str = opt("var/onnx", "the cache of exported graphs (`semgen export onnx --cache`), exported into "
+                                      "when missing", aliases=("--onnx-dir",))
+    batch_size: int = opt(8, "batchSize of the forward models")
+    max_batch_delay_ms: float = opt(5.0, "maxBatchDelay of the forward models")
+    workers: int = opt(1, "minWorkers = maxWorkers of every model (without --store)")
+    ort_threads: int = opt(2, "ONNX Runtime threads in each worker")
+    json: bool = opt(False, JSON_HELP)
+
+
+def export_mar_command(o: ExportMar) -> int:
+    from export.mar import ensure_mars, export_mars
+    from semgen.bundle import Bundle, torchserve_settings
+
+    settings = torchserve_settings(o.batch_size, o.max_batch_delay_ms, o.ort_threads)
+    if not Path(o.handler).is_file():
+        print(f"--handler: {o.handler} is not a file", file=sys.stderr)
+        return 2
+    if o.store:
+        if o.workers != ExportMar.workers:  # the server finds a store by bundle, handler and `settings` only
+            print("--workers applies without --store only: a store's archives keep one worker per model "
+                  "(TorchServe's own setting decides more)", file=sys.stderr)
+            return 2
+        built = not (Bundle(o.models).mar_store_dir(o.store, o.handler, settings) / "mars.json").exists()
+        folder = ensure_mars(o.handler, o.models, o.store, o.onnx_cache, **settings)
+        if built:
+            write_options(o, folder, "export_options")
+        print(json.dumps({"folder": str(folder), "built": built}) if o.json else folder)
+        return 0
+    report = export_mars(o.handler, o.models, o.out, o.onnx_cache, workers=o.workers, **settings)
+    write_options(o, o.out, "export_options")
+    _print(report, o.json)
+    return 0
+
+
+def register(parsers: dict) -> None:
+    """`semgen export ...` on the dispatcher's parsers (semgen_cli.py)."""
+    export = subcommands(parsers["export"])
+    command(export.add_parser("onnx", help="classifier, mapping and synthesis+head as ONNX, with parity checks"),
+            ExportOnnx, export_onnx_command)
+    command(export.add_parser("tensorrt", help="FP16 TensorRT engines from the ONNX files, cached per model and GPU, "
+                                               "with parity checks against ONNX Runtime (needs tensorrt and a CUDA GPU)"),
+            ExportTensorRT, export_tensorrt_command)
+    command(export.add_parser("mar", help="TorchServe archives (pyramid, semantics, semantics_jobs, imagine) with the "
+                                          "handler, the bundle, its ONNX graphs and a model-config.yaml each"),
+            ExportMar, export_mar_command)
