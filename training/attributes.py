@@ -13,6 +13,7 @@ from semgen.checkpoints import save_checkpoint
 from semgen.data.loaders import to_tensor
 from semgen.data.scenes import ATTRIBUTES, HELDOUT_SEED_OFFSET, render_batch
 from semgen.networks.attributes import AttributePredictor
+from semgen.options import opt
 from training.classifier import one_cycle_lr
 from training.common import Progress, load_state, save_state, setup_torch, write_options
 
@@ -21,17 +22,17 @@ STATS_SEEDS = 5_000_000  # renders that fix the standardisation (not training ba
 
 @dataclass
 class AttributeOptions:
-    out: str = "artifacts/attributes"  # the checkpoint HiGAN loads
-    run_dir: str = "runs/attributes"  # resumable state, options, log
-    image_size: int = 64
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    stats_n: int = 2000  # renders for the attributes' mean and std
-    save_every: int = 100
-    threads: int = 2
-    seed: int = 0
+    out: str = opt("artifacts/attributes", "the checkpoint HiGAN loads")
+    run_dir: str = opt("runs/attributes", "resumable state, options, log")
+    image_size: int = opt(64, "image size in pixels")
+    steps: int = opt(1500, "training steps")
+    batch_size: int = opt(64, "images per step")
+    lr: float = opt(2e-3, "learning rate")
+    weight_decay: float = opt(1e-4, "weight decay")
+    stats_n: int = opt(2000, "renders for the attributes' mean and std")
+    save_every: int = opt(100, "steps between resumable saves")
+    threads: int = opt(2, "torch threads (0: torch's default)")
+    seed: int = opt(0, "random seed")
 
 
 def attribute_stats(image_size: int, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from semgen.options import opt
 from semgen.pipelines.higan import TRANSFERS, Boundary, HiganPipeline, default_layers, save_boundaries, transfer_name
 from training.common import setup_torch, write_options
 
@@ -22,15 +23,15 @@ MIN_PER_CATEGORY = 20  # samples of each category a transfer boundary needs
 
 @dataclass
 class BoundaryOptions:
-    models: str = "artifacts"  # stylegan, attributes, classifier
-    out: str = "artifacts/boundaries"
-    run_dir: str = "runs/boundaries"  # options and the cached scores (a rerun skips the sampling)
-    n: int = 10000  # sampled latents
-    top: float = 0.2  # k = top · n positives and k negatives
-    val: float = 0.3  # validation share of the 2k
-    rescore_n: int = 100  # latents for the default layers
-    threads: int = 2
-    seed: int = 0
+    models: str = opt("artifacts", "the bundle with stylegan/, attributes/ and classifier/")
+    out: str = opt("artifacts/boundaries", "the boundaries it writes")
+    run_dir: str = opt("runs/boundaries", "options and the cached scores (a rerun skips the sampling)")
+    n: int = opt(10000, "sampled latents")
+    top: float = opt(0.2, "k = top · n positives and k negatives")
+    val: float = opt(0.3, "validation share of the 2k")
+    rescore_n: int = opt(100, "latents for the default layers")
+    threads: int = opt(2, "torch threads (0: torch's default)")
+    seed: int = opt(0, "random seed")
 
 
 def fit_linear_svm(x: np.ndarray, y: np.ndarray, c: float = 1.0, steps: int = 200) -> tuple[np.ndarray, float]:

@@ -12,22 +12,23 @@ import torch.nn.functional as F
 from semgen.checkpoints import save_checkpoint
 from semgen.data.loaders import make_source
 from semgen.networks.classifier import Classifier
+from semgen.options import opt
 from training.common import Progress, load_state, save_state, setup_torch, write_options
 
 
 @dataclass
 class ClassifierOptions:
-    out: str = "artifacts/classifier"  # the checkpoint serving loads
-    run_dir: str = "runs/classifier"  # resumable state, options, log
-    data: str = "scenes"  # 'scenes' or an image folder (one subfolder per class)
-    image_size: int = 64
-    steps: int = 500
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    save_every: int = 100
-    threads: int = 2
-    seed: int = 0
+    out: str = opt("artifacts/classifier", "the checkpoint serving loads")
+    run_dir: str = opt("runs/classifier", "resumable state, options, log")
+    data: str = opt("scenes", "'scenes' or an image folder (one subfolder per class)")
+    image_size: int = opt(64, "image size in pixels")
+    steps: int = opt(500, "training steps")
+    batch_size: int = opt(64, "images per step")
+    lr: float = opt(2e-3, "learning rate")
+    weight_decay: float = opt(5e-4, "weight decay")
+    save_every: int = opt(100, "steps between resumable saves")
+    threads: int = opt(2, "torch threads (0: torch's default)")
+    seed: int = opt(0, "random seed")
 
 
 def one_cycle_lr(step: int, total: int, peak: float, warmup: float = 0.15) -> float:

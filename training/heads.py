@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from semgen.networks.heads import HEAD_KINDS
+from semgen.options import opt
 from semgen.pipelines.semantics import SemanticsPipeline
 from training.common import Progress, load_state, save_state, setup_torch, write_options
 
@@ -27,19 +28,19 @@ FEWSHOT_SEED_OFFSET = 4_000_000
 
 @dataclass
 class HeadsOptions:
-    kind: str = "lse"  # lse, nse1, nse2, or a comma-separated list trained on the same samples
-    shots: str = "all"  # 'all' (fresh samples every step) or N annotated samples (1..16)
-    models: str = "artifacts"  # reads <models>/stylegan and <models>/segmenter
-    out_dir: str = "artifacts/heads"  # writes <out_dir>/<kind> or <out_dir>/<kind>-<N>shot
-    run_dir: str = "runs/heads"
-    steps: int = 1000  # full training
-    fewshot_iterations: int = 0  # few-shot: 0 = the paper's schedule for N shots
-    batch_size: int = 32
-    lr: float = 1e-3
-    psi: float = 1.0
-    save_every: int = 100
-    threads: int = 2
-    seed: int = 0
+    kind: str = opt("lse", "lse, nse1, nse2, or a comma-separated list trained on the same samples")
+    shots: str = opt("all", "'all' (fresh samples every step) or N annotated samples (1..16)")
+    models: str = opt("artifacts", "reads <models>/stylegan and <models>/segmenter")
+    out_dir: str = opt("artifacts/heads", "writes <out_dir>/<kind> or <out_dir>/<kind>-<N>shot")
+    run_dir: str = opt("runs/heads", "resumable state, options, log")
+    steps: int = opt(1000, "steps of full training")
+    fewshot_iterations: int = opt(0, "few-shot: 0 = the paper's schedule for N shots")
+    batch_size: int = opt(32, "images per step")
+    lr: float = opt(1e-3, "learning rate")
+    psi: float = opt(1.0, "truncation of the training samples")
+    save_every: int = opt(100, "steps between resumable saves")
+    threads: int = opt(2, "torch threads (0: torch's default)")
+    seed: int = opt(0, "random seed")
 
 
 def head_name(kind: str, shots: str | int) -> str:

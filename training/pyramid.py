@@ -21,6 +21,7 @@ from semgen.checkpoints import load_checkpoint, load_classifier, save_checkpoint
 from semgen.data.loaders import make_source, to_uint8
 from semgen.networks.classifier import LEVELS
 from semgen.networks.pyramid import PyramidDiscriminator, PyramidGenerator
+from semgen.options import opt
 from semgen.pipelines.masks import level_masks
 from semgen.pipelines.pyramid import check_pair
 from semgen.reports import image_grid
@@ -30,25 +31,26 @@ from training.masks import sample_training_masks
 
 @dataclass
 class PyramidOptions:
-    classifier: str = "artifacts/classifier"  # fixed feature extractor: a checkpoint folder or torchvision-vgg16:PATH
-    out: str = "artifacts/pyramid"  # EMA generator checkpoint that serving loads
-    run_dir: str = "runs/pyramid"
-    data: str = "scenes"  # 'scenes' or an image folder (one subfolder per class)
-    init_from: str = ""  # warm start: a generator checkpoint to start G and its EMA from (D starts fresh)
-    d_warmup: int = 0  # steps at the start of a run that train only D (lets a fresh D catch up)
-    steps: int = 6000  # the shipped default model
-    batch_size: int = 32  # B/2 references, each twice
-    lr: float = 2e-4
-    rec_weight: float = 1.0
-    div_weight: float = 0.1
-    div_eps: float = 0.1
-    p_crop: float = 0.3
-    ema: float = 0.999
-    z_dim: int = 64  # for a new generator; a warm start keeps its own
-    save_every: int = 100
-    sample_every: int = 250  # picture of EMA samples by level in run_dir/samples/
-    threads: int = 2
-    seed: int = 0
+    classifier: str = opt("artifacts/classifier", "fixed feature extractor: a checkpoint folder or "
+                                                   "torchvision-vgg16:PATH")
+    out: str = opt("artifacts/pyramid", "EMA generator checkpoint that serving loads")
+    run_dir: str = opt("runs/pyramid", "resumable state, options, log")
+    data: str = opt("scenes", "'scenes' or an image folder (one subfolder per class)")
+    init_from: str = opt("", "warm start: a generator checkpoint to start G and its EMA from (D starts fresh)")
+    d_warmup: int = opt(0, "steps at the start of a run that train only D (lets a fresh D catch up)")
+    steps: int = opt(6000, "training steps (the shipped model's)")
+    batch_size: int = opt(32, "B/2 references, each twice")
+    lr: float = opt(2e-4, "learning rate")
+    rec_weight: float = opt(1.0, "weight of the feature reconstruction loss")
+    div_weight: float = opt(0.1, "weight of the diversity loss")
+    div_eps: float = opt(0.1, "epsilon of the diversity loss")
+    p_crop: float = opt(0.3, "share of training masks that are random crops")
+    ema: float = opt(0.999, "EMA decay of the generator that serving loads")
+    z_dim: int = opt(64, "for a new generator; a warm start keeps its own")
+    save_every: int = opt(100, "steps between resumable saves")
+    sample_every: int = opt(250, "picture of EMA samples by level in run_dir/samples/")
+    threads: int = opt(2, "torch threads (0: torch's default)")
+    seed: int = opt(0, "random seed")
 
 
 def reconstruction_loss(real: dict, fake: dict, masks: dict) -> torch.Tensor:

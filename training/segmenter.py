@@ -18,6 +18,7 @@ from semgen.checkpoints import load_checkpoint, save_checkpoint
 from semgen.data.loaders import to_tensor, to_uint8
 from semgen.data.scenes import CLASSES, HELDOUT_SEED_OFFSET, render_batch
 from semgen.networks.segmenter import UNetSegmenter
+from semgen.options import opt
 from semgen.reports import image_grid, label_colors
 from training.classifier import one_cycle_lr
 from training.common import Progress, load_state, save_state, setup_torch, write_options
@@ -26,15 +27,15 @@ from training.iou import IoUMeter
 
 @dataclass
 class SegmenterOptions:
-    out: str = "artifacts/segmenter"
-    run_dir: str = "runs/segmenter"
-    image_size: int = 64
-    steps: int = 1500
-    batch_size: int = 32
-    lr: float = 3e-3
-    save_every: int = 100
-    threads: int = 2
-    seed: int = 0
+    out: str = opt("artifacts/segmenter", "the checkpoint it writes")
+    run_dir: str = opt("runs/segmenter", "resumable state, options, log")
+    image_size: int = opt(64, "image size in pixels")
+    steps: int = opt(1500, "training steps")
+    batch_size: int = opt(32, "images per step")
+    lr: float = opt(3e-3, "learning rate")
+    save_every: int = opt(100, "steps between resumable saves")
+    threads: int = opt(2, "torch threads (0: torch's default)")
+    seed: int = opt(0, "random seed")
 
 
 def scene_batch(step: int, batch_size: int, size: int, heldout: bool = False):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from semgen.checkpoints import save_checkpoint
 from semgen.data.loaders import make_source, to_uint8
 from semgen.networks.stylegan import StyleDiscriminator, StyleGenerator
+from semgen.options import opt
 from semgen.reports import image_grid
 from training.common import Progress, load_state, save_state, setup_torch, write_options
 from training.pyramid import ema_update
@@ -26,26 +27,26 @@ from training.pyramid import ema_update
 
 @dataclass
 class StyleGANOptions:
-    out: str = "artifacts/stylegan"  # EMA generator checkpoint that serving loads
-    run_dir: str = "runs/stylegan"
-    data: str = "scenes"  # 'scenes' or an image folder
-    image_size: int = 64
-    g_channels: str = "128,128,64,32,16"  # synthesis channels at 4, 8, ... image_size px
-    d_channels: str = "16,32,64,128,128"  # discriminator channels at image_size ... 4 px
-    z_dim: int = 128
-    w_dim: int = 128
-    steps: int = 6000
-    batch_size: int = 16
-    lr: float = 0.002
-    r1_gamma: float = 0.1
-    r1_every: int = 16
-    mixing_prob: float = 0.9
-    ema_half_life_images: int = 10_000
-    w_avg_beta: float = 0.995
-    save_every: int = 100
-    sample_every: int = 250
-    threads: int = 2
-    seed: int = 0
+    out: str = opt("artifacts/stylegan", "EMA generator checkpoint that serving loads")
+    run_dir: str = opt("runs/stylegan", "resumable state, options, log")
+    data: str = opt("scenes", "'scenes' or an image folder")
+    image_size: int = opt(64, "image size in pixels")
+    g_channels: str = opt("128,128,64,32,16", "synthesis channels at 4, 8, ... image_size px")
+    d_channels: str = opt("16,32,64,128,128", "discriminator channels at image_size ... 4 px")
+    z_dim: int = opt(128, "z dimension")
+    w_dim: int = opt(128, "w dimension")
+    steps: int = opt(6000, "training steps")
+    batch_size: int = opt(16, "images per step")
+    lr: float = opt(0.002, "learning rate")
+    r1_gamma: float = opt(0.1, "R1 penalty weight")
+    r1_every: int = opt(16, "steps between lazy R1 penalties")
+    mixing_prob: float = opt(0.9, "style-mixing probability")
+    ema_half_life_images: int = opt(10_000, "EMA half-life in images")
+    w_avg_beta: float = opt(0.995, "decay of the tracked mean w (truncation centre)")
+    save_every: int = opt(100, "steps between resumable saves")
+    sample_every: int = opt(250, "steps between sample pictures")
+    threads: int = opt(2, "torch threads (0: torch's default)")
+    seed: int = opt(0, "random seed")
 
 
 def _ints(text: str, field: str) -> tuple[int, ...]:

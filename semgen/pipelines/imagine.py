@@ -201,7 +201,7 @@ class ImaginePipeline:
             class_source = self._tensor(c.style_content) if c.style_content is not None else x0
             target_class = int(self.classifier(class_source).argmax(1))
         matches = self._matches(x0, c)
-        blob = self._blob(c.position) if c.position is not None else None
+        blob = gaussian_blob(c.position, self.image_size, self.device) if c.position is not None else None
         seeds = tuple(int(seed) + i for i in range(k))
         x = self._start(seeds, c, sch).requires_grad_(True)
         y = torch.full((k,), target_class, device=self.device)
@@ -225,7 +225,7 @@ class ImaginePipeline:
                 if stage == 2:
                     for j in range(sch.critic_steps):
                         step = (it - sch.stage1) * sch.critic_steps + j
-                        losses["critic"] = self._critic_step(critic, opt_d, x0, x.detach(), sch, step, jitter_gen)
+                        losses["critic"] = critic_step(critic, opt_d, x0, x.detach(), sch, step, jitter_gen)
                 guided = stage == 2 and it - sch.stage1 >= warmup  # the critic learns x̂ before it guides it
                 shifted = _roll(x, sch.jitter, jitter_gen)
                 loss = self._image_loss(shifted, y, matches, sch, losses, blob, bn_stats, critic if guided else None, jitter_gen)
@@ -281,30 +281,6 @@ class ImaginePipeline:
         losses["total"] = loss.item()
         return loss
 
-    def _critic_step(self, critic, opt_d, x0, fake, sch: Schedule, step: int, gen: torch.Generator) -> float:
-        """One WGAN-GP step: the critic learns to score the reference's patches above x̂'s. The
-        gradient penalty (a double backward, the costliest part) runs every `gp_every` steps with
-        its weight scaled to match (lazy regularisation, as StyleGAN2 does for R1)."""
-        critic.requires_grad_(True)
-        real = x0.expand(len(fake), -1, -1, -1)
-        if sch.critic_augment:
-            real, fake = _augment(real, sch.critic_augment, gen), _augment(fake, sch.critic_augment, gen)
-        else:
-            real = _roll(real, 4, gen)  # shifted copies: patches at all offsets
-        scores = critic(torch.cat([real, fake]))
-        wasserstein = scores[: len(fake)].mean() - scores[len(fake):].mean()
-        loss = -wasserstein
-        if step % sch.gp_every == 0:
-            eps = torch.rand(len(fake), 1, 1, 1, generator=gen).to(self.device)
-            mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
-            grad, = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
-            loss = loss + sch.gp * sch.gp_every * (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_d.step()
-        critic.requires_grad_(False)
-        return wasserstein.item()
-
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
         return to_tensor(square_resize(image, self.image_size)[None]).to(self.device)
 
@@ -340,12 +316,37 @@ class ImaginePipeline:
             return (0.5 * noise).clamp(-1, 1)
         return (self._tensor(base) + sch.init_noise * noise).clamp(-1, 1)
 
-    def _blob(self, p: Position) -> torch.Tensor:
-        """a0: a Gaussian bump with peak 1 at (x, y) [1, 1, S, S]."""
-        coords = (torch.arange(self.image_size, dtype=torch.float32) + 0.5) / self.image_size
-        gy, gx = torch.meshgrid(coords, coords, indexing="ij")
-        blob = torch.exp(-((gx - p.x) ** 2 + (gy - p.y) ** 2) / (2 * p.sigma ** 2))
-        return blob[None, None].to(self.device)
+def critic_step(critic, opt_d, x0, fake, sch: Schedule, step: int, gen: torch.Generator) -> float:
+    """One WGAN-GP step: the critic learns to score the reference's patches above x̂'s. The
+    gradient penalty (a double backward, the costliest part) runs every `gp_every` steps with
+    its weight scaled to match (lazy regularisation, as StyleGAN2 does for R1)."""
+    critic.requires_grad_(True)
+    real = x0.expand(len(fake), -1, -1, -1)
+    if sch.critic_augment:
+        real, fake = _augment(real, sch.critic_augment, gen), _augment(fake, sch.critic_augment, gen)
+    else:
+        real = _roll(real, 4, gen)  # shifted copies: patches at all offsets
+    scores = critic(torch.cat([real, fake]))
+    wasserstein = scores[: len(fake)].mean() - scores[len(fake):].mean()
+    loss = -wasserstein
+    if step % sch.gp_every == 0:
+        eps = torch.rand(len(fake), 1, 1, 1, generator=gen).to(x0.device)
+        mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
+        grad, = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+        loss = loss + sch.gp * sch.gp_every * (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+    opt_d.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_d.step()
+    critic.requires_grad_(False)
+    return wasserstein.item()
+
+
+def gaussian_blob(p: Position, size: int, device) -> torch.Tensor:
+    """a0: a Gaussian bump with peak 1 at (x, y) [1, 1, S, S]."""
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    gy, gx = torch.meshgrid(coords, coords, indexing="ij")
+    blob = torch.exp(-((gx - p.x) ** 2 + (gy - p.y) ** 2) / (2 * p.sigma ** 2))
+    return blob[None, None].to(device)
 
 
 def blob_centre(cam: np.ndarray) -> tuple[float, float]:

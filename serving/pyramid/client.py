@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from semgen.options import REQUIRED, command, opt, subcommands, write_options
 from serving.core.channel import ChannelClient
 from serving.core.protos import pyramid_pb2 as pb, pyramid_pb2_grpc
 
@@ -93,33 +95,6 @@ class SemgenClient(ChannelClient):
 
 # ---- command line: `semgen client pyramid ...` ----------------------------------------------
 
-def add_pyramid_commands(parser: argparse.ArgumentParser) -> None:
-    ops = parser.add_subparsers(dest="op", required=True)
-    for op, help_text in (("generate", "samples from a reference's features"),
-                          ("repaint", "regenerate a masked region"),
-                          ("composite", "implant an object image into a box")):
-        p = ops.add_parser(op, help=help_text)
-        p.add_argument("--address", default="127.0.0.1:50051")
-        p.add_argument("--image", type=Path, required=True, help="reference / background PNG or JPEG")
-        p.add_argument("--level", default={"generate": None, "repaint": "conv5", "composite": "conv4"}[op])
-        p.add_argument("--num-samples", type=int, default=4)
-        p.add_argument("--seed", type=int, default=0)
-        relabel = p.add_mutually_exclusive_group()
-        relabel.add_argument("--class-index", type=int, default=None)
-        relabel.add_argument("--class-name", default=None)
-        p.add_argument("--out", type=Path, default=Path("samples"))
-        p.add_argument("--timeout", type=float, default=60.0)
-        if op == "generate":
-            p.add_argument("--mask", action="append", default=[], metavar="LEVEL[=MASK.png]",
-                           help="pass LEVEL (under MASK.png if given); repeat for several levels")
-        elif op == "repaint":
-            p.add_argument("--region", type=Path, required=True, help="mask PNG, white = repaint")
-        else:
-            p.add_argument("--object", type=Path, required=True, help="object PNG or JPEG")
-            p.add_argument("--box", required=True, type=_box, help="left,top,width,height in pixels of --image")
-        p.set_defaults(func=run_pyramid_command)
-
-
 def _box(text: str) -> tuple[int, int, int, int]:
     try:
         box = tuple(int(v) for v in text.split(","))
@@ -130,33 +105,74 @@ def _box(text: str) -> tuple[int, int, int, int]:
     return box
 
 
-def run_pyramid_command(args) -> int:
-    image = args.image.read_bytes()
-    common = dict(num_samples=args.num_samples, seed=args.seed, class_index=args.class_index,
-                  class_name=args.class_name)
-    with SemgenClient(args.address, timeout=args.timeout) as client:
+@dataclass(frozen=True, kw_only=True)
+class PyramidCommand:
+    address: str = opt("127.0.0.1:50051", "the server")
+    image: str = opt(REQUIRED, "reference / background PNG or JPEG")
+    level: str | None = opt(None, "the classifier level to generate from")
+    num_samples: int = opt(4, "images to generate")
+    seed: int = opt(0, "seed of the first image")
+    class_index: int | None = opt(None, "generate this class instead of the reference's", group="class")
+    class_name: str | None = opt(None, "generate this class (by name) instead of the reference's", group="class")
+    out: str = opt("samples", "where the images (and these options) go")
+    timeout: float = opt(60.0, "seconds before the call fails with DEADLINE_EXCEEDED")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Generate(PyramidCommand):
+    level: str | None = opt(None, "generate from this whole level (conv5 when no --mask is given)")
+    mask: tuple[str, ...] = opt((), "pass LEVEL (under MASK.png if given); repeat for several levels", append=True,
+                                metavar="LEVEL[=MASK.png]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Repaint(PyramidCommand):
+    level: str = opt("conv5", "repaint from this level")
+    region: str = opt(REQUIRED, "mask PNG, white = repaint")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Composite(PyramidCommand):
+    level: str = opt("conv4", "blend from this level")
+    object: str = opt(REQUIRED, "object PNG or JPEG")
+    box: tuple[int, int, int, int] = opt(REQUIRED, "left,top,width,height in pixels of --image", parse=_box)
+
+
+def add_pyramid_commands(parser: argparse.ArgumentParser) -> None:
+    ops = subcommands(parser, dest="op")
+    command(ops.add_parser("generate", help="samples from a reference's features"), Generate, run_pyramid_command)
+    command(ops.add_parser("repaint", help="regenerate a masked region"), Repaint, run_pyramid_command)
+    command(ops.add_parser("composite", help="implant an object image into a box"), Composite, run_pyramid_command)
+
+
+def run_pyramid_command(o: PyramidCommand) -> int:
+    op = {Generate: "generate", Repaint: "repaint", Composite: "composite"}[type(o)]
+    image = Path(o.image).read_bytes()
+    common = dict(num_samples=o.num_samples, seed=o.seed, class_index=o.class_index, class_name=o.class_name)
+    with SemgenClient(o.address, timeout=o.timeout) as client:
         try:
-            if args.op == "generate":
+            if isinstance(o, Generate):
                 masks = {}
-                for item in args.mask:
+                for item in o.mask:
                     level, _, path = item.partition("=")
                     if level in masks:
                         print(f"error: --mask: level {level} is given twice", file=sys.stderr)
                         return 2
                     masks[level] = Path(path).read_bytes() if path else None
-                if not masks and not args.level:
-                    args.level = "conv5"
-                reply = client.generate_response(image, args.level, level_masks=masks, **common)
-            elif args.op == "repaint":
-                reply = client.repaint(image, args.region.read_bytes(), args.level, **common)
+                level = o.level or (None if masks else "conv5")
+                reply = client.generate_response(image, level, level_masks=masks, **common)
+            elif isinstance(o, Repaint):
+                reply = client.repaint(image, Path(o.region).read_bytes(), o.level, **common)
             else:
-                reply = client.composite(image, args.object.read_bytes(), args.box, args.level, **common)
+                reply = client.composite(image, Path(o.object).read_bytes(), o.box, o.level, **common)
         except grpc.RpcError as e:
             print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = Path(o.out)
+    out.mkdir(parents=True, exist_ok=True)
     for i, png in enumerate(reply.images):
-        (args.out / f"{args.op}_{reply.level}_seed{args.seed}_{i:02d}.png").write_bytes(png)
+        (out / f"{op}_{reply.level}_seed{o.seed}_{i:02d}.png").write_bytes(png)
+    write_options(o, out, f"{op}_options")
     print(f"{len(reply.images)} images {reply.width}x{reply.height} of class {reply.class_index} "
-          f"({reply.class_name}) in {args.out}")
+          f"({reply.class_name}) in {out}")
     return 0

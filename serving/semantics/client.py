@@ -29,14 +29,19 @@ import colorsys
 import io
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 from PIL import Image
 
+from semgen.options import REQUIRED, command, opt, subcommands, write_options
 from serving.core.channel import ChannelClient, follow_job, job_result  # noqa: F401 (job_result: part of this API)
 from serving.core.protos import semantics_pb2 as pb, semantics_pb2_grpc
+
+OUT_HELP = "where the images, masks, latents (and these options) go"
+HEAD_HELP = "a head from list-heads, or segmenter"
 
 
 def latents_message(latents) -> pb.Latents:
@@ -138,94 +143,117 @@ class SemanticsClient(ChannelClient):
 
 # ---- command line: `semgen client semantics ...` --------------------------------------------
 
+@dataclass(frozen=True, kw_only=True)
+class SemanticsCall:
+    address: str = opt("127.0.0.1:50051", "the server")
+    timeout: float = opt(120.0, "seconds before the call fails with DEADLINE_EXCEEDED")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListHeads(SemanticsCall):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample(SemanticsCall):
+    seeds: tuple[int, ...] | None = opt(None, "comma-separated seeds, e.g. 1,2,3", group="source", required=True)
+    latents: str | None = opt(None, ".npy latents [N, num_ws, w_dim] or [N, w_dim]", group="source")
+    psi: float | None = opt(None, "truncation in [0, 1] for --seeds")
+    head: str = opt("", "also return masks by this head (see list-heads)")
+    out: str = opt("samples", OUT_HELP)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Segment(SemanticsCall):
+    latents: str = opt(REQUIRED, ".npy latents, e.g. from `sample`")
+    head: str = opt(REQUIRED, HEAD_HELP)
+    out: str = opt("samples", OUT_HELP)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitHead(SemanticsCall):
+    timeout: float = opt(600.0, "seconds before the call fails with DEADLINE_EXCEEDED")
+    latents: str = opt(REQUIRED, ".npy latents, e.g. from `sample`")
+    name: str = opt(REQUIRED, "[a-z0-9][a-z0-9_-]*, up to 64 characters")
+    masks: tuple[str, ...] = opt(REQUIRED, "one class-index PNG per latent", nargs="+")
+    class_names: tuple[str, ...] = opt(REQUIRED, "e.g. other,sky,water")
+    seed: int = opt(0, "seed of the fit")
+    iterations: int = opt(0, "0 = the paper's schedule (500-2000)")
+    replace: bool = opt(False, "overwrite a user head of that name")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Optimise(SemanticsCall):  # sample-conditional and edit
+    head: str = opt(REQUIRED, HEAD_HELP)
+    target: str = opt(REQUIRED, "target mask: PNG of class indices")
+    iterations: int = opt(0, "0 = 50")
+    lr: float = opt(0.0, "0 = 0.01")
+    space: str = opt("", "'' = w+", choices=("", "w", "w+"))
+    preview_every: int = opt(0, "write a preview every N iterations")
+    out: str = opt("samples", OUT_HELP)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleConditional(Optimise):
+    num_samples: int = opt(4, "images to make")
+    seed: int = opt(0, "seed of the first image")
+    n_init: int = opt(0, "random latents tried per sample; 0 = 100")
+    psi: float | None = opt(None, "truncation in [0, 1] of the candidates")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Edit(Optimise):
+    latents: str = opt(REQUIRED, ".npy latents, e.g. from `sample`")
+    index: int = opt(0, "which latent of --latents to edit")
+
+
+COMMANDS = {  # op -> (options, help)
+    "sample": (Sample, "images, latents and masks from seeds or latents"),
+    "segment": (Segment, "masks of the images that latents make"),
+    "fit-head": (FitHead, "fit a few-shot head from latents and masks you drew"),
+    "list-heads": (ListHeads, "heads the server knows, with class names"),
+    "sample-conditional": (SampleConditional, "images whose segmentation follows a target mask (SCS)"),
+    "edit": (Edit, "edit an image (its latent) towards a target mask (SIE)"),
+}
+
+
 def add_semantics_commands(parser: argparse.ArgumentParser) -> None:
-    ops = parser.add_subparsers(dest="op", required=True)
-    helps = {
-        "sample": "images, latents and masks from seeds or latents",
-        "segment": "masks of the images that latents make",
-        "fit-head": "fit a few-shot head from latents and masks you drew",
-        "list-heads": "heads the server knows, with class names",
-        "sample-conditional": "images whose segmentation follows a target mask (SCS)",
-        "edit": "edit an image (its latent) towards a target mask (SIE)",
-    }
-    for op, help_text in helps.items():
-        p = ops.add_parser(op, help=help_text)
-        p.add_argument("--address", default="127.0.0.1:50051")
-        p.add_argument("--timeout", type=float, default=600.0 if op == "fit-head" else 120.0)
-        p.set_defaults(func=run_semantics_command)
-        if op == "list-heads":
-            continue
-        if op == "sample":
-            source = p.add_mutually_exclusive_group(required=True)
-            source.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 1,2,3")
-            source.add_argument("--latents", type=Path, help=".npy latents [N, num_ws, w_dim] or [N, w_dim]")
-            p.add_argument("--psi", type=float, default=None, help="truncation in [0, 1] for --seeds")
-            p.add_argument("--head", default="", help="also return masks by this head (see list-heads)")
-        else:
-            if op != "sample-conditional":
-                p.add_argument("--latents", type=Path, required=True, help=".npy latents, e.g. from `sample`")
-            if op != "fit-head":
-                p.add_argument("--head", required=True, help="a head from list-heads, or segmenter")
-        if op == "fit-head":
-            p.add_argument("--name", required=True, help="[a-z0-9][a-z0-9_-]*, up to 64 characters")
-            p.add_argument("--masks", type=Path, nargs="+", required=True, help="one class-index PNG per latent")
-            p.add_argument("--class-names", type=lambda s: s.split(","), required=True, help="e.g. other,sky,water")
-            p.add_argument("--seed", type=int, default=0)
-            p.add_argument("--iterations", type=int, default=0, help="0 = the paper's schedule (500-2000)")
-            p.add_argument("--replace", action="store_true", help="overwrite a user head of that name")
-            continue
-        if op in ("sample-conditional", "edit"):
-            p.add_argument("--target", type=Path, required=True, help="target mask: PNG of class indices")
-            p.add_argument("--iterations", type=int, default=0, help="0 = 50")
-            p.add_argument("--lr", type=float, default=0.0, help="0 = 0.01")
-            p.add_argument("--space", default="", choices=("", "w", "w+"), help="'' = w+")
-            p.add_argument("--preview-every", type=int, default=0, help="write a preview every N iterations")
-        if op == "sample-conditional":
-            p.add_argument("--num-samples", type=int, default=4)
-            p.add_argument("--seed", type=int, default=0)
-            p.add_argument("--n-init", type=int, default=0, help="random latents tried per sample; 0 = 100")
-            p.add_argument("--psi", type=float, default=None)
-        if op == "edit":
-            p.add_argument("--index", type=int, default=0, help="which latent of --latents to edit")
-        p.add_argument("--out", type=Path, default=Path("samples"))
+    ops = subcommands(parser, dest="op")
+    for op, (options, help_text) in COMMANDS.items():
+        command(ops.add_parser(op, help=help_text), options, run_semantics_command)
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def run_semantics_command(args) -> int:
-    latents = np.load(args.latents) if getattr(args, "latents", None) else None
-    with SemanticsClient(args.address, timeout=args.timeout) as client:
+def run_semantics_command(o: SemanticsCall) -> int:
+    latents = np.load(o.latents) if getattr(o, "latents", None) else None
+    with SemanticsClient(o.address, timeout=o.timeout) as client:
         try:
-            if args.op == "list-heads":
+            if isinstance(o, ListHeads):
                 for h in client.list_heads():
                     origin = "bundled" if h.bundled else f"user, {h.shots} shots"
                     print(f"{h.name}\t{h.kind}\t{origin}\t{', '.join(h.class_names)}")
                 return 0
-            if args.op == "fit-head":
-                head = client.fit_head(args.name, latents, [m.read_bytes() for m in args.masks], args.class_names,
-                                       args.seed, args.iterations, args.replace)
+            if isinstance(o, FitHead):
+                head = client.fit_head(o.name, latents, [Path(m).read_bytes() for m in o.masks], list(o.class_names),
+                                       o.seed, o.iterations, o.replace)
                 print(f"head {head.name} ({head.kind}, {head.shots} shots): {', '.join(head.class_names)}")
                 return 0
-            if args.op == "sample":
-                reply = client.sample(args.seeds, latents, args.head, args.psi)
-            elif args.op == "segment":
-                reply = client.segment(latents, args.head)
-            elif args.op == "sample-conditional":
+            out = Path(o.out)
+            if isinstance(o, Sample):
+                reply = client.sample(o.seeds, latents, o.head, o.psi)
+            elif isinstance(o, Segment):
+                reply = client.segment(latents, o.head)
+            elif isinstance(o, SampleConditional):
                 reply = _follow(client.sample_conditional(
-                    args.target.read_bytes(), args.head, args.num_samples, args.seed, args.n_init, args.iterations,
-                    args.lr, args.space, args.psi, args.preview_every), args.out)
+                    Path(o.target).read_bytes(), o.head, o.num_samples, o.seed, o.n_init, o.iterations, o.lr,
+                    o.space, o.psi, o.preview_every), out)
             else:
-                reply = _follow(client.edit(latents[args.index:args.index + 1], args.target.read_bytes(), args.head,
-                                            args.iterations, args.lr, args.space, args.preview_every), args.out)
+                reply = _follow(client.edit(latents[o.index:o.index + 1], Path(o.target).read_bytes(), o.head,
+                                            o.iterations, o.lr, o.space, o.preview_every), out)
         except grpc.RpcError as e:
             print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
-    _write(reply, args.out)
+    _write(reply, out)
+    write_options(o, out, {cls: op for op, (cls, _) in COMMANDS.items()}[type(o)] + "_options")
     return 0
 
 
