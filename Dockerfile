@@ -40,12 +40,14 @@ RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/constr
 COPY . .
 RUN pip install -c /tmp/constraints.txt --no-deps -e . \
  && python -m serving.build_protos \
- && python -c "from serving.protos import pyramid_pb2, semantics_pb2; import semgen_cli" \
- && python -c "from export.onnx import ensure_exported; ensure_exported('artifacts', 'var/onnx')"
+ && python -c "from serving.core.protos import pyramid_pb2, semantics_pb2; import semgen_cli" \
+ && semgen export onnx --models artifacts --cache var/onnx \
+ && semgen export mar --models artifacts --store var/torchserve/store --handler serving/torchserve/handler.py \
+      --onnx-cache var/onnx
 
 # 3. Run as a non-root user; the code stays root-owned and read-only to it. It writes heads fitted
-#    with FitHead (mount a volume there to keep them across containers), the ONNX graphs of
-#    another bundle (var/onnx; the default bundle's were exported above) and TorchServe's store.
+#    with FitHead (mount a volume there to keep them across containers) and TorchServe's logs.
+#    The server only opens exports: another bundle needs `semgen export onnx|mar` run for it first.
 RUN useradd --create-home --uid 10001 semgen \
  && mkdir -p /app/var/heads /app/var/torchserve && chown -R semgen /app/var
 VOLUME /app/var/heads

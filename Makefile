@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 STUBS := serving/_generated/.built
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup serve test clean-stubs
+.PHONY: setup export serve test clean-stubs
 
 setup: $(STAMP) $(STUBS)
 
@@ -21,7 +21,13 @@ $(STUBS): $(STAMP) $(PROTOS) serving/build_protos.py
 	$(BIN)/python -m serving.build_protos
 	touch $(STUBS)
 
-serve: setup
+# The build step: the server only opens exports (each command skips work that is up to date).
+export: setup
+	$(BIN)/semgen export onnx --models artifacts --cache var/onnx
+	$(BIN)/semgen export mar --models artifacts --store var/torchserve/store --handler serving/torchserve/handler.py \
+		--onnx-cache var/onnx
+
+serve: export
 	$(BIN)/semgen serve --models artifacts --host 127.0.0.1 --port 50051 --metrics-port 9464
 
 test: setup

@@ -11,6 +11,7 @@ The embedded engine's batcher (prepare, then `run_prepared`) and the TorchServe 
 
 from __future__ import annotations
 
+import enum
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -18,6 +19,17 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 Rows = dict[str, np.ndarray]
+
+
+class Op(enum.StrEnum):
+    """The forward operations a pipeline's `prepare` takes. A str enum: Op.SAMPLE == "sample",
+    str(Op.SAMPLE) == f"{Op.SAMPLE}" == "sample", so callers that still spell the names as strings
+    (and metric labels made from them) keep working."""
+
+    GENERATE = "generate"  # PyramidPipeline
+    REPAINT = "repaint"  # PyramidPipeline
+    COMPOSITE = "composite"  # PyramidPipeline
+    SAMPLE = "sample"  # SemanticsPipeline (Segment runs as a sample with a predictor)
 
 
 @dataclass
@@ -35,7 +47,7 @@ class GraphFailed(RuntimeError):
 
 
 class ForwardOps(Protocol):
-    def prepare(self, op: str, args: dict) -> Prepared:
+    def prepare(self, op: Op | str, args: dict) -> Prepared:
         """Check one request (ValueError / KeyError naming the field) and prepare its rows."""
 
     def run(self, key: str, rows: Rows) -> Rows:
@@ -47,7 +59,7 @@ def complete(ops: ForwardOps, prepared: Prepared) -> Any:
     return prepared.finish(ops.run(prepared.key, prepared.rows))
 
 
-def run_batch(ops: ForwardOps, requests: list[tuple[str, dict]]) -> list[Any]:
+def run_batch(ops: ForwardOps, requests: list[tuple[Op | str, dict]]) -> list[Any]:
     """The result of every (op, args), in order; a request that fails gets its exception in its
     place and leaves the others alone. ValueError / KeyError mean bad input (from `prepare`);
     a failed graph run is a GraphFailed."""

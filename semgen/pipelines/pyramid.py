@@ -24,7 +24,7 @@ from PIL import Image
 from semgen.checkpoints import load_checkpoint, load_classifier
 from semgen.data.loaders import center_square, square_resize, to_tensor, to_uint8
 from semgen.networks.classifier import LEVELS, SPATIAL_LEVELS
-from semgen.pipelines.forward import Prepared, Rows, complete
+from semgen.pipelines.forward import Op, Prepared, Rows, complete
 from semgen.pipelines.masks import check_levels, level_masks
 
 __all__ = ["LEVELS", "GenerateResult", "PyramidPipeline", "check_pair", "paste_box"]
@@ -46,7 +46,7 @@ class PyramidPipeline:
     into `prepare(op, args)` and `run(key, rows)` (semgen.pipelines.forward) for batching.
     """
 
-    OPS = ("generate", "repaint", "composite")
+    OPS = (Op.GENERATE, Op.REPAINT, Op.COMPOSITE)
 
     def __init__(self, classifier, generator, device: str = "cpu", onnx=None):
         check_pair(classifier, generator)
@@ -90,7 +90,7 @@ class PyramidPipeline:
 
     # ---- prepare / run: the batching interface --------------------------------------------
 
-    def prepare(self, op: str, args: dict) -> Prepared:
+    def prepare(self, op: Op | str, args: dict) -> Prepared:
         """`op` is generate, repaint or composite; `args` are that method's keyword arguments."""
         if op not in self.OPS:
             raise ValueError(f"op: unknown operation {op!r}; expected one of {', '.join(self.OPS)}")

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from semgen.bundle import Bundle
+from semgen.pipelines.forward import Op
 
 ORT_THREADS = 2  # the server's default --ort-threads; eager torch gets as many threads
 LEVEL, HEAD, PSI = "conv3", "lse", 1.0  # what every Generate / Sample request asks for
@@ -43,8 +44,8 @@ def reference(seed: int, size: int = 64) -> tuple[bytes, np.ndarray]:
 def op_args(method: str, i: int, image: np.ndarray, samples: int = 1) -> tuple[str, dict]:
     """Request i as the pipeline's (op, args): what the servicer hands the engine."""
     if method == "generate":
-        return "generate", dict(image=image, levels={LEVEL: None}, num_samples=samples, seed=i, class_index=None)
-    return "sample", dict(seeds=list(range(i, i + samples)), latents=None, psi=PSI, predictor=HEAD)
+        return Op.GENERATE, dict(image=image, levels={LEVEL: None}, num_samples=samples, seed=i, class_index=None)
+    return Op.SAMPLE, dict(seeds=list(range(i, i + samples)), latents=None, psi=PSI, predictor=HEAD)
 
 
 def load_pipelines(models: str, onnx_dir: str, methods: list[str]) -> dict:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from semgen.pipelines.forward import run_batch
+from semgen.pipelines.forward import Op, run_batch
 from serving.core.batcher import DynamicBatcher
 from serving.core.metrics import ServingMetrics
 from serving.core.workers import WorkerPool
@@ -96,18 +96,18 @@ class EmbeddedEngine(Engine):
         return cls(pipeline, LEVELS, workers=workers, metrics=metrics, policy=policy)
 
     async def generate(self, image, levels, num_samples, seed, class_index=None) -> Generated:
-        return await self._generated("generate", dict(image=image, levels=levels, num_samples=num_samples,
+        return await self._generated(Op.GENERATE, dict(image=image, levels=levels, num_samples=num_samples,
                                                       seed=seed, class_index=class_index))
 
     async def repaint(self, image, region, level, num_samples, seed, class_index=None) -> Generated:
-        return await self._generated("repaint", dict(image=image, region=region, level=level,
+        return await self._generated(Op.REPAINT, dict(image=image, region=region, level=level,
                                                      num_samples=num_samples, seed=seed, class_index=class_index))
 
     async def composite(self, image, object_image, box, level, num_samples, seed, class_index=None) -> Generated:
-        return await self._generated("composite", dict(image=image, object_image=object_image, box=box, level=level,
+        return await self._generated(Op.COMPOSITE, dict(image=image, object_image=object_image, box=box, level=level,
                                                        num_samples=num_samples, seed=seed, class_index=class_index))
 
-    async def _generated(self, op: str, args: dict) -> Generated:
+    async def _generated(self, op: Op, args: dict) -> Generated:
         if self._batcher is not None:
             result = await self._batcher.call(op, args)
         else:

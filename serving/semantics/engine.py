@@ -13,14 +13,14 @@ torch and semgen are imported only by `from_dir` and on job threads.
 from __future__ import annotations
 
 import abc
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterable
+from typing import AsyncIterator, Callable
 
 import numpy as np
 
-from semgen.pipelines.forward import run_batch
+from semgen.pipelines.forward import Op, run_batch
+from serving.core.batcher import DynamicBatcher
 from serving.core.errors import AlreadyExists, not_found_errors
 from serving.core.workers import WorkerPool
 from serving.core.jobs import JobControl, JobRunner
@@ -101,26 +101,19 @@ class SemanticsEngine(abc.ABC):
 
 
 class EmbeddedSemanticsEngine(SemanticsEngine):
-    """Runs a `SemanticsPipeline` in-process. User heads are saved under `heads_dir`."""
+    """Runs a `SemanticsPipeline` in-process; `heads` (a HeadStore) owns the user heads FitHead saves."""
 
-    def __init__(self, pipeline, heads_dir: str | Path, bundled: Iterable[str] = (),
-                 shots: dict[str, int] | None = None, workers: int = 1, max_jobs: int = 2,
+    def __init__(self, pipeline, heads, workers: int = 1, max_jobs: int = 2,
                  metrics: ServingMetrics | None = None, jobs: JobRunner | None = None, policy=None):
-        from serving.core.batcher import DynamicBatcher
-
         if workers < 1:
             raise ValueError(f"workers: must be >= 1, got {workers}")
         self._pipeline = pipeline
-        self._heads_dir = Path(heads_dir)
-        self._bundled = frozenset(bundled)
-        self._shots = dict(shots or {})
+        self._heads = heads
         self._metrics = metrics or ServingMetrics()
         self._work = WorkerPool(workers, self._metrics)
         # with a BatchPolicy, Sample and Segment share graph runs (the pipeline's prepare/run)
         self._batcher = None if policy is None else DynamicBatcher(pipeline, "semantics", policy, self._metrics)
         self._jobs = jobs or JobRunner(max_jobs, self._metrics)
-        self._lock = threading.Lock()  # guards `_fitting`; job threads touch it too
-        self._fitting: set[str] = set()  # head names being fitted now
 
     @classmethod
     def from_dir(cls, models_dir: str | Path, heads_dir: str | Path, device: str = "auto", workers: int = 1,
@@ -130,18 +123,13 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
         `jobs`: a job runner shared with other engines (else one of `max_jobs` of its own);
         `onnx`: an OnnxModels exported from the bundle; `policy`: a BatchPolicy for Sample/Segment."""
         import torch
-        from semgen.checkpoints import read_config
-        from semgen.pipelines.semantics import SemanticsPipeline
+        from semgen.pipelines.semantics import HeadStore, SemanticsPipeline
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         pipeline = SemanticsPipeline.from_dir(models_dir, device=device, extra_heads_dir=heads_dir, onnx=onnx)
-        user = {p.parent.name: int(read_config(p.parent).get("training", {}).get("shots", 0))
-                for p in Path(heads_dir).glob("*/config.json")}
-        # A user head with a bundled head's name replaced it in the pipeline (it loads last).
-        bundled = {p.parent.name for p in (Path(models_dir) / "heads").glob("*/config.json")} - set(user)
-        return cls(pipeline, heads_dir, bundled, user, workers=workers, max_jobs=max_jobs, metrics=metrics, jobs=jobs,
-                   policy=policy)
+        return cls(pipeline, HeadStore.open(heads_dir, models_dir), workers=workers, max_jobs=max_jobs,
+                   metrics=metrics, jobs=jobs, policy=policy)
 
     @property
     def info(self) -> SemanticsInfo:
@@ -150,8 +138,8 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
         if p.segmenter is not None:
             heads[SEGMENTER] = HeadSummary(SEGMENTER, SEGMENTER, p.predictor_classes(SEGMENTER), bundled=True)
         for name, head in list(p.heads.items()):  # a job thread may add a head meanwhile
-            heads[name] = HeadSummary(name, head.kind, p.predictor_classes(name), name in self._bundled,
-                                      self._shots.get(name, 0))
+            heads[name] = HeadSummary(name, head.kind, p.predictor_classes(name), self._heads.is_bundled(name),
+                                      self._heads.shots(name))
         return SemanticsInfo(int(p.image_size), tuple(p.latent_shape), heads)
 
     # ---- forward work -------------------------------------------------------------------
@@ -160,15 +148,15 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
         classes = self._classes(head) if head else ()
         args = dict(seeds=seeds, latents=latents, psi=psi, predictor=head or None)
         if self._batcher is not None:
-            r = await self._batcher.call("sample", args)
+            r = await self._batcher.call(Op.SAMPLE, args)
         else:
-            r = await self._work.call("sample", _head_errors(self._pipeline.sample), **args)
+            r = await self._work.call(Op.SAMPLE, _head_errors(self._pipeline.sample), **args)
         return Samples(r.images, r.latents, r.masks, classes)
 
     async def segment(self, latents, head) -> np.ndarray:
         self._classes(head)
         if self._batcher is not None:
-            return (await self._batcher.call("sample", dict(latents=latents, predictor=head), label="segment")).masks
+            return (await self._batcher.call(Op.SAMPLE, dict(latents=latents, predictor=head), label="segment")).masks
         return await self._work.call("segment", _head_errors(self._pipeline.segment), latents, head)
 
     def _classes(self, head: str) -> tuple[str, ...]:
@@ -181,25 +169,19 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
         pipeline = self._pipeline
 
         def run(on_step):
-            from semgen.pipelines.semantics import FewShotSchedule
+            from semgen.pipelines.semantics import FewShotSchedule, HeadExists
 
-            # Checked on the job thread, under the lock, so two requests cannot both take a name.
-            with self._lock:
-                if name in self._fitting:
-                    raise AlreadyExists(f"name: a head named {name!r} is being fitted now")
-                if name in pipeline.heads and not replace:
-                    raise AlreadyExists(f"name: a head named {name!r} exists; set replace to overwrite it")
-                self._fitting.add(name)
-            try:
-                steps = iterations or FewShotSchedule.iterations(len(latents))
-                head = pipeline.fit_head(latents, masks, class_names, seed=seed, iterations=steps, on_step=on_step)
-                training = dict(method="few-shot LSE (FitHead)", shots=len(latents), seed=seed, iterations=steps)
-                pipeline.save_head(name, head, self._heads_dir, training=training)
-                self._shots[name] = len(latents)
-                return HeadSummary(name, head.kind, tuple(class_names), bundled=False, shots=len(latents))
-            finally:
-                with self._lock:
-                    self._fitting.discard(name)
+            try:  # reserved on the job thread, so two requests cannot both take a name
+                with self._heads.reserve(name, replace):
+                    steps = iterations or FewShotSchedule.iterations(len(latents))
+                    head = pipeline.fit_head(latents, masks, class_names, seed=seed, iterations=steps,
+                                             on_step=on_step)
+                    training = dict(method="few-shot LSE (FitHead)", shots=len(latents), seed=seed, iterations=steps)
+                    self._heads.save(name, head, training)
+                    pipeline.add_head(name, head)
+                    return HeadSummary(name, head.kind, tuple(class_names), bundled=False, shots=len(latents))
+            except HeadExists as e:
+                raise AlreadyExists(str(e)) from None
 
         async for event in self._job("fit_head", run, iterations or 0, 0, time_remaining):
             if isinstance(event, HeadSummary):  # FitHead is unary: its progress is not sent

@@ -31,6 +31,7 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 
+from semgen.pipelines.forward import Op
 from serving.torchserve import wire
 from serving.core.errors import (AlreadyExists, DeadlineExceeded, InvalidInput, NotFound, ResourceExhausted, Unavailable, Unsupported)
 from serving.pyramid.engine import Engine, Generated, ModelInfo
@@ -174,15 +175,15 @@ class TorchServePyramidEngine(Engine):
         return cls(client, await client.call("pyramid", "info"))
 
     async def generate(self, image, levels, num_samples, seed, class_index=None) -> Generated:
-        return await self._generated("generate", dict(image=image, levels=dict(levels), num_samples=num_samples,
+        return await self._generated(Op.GENERATE, dict(image=image, levels=dict(levels), num_samples=num_samples,
                                                       seed=seed, class_index=class_index))
 
     async def repaint(self, image, region, level, num_samples, seed, class_index=None) -> Generated:
-        return await self._generated("repaint", dict(image=image, region=region, level=level,
+        return await self._generated(Op.REPAINT, dict(image=image, region=region, level=level,
                                                      num_samples=num_samples, seed=seed, class_index=class_index))
 
     async def composite(self, image, object_image, box, level, num_samples, seed, class_index=None) -> Generated:
-        return await self._generated("composite", dict(image=image, object_image=object_image, box=list(box),
+        return await self._generated(Op.COMPOSITE, dict(image=image, object_image=object_image, box=list(box),
                                                        level=level, num_samples=num_samples, seed=seed,
                                                        class_index=class_index))
 
@@ -218,13 +219,13 @@ class TorchServeSemanticsEngine(SemanticsEngine):
 
     async def sample(self, seeds, latents, psi, head) -> Samples:
         classes = self._classes(head) if head else ()
-        v = await self._client.call("semantics", "sample", dict(seeds=seeds, latents=latents, psi=psi,
+        v = await self._client.call("semantics", Op.SAMPLE, dict(seeds=seeds, latents=latents, psi=psi,
                                                                 predictor=head or None))
         return Samples(v["images"], v["latents"], v["masks"], classes)
 
     async def segment(self, latents, head) -> np.ndarray:
         self._classes(head)
-        return (await self._client.call("semantics", "sample", dict(latents=latents, predictor=head)))["masks"]
+        return (await self._client.call("semantics", Op.SAMPLE, dict(latents=latents, predictor=head)))["masks"]
 
     async def fit_head(self, *args, **kwargs) -> HeadSummary:
         raise Unsupported("FitHead: not served by the TorchServe engine (a fitted head would live in one worker "

@@ -19,10 +19,11 @@ import asyncio
 import time
 from pathlib import Path
 
+from semgen.pipelines.forward import Op
 from serving.torchserve import wire
 from serving.core.errors import client_error
 
-FORWARD_OPS = ("generate", "repaint", "composite", "sample")
+FORWARD_OPS = tuple(Op)
 JOB_OPS = ("imagine", "edit", "sample_conditional")
 
 
