@@ -233,63 +233,42 @@ def bench_serve(opts: ServeBench = ServeBench(), progress: Callable[[str], None]
     return result
 
 
-# ---- the picture (PIL: matplotlib is not a dependency) ------------------------------------
+# ---- the picture --------------------------------------------------------------------------
 
-PALETTE, GREY = ((30, 80, 200), (220, 110, 20), (40, 150, 60)), (130, 130, 130)
-
-
-def plot(result: dict, path: Path, w: int = 340, h: int = 230) -> None:
+def plot(result: dict, path: Path) -> None:
     """Per method, throughput and p99 against concurrency (a line per engine, the in-process limit
     dashed); ort_over_eager by batch size as bars (parity and the 1.5 target dashed)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from matplotlib.figure import Figure
 
     methods = result["methods"]
-    img = Image.new("RGB", (w * (len(methods) + 1), 2 * h), "white")
-    draw = ImageDraw.Draw(img)
-    draw.font = ImageFont.load_default(size=12)  # the default bitmap font drops spaces
+    fig = Figure(figsize=(4.5 * (len(methods) + 1), 7), dpi=100, layout="constrained")
+    axes = fig.subplots(2, len(methods) + 1, squeeze=False)
+    engines = list(dict.fromkeys(lv["engine"] for lv in result["levels"]))
     for col, m in enumerate(methods):
         for row, (key, label) in enumerate((("throughput", "req/s"), ("p99_ms", "p99 ms"))):
-            series = collections.defaultdict(list)
-            for lv in result["levels"]:
-                if lv["method"] == m and lv[key] is not None:
-                    series[lv["engine"]].append((lv["concurrency"], lv[key]))
-            refs = [("in-process", result[f"inprocess.{m}"])] if key == "throughput" else []
-            _panel(draw, (col * w, row * h, w, h), f"{m}: {label} against concurrency", series, refs)
-    ratios = {m: [(b, result[f"{RATIO_KEYS[m]}.{b}"]) for b in result["eager_batches"]] for m in methods}
-    _panel(draw, (len(methods) * w, 0, w, h), "ort_over_eager (eager s / ORT s) by batch", ratios,
-           [("parity", 1.0), ("target", 1.5)], bars=True)
-    img.save(path)
-
-
-def _panel(draw, box, title: str, series: dict, refs, bars: bool = False) -> None:
-    """Axes with evenly spaced x values; a line (or bars side by side) per series; dashed
-    horizontal (label, y) references."""
-    x0, y0, w, h = box
-    left, right, top, bottom = x0 + 45, x0 + w - 15, y0 + 40, y0 + h - 25
-    xs = sorted({x for points in series.values() for x, _ in points})
-    ymax = 1.1 * max([y for points in series.values() for _, y in points] + [y for _, y in refs] + [1e-9])
-    slot = (right - left) / max(len(xs), 1)
-    px = lambda x: left + (xs.index(x) + 0.5) * slot
-    py = lambda y: bottom - y / ymax * (bottom - top)
-    draw.text((x0 + 8, y0 + 6), title, fill="black")
-    draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
-    draw.text((x0 + 4, top - 5), f"{ymax:.3g}", fill="black")
-    for x in xs:
-        draw.text((px(x) - 4, bottom + 4), str(x), fill="black")
-    for label, y in refs:
-        for s in range(left, right, 8):
-            draw.line([(s, py(y)), (min(s + 4, right), py(y))], fill=GREY)
-        draw.text((right - 60, py(y) - 15), label, fill=GREY)
-    for i, (name, points) in enumerate(series.items()):
-        color = PALETTE[i % len(PALETTE)]
-        draw.text((left + 5 + 85 * i, y0 + 22), name, fill=color)  # the legend
-        for j, (x, y) in enumerate(points):
-            if bars:
-                width = 0.8 * slot / len(series)
-                bx = px(x) - 0.4 * slot + i * width
-                draw.rectangle([bx, py(y), bx + width - 2, bottom], fill=color)
-                draw.text((bx, py(y) - 11), f"{y:.2f}", fill="black")
-                continue
-            if j:
-                draw.line([(px(points[j - 1][0]), py(points[j - 1][1])), (px(x), py(y))], fill=color, width=2)
-            draw.ellipse([px(x) - 3, py(y) - 3, px(x) + 3, py(y) + 3], fill=color)
+            ax = axes[row][col]
+            for engine in engines:
+                points = [(lv["concurrency"], lv[key]) for lv in result["levels"]
+                          if lv["method"] == m and lv["engine"] == engine and lv[key] is not None]
+                if points:
+                    ax.plot(*zip(*points), marker="o", label=engine)
+            if key == "throughput":
+                ax.axhline(result[f"inprocess.{m}"], color="grey", linestyle="--", label="in-process")
+            ax.set(title=f"{m}: {label} against concurrency", xlabel="concurrency", xscale="log")
+            ax.set_xticks(result["load"]["concurrency"], [str(c) for c in result["load"]["concurrency"]])
+            ax.minorticks_off()
+            ax.legend(fontsize=8)
+    ax = axes[0][-1]
+    batches = result["eager_batches"]
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        xs = [j + i * width for j in range(len(batches))]
+        bars = ax.bar(xs, [result[f"{RATIO_KEYS[m]}.{b}"] for b in batches], width, label=m)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    for label, y in (("parity", 1.0), ("target", 1.5)):
+        ax.axhline(y, color="grey", linestyle="--", linewidth=1)
+    ax.set(title="ort_over_eager (eager s / ORT s) by batch", xlabel="batch")
+    ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(batches))], [str(b) for b in batches])
+    ax.legend(fontsize=8)
+    axes[1][-1].axis("off")
+    fig.savefig(path, bbox_inches="tight")
