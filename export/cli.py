@@ -34,7 +34,12 @@ class ExportOnnx:
 def export_onnx_command(o: ExportOnnx) -> int:
     if o.cache:
         from export.onnx import ensure_exported
-        from semgen.bundle import Bundle
+        from semgen.bundle import ONNX_HEAD, Bundle
+
+        if o.head != ONNX_HEAD:
+            print(f"--head applies without --cache only: the cache holds what the server opens (head {ONNX_HEAD})",
+                  file=sys.stderr)
+            return 2
 
         built = not Bundle(o.models).onnx_up_to_date(o.cache)
         folder = ensure_exported(o.models, o.cache)
@@ -117,13 +122,13 @@ def export_mar_command(o: ExportMar) -> int:
 
 
 def register(parsers: dict) -> None:
-    """`semgen export ...` on the dispatcher's parsers (semgen_cli.py)."""
+    """`semgen export ...` on the dispatcher's `export` parser (semgen_cli.py)."""
     export = subcommands(parsers["export"])
     command(export.add_parser("onnx", help="classifier, mapping and synthesis+head as ONNX, with parity checks"),
             ExportOnnx, export_onnx_command)
-    command(export.add_parser("tensorrt", help="FP16 TensorRT engines from the ONNX files, cached per model and GPU, "
-                                               "with parity checks against ONNX Runtime (needs tensorrt and a CUDA GPU)"),
-            ExportTensorRT, export_tensorrt_command)
+    command(export.add_parser("tensorrt", help="FP16 TensorRT engines from the ONNX files, cached per model and "
+                                               "GPU, with parity checks against ONNX Runtime (needs tensorrt and a "
+                                               "CUDA GPU)"), ExportTensorRT, export_tensorrt_command)
     command(export.add_parser("mar", help="TorchServe archives (pyramid, semantics, semantics_jobs, imagine) with the "
                                           "handler, the bundle, its ONNX graphs and a model-config.yaml each"),
             ExportMar, export_mar_command)

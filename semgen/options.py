@@ -34,38 +34,40 @@ _KINDS = {int: "integers", float: "numbers", str: "strings"}
 
 def opt(default: Any = REQUIRED, help: str = "", *, choices: tuple | None = None, metavar: str | None = None,
         parse: Callable[[str], Any] | None = None, nargs: str | None = None, append: bool = False,
-        group: str | None = None, required: bool = False, positional: bool = False,
+        group: str | None = None, required: bool = False, positional: bool = False, flag: str | None = None,
         aliases: tuple[str, ...] = ()) -> Any:
     """A dataclass field with what its flag needs. `parse`: str -> value instead of the annotation's type;
     `nargs` ("+", "?"): several values (or an optional one); `append`: repeat the flag to add values;
     `group`: fields of one group are mutually exclusive, and `required` makes one of them required;
-    `positional`: an argument without `--`; `aliases`: more flag names."""
-    meta = {"help": help, "choices": choices, "metavar": metavar, "parse": parse, "nargs": nargs, "append": append,
-            "group": group, "required": required, "positional": positional, "aliases": tuple(aliases)}
+    `positional`: an argument without `--`; `flag`: the flag's name if not --field-name (e.g. --seed for
+    `seeds` with append); `aliases`: more flag names."""
+    meta = dict(help=help, choices=choices, metavar=metavar, parse=parse, nargs=nargs, append=append, group=group,
+                required=required, positional=positional, flag=flag, aliases=tuple(aliases))
     if default is REQUIRED:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+PLAIN = opt(None).metadata  # what a field declared without `opt` gets
 
 
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def field_kind(hint: Any) -> tuple[type | None, bool, bool]:
-    """(scalar type, is a tuple of it, may be None) of a resolved annotation; (None, ...) if not a flag type."""
-    optional = False
+def field_kind(hint: Any) -> tuple[type | None, bool]:
+    """(scalar type, whether a tuple of it) of a resolved annotation, `X | None` read as X; None if no flag type."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(hint))
         hint = args[0] if len(args) == 1 else None
     if hint is bool or hint in SCALARS:
-        return hint, False, optional
+        return hint, False
     if typing.get_origin(hint) is tuple:
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis and args[0] in SCALARS:
-            return args[0], True, optional
-        return None, True, optional  # a tuple of something else: needs `parse`
-    return None, False, optional
+            return args[0], True
+        return None, True  # a tuple of something else: needs `parse`
+    return None, False
 
 
 def comma_separated(kind: type) -> Callable[[str], tuple]:
@@ -85,16 +87,16 @@ def shown(value: Any) -> str:
     return str(value)
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, help: dict[str, str] | None = None) -> argparse.ArgumentParser:
+def add_options(parser: argparse.ArgumentParser, cls: type,
+                help: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """One flag per field of the dataclass `cls`; `help` gives help text to fields declared without `opt`."""
     hints = typing.get_type_hints(cls)
     groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        meta = {"help": "", "choices": None, "metavar": None, "parse": None, "nargs": None, "append": False,
-                "group": None, "required": False, "positional": False, "aliases": (), **f.metadata}
-        kind, many, optional = field_kind(hints[f.name])
+        meta = {**PLAIN, **f.metadata}
+        kind, many = field_kind(hints[f.name])
         if kind is None and meta["parse"] is None:
             raise TypeError(f"{cls.__name__}.{f.name}: no flag for {hints[f.name]!r}; give opt(..., parse=...)")
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -125,7 +127,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, help: dict[str, str]
         if meta["positional"]:
             target.add_argument(f.name, **kwargs)
         else:
-            target.add_argument(flag_name(f.name), *meta["aliases"], dest=f.name, **kwargs)
+            target.add_argument(meta["flag"] or flag_name(f.name), *meta["aliases"], dest=f.name, **kwargs)
     return parser
 
 
@@ -142,11 +144,21 @@ def options_from_args(cls: type, args: argparse.Namespace) -> Any:
     return cls(**values)
 
 
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """What a parsed command line runs (args.func(args)): run(options), the options made from the flags."""
+    options: type
+    run: Callable[[Any], int | None]
+
+    def __call__(self, args: argparse.Namespace) -> int | None:
+        return self.run(options_from_args(self.options, args))
+
+
 def command(parser: argparse.ArgumentParser, cls: type, run: Callable[[Any], int | None],
             help: dict[str, str] | None = None) -> argparse.ArgumentParser:
-    """`parser` takes the flags of `cls`; dispatching it calls run(options) (args.func(args))."""
+    """`parser` takes the flags of the dataclass `cls`; args.func(args) then calls run(cls(...))."""
     add_options(parser, cls, help)
-    parser.set_defaults(func=lambda args: run(options_from_args(cls, args)))
+    parser.set_defaults(func=Command(cls, run))
     return parser
 
 

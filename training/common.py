@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -10,6 +9,8 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from semgen.options import write_options as write_options_json
 
 
 def setup_torch(threads: int | None, seed: int):
@@ -19,8 +20,8 @@ def setup_torch(threads: int | None, seed: int):
 
 
 def write_options(run_dir: Path, options) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "training_options.json").write_text(json.dumps(dataclasses.asdict(options), indent=2, default=str))
+    """<run_dir>/training_options.json (and the run dir itself)."""
+    write_options_json(options, run_dir, "training_options")
 
 
 def save_state(run_dir: Path, step: int, **parts) -> None:

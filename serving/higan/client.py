@@ -25,11 +25,13 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from semgen.options import REQUIRED, command, opt, write_options
 from serving.core.channel import ChannelClient
 from serving.core.protos import higan_pb2 as pb, higan_pb2_grpc
 from serving.semantics.client import latents_message
@@ -75,36 +77,6 @@ class HiganClient(ChannelClient):
 
 # ---- command line: `semgen client attributes`, `semgen client manipulate ...` ------------------
 
-def add_attributes_command(parser: argparse.ArgumentParser) -> None:
-    _add_connection(parser)
-    parser.set_defaults(func=run_attributes_command)
-
-
-def add_manipulate_command(parser: argparse.ArgumentParser) -> None:
-    _add_connection(parser)
-    a = parser.add_argument
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--seed", type=int, action="append", dest="seeds", metavar="SEED",
-                        help="a seed to edit; repeat for more")
-    source.add_argument("--latent-file", type=Path, help=".npy latents [N, num_ws, w_dim] (w+) or [N, w_dim] (w)")
-    a("--edit", type=_edit, action="append", dest="edits", required=True, metavar="ATTRIBUTE:STRENGTH[:LAYERS]",
-      help="e.g. horizon:2 (default layers) or tree_count:-1.5:3,4,5; strength in units of the boundary's "
-           "scale; repeat for several edits")
-    a("--sweep", type=_sweep, default=[], metavar="M1,M2,...",
-      help="multipliers of every strength, one image each, e.g. -1,0,1 (default: just the edit)")
-    a("--condition-on", action="append", default=[], metavar="ATTRIBUTE",
-      help="keep this attribute (its boundary is projected out of the edits); repeat or comma-separate")
-    a("--out-dir", type=Path, default=Path("manipulate"), help="where the images go (default: %(default)s)")
-    # Let "--sweep -1,0,1" read as a value, not as an unknown option (argparse knows only "-1").
-    parser._negative_number_matcher = re.compile(r"^-\d[\d.,eE+-]*$")
-    parser.set_defaults(func=run_manipulate_command)
-
-
-def _add_connection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default="127.0.0.1:50051")
-    parser.add_argument("--timeout", type=float, default=120.0)
-
-
 def _edit(text: str) -> tuple:
     parts = text.split(":")
     try:
@@ -128,8 +100,39 @@ def _sweep(text: str) -> list[float]:
     return values
 
 
-def run_attributes_command(args) -> int:
-    with HiganClient(args.address, timeout=args.timeout) as client:
+@dataclass(frozen=True, kw_only=True)
+class Attributes:
+    address: str = opt("127.0.0.1:50051", "the server")
+    timeout: float = opt(120.0, "seconds before the call fails with DEADLINE_EXCEEDED")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manipulate(Attributes):
+    seeds: tuple[int, ...] | None = opt(None, "a seed to edit; repeat for more", flag="--seed", append=True,
+                                        metavar="SEED", group="source", required=True)
+    latent_file: str | None = opt(None, ".npy latents [N, num_ws, w_dim] (w+) or [N, w_dim] (w)", group="source")
+    edits: tuple[tuple, ...] = opt(REQUIRED, "e.g. horizon:2 (default layers) or tree_count:-1.5:3,4,5; strength in "
+                                             "units of the boundary's scale; repeat for several edits", flag="--edit",
+                                   append=True, parse=_edit, metavar="ATTRIBUTE:STRENGTH[:LAYERS]")
+    sweep: tuple[float, ...] = opt((), "multipliers of every strength, one image each, e.g. -1,0,1 (default: just "
+                                       "the edit)", parse=_sweep, metavar="M1,M2,...")
+    condition_on: tuple[str, ...] = opt((), "keep this attribute (its boundary is projected out of the edits); "
+                                            "repeat or comma-separate", append=True, metavar="ATTRIBUTE")
+    out_dir: str = opt("manipulate", "where the images (and these options) go")
+
+
+def add_attributes_command(parser: argparse.ArgumentParser) -> None:
+    command(parser, Attributes, run_attributes_command)
+
+
+def add_manipulate_command(parser: argparse.ArgumentParser) -> None:
+    command(parser, Manipulate, run_manipulate_command)
+    # Let "--sweep -1,0,1" read as a value, not as an unknown option (argparse knows only "-1").
+    parser._negative_number_matcher = re.compile(r"^-\d[\d.,eE+-]*$")
+
+
+def run_attributes_command(o: Attributes) -> int:
+    with HiganClient(o.address, timeout=o.timeout) as client:
         try:
             reply = client.list_attributes()
         except grpc.RpcError as e:
@@ -144,16 +147,17 @@ def run_attributes_command(args) -> int:
     return 0
 
 
-def run_manipulate_command(args) -> int:
-    latents = np.load(args.latent_file) if args.latent_file else None
-    condition_on = [name for names in args.condition_on for name in names.split(",") if name]
-    with HiganClient(args.address, timeout=args.timeout) as client:
+def run_manipulate_command(o: Manipulate) -> int:
+    latents = np.load(o.latent_file) if o.latent_file else None
+    condition_on = [name for names in o.condition_on for name in names.split(",") if name]
+    with HiganClient(o.address, timeout=o.timeout) as client:
         try:
-            reply = client.manipulate(args.edits, args.seeds, latents, args.sweep, condition_on)
+            reply = client.manipulate(o.edits, o.seeds, latents, o.sweep, condition_on)
         except grpc.RpcError as e:
             print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
-    _write(reply, args.out_dir, [*dict.fromkeys([e[0] for e in args.edits] + condition_on)])
+    _write(reply, Path(o.out_dir), [*dict.fromkeys([e[0] for e in o.edits] + condition_on)])
+    write_options(o, o.out_dir, "manipulate_options")
     return 0
 
 

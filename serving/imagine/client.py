@@ -25,12 +25,14 @@ import argparse
 import io
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 from PIL import Image
 
+from semgen.options import command, opt, write_options
 from serving.core.channel import ChannelClient, follow_job, job_result  # noqa: F401 (job_result: part of this API)
 from serving.core.protos import imagine_pb2 as pb, imagine_pb2_grpc
 
@@ -97,31 +99,6 @@ class ImagineClient(ChannelClient):
 
 # ---- command line: `semgen client imagine ...` ----------------------------------------------
 
-def add_imagine_commands(parser: argparse.ArgumentParser) -> None:
-    a = parser.add_argument
-    a("what", nargs="?", choices=("info",), help="info: the server's classifier, layers and default schedule")
-    a("--address", default="127.0.0.1:50051")
-    a("--timeout", type=float, default=600.0, help="seconds before the job is stopped (DEADLINE_EXCEEDED)")
-    a("--reference", type=Path, help="the reference image (PNG or JPEG); required unless `info`")
-    a("--variations", type=int, default=4, help="how many variations (default: %(default)s)")
-    a("--seed", type=int, default=0)
-    a("--layers", type=_names, default=[], help="comma-separated classifier layers to match (default: the server's)")
-    a("--position", type=_position, default=None, metavar="X,Y[,SIGMA]",
-      help="put the object at X,Y (fractions of width and height, 0..1); SIGMA = blob width (0.15)")
-    a("--shape-image", type=Path, help="take the shape (deep layers) from this image")
-    a("--shape-layers", type=_names, default=[], help="layers matched to --shape-image (default: the deep layers)")
-    a("--style-content", type=Path, help="style transfer: start from this content image")
-    a("--query", type=Path, help="counterfactual: the image whose --query-region is replaced")
-    a("--query-region", type=Path, help="counterfactual: mask PNG of --query (nonzero = replace)")
-    a("--reference-region", type=Path, help="counterfactual: mask PNG of --reference (nonzero = take)")
-    a("--stage1", type=int, default=0, help="stage-1 iterations (0 = the server's default)")
-    a("--stage2", type=int, default=0, help="stage-2 iterations (0 = the server's default)")
-    a("--preview-every", type=int, default=0, help="write previews of all variations every N iterations")
-    a("--preview-dir", type=Path, default=None, help="where previews go (default: OUT_DIR/previews)")
-    a("--out-dir", type=Path, default=Path("imagine"), help="where the variations go (default: %(default)s)")
-    parser.set_defaults(func=run_imagine_command)
-
-
 def _names(text: str) -> list[str]:
     return [name for name in text.split(",") if name]
 
@@ -136,29 +113,61 @@ def _position(text: str) -> tuple[float, ...]:
     return values
 
 
-def run_imagine_command(args) -> int:
-    with ImagineClient(args.address, timeout=args.timeout) as client:
+@dataclass(frozen=True, kw_only=True)
+class ImagineCommand:
+    what: str | None = opt(None, "info: the server's classifier, layers and default schedule", positional=True,
+                           nargs="?", choices=("info",))
+    address: str = opt("127.0.0.1:50051", "the server")
+    timeout: float = opt(600.0, "seconds before the job is stopped (DEADLINE_EXCEEDED)")
+    reference: str | None = opt(None, "the reference image (PNG or JPEG); required unless `info`")
+    variations: int = opt(4, "how many variations")
+    seed: int = opt(0, "seed of the first variation")
+    layers: tuple[str, ...] = opt((), "comma-separated classifier layers to match (default: the server's)",
+                                  parse=_names)
+    position: tuple[float, ...] | None = opt(None, "put the object at X,Y (fractions of width and height, 0..1); "
+                                                   "SIGMA = blob width (0.15)", parse=_position, metavar="X,Y[,SIGMA]")
+    shape_image: str | None = opt(None, "take the shape (deep layers) from this image")
+    shape_layers: tuple[str, ...] = opt((), "layers matched to --shape-image (default: the deep layers)", parse=_names)
+    style_content: str | None = opt(None, "style transfer: start from this content image")
+    query: str | None = opt(None, "counterfactual: the image whose --query-region is replaced")
+    query_region: str | None = opt(None, "counterfactual: mask PNG of --query (nonzero = replace)")
+    reference_region: str | None = opt(None, "counterfactual: mask PNG of --reference (nonzero = take)")
+    stage1: int = opt(0, "stage-1 iterations (0 = the server's default)")
+    stage2: int = opt(0, "stage-2 iterations (0 = the server's default)")
+    preview_every: int = opt(0, "write previews of all variations every N iterations")
+    preview_dir: str | None = opt(None, "where previews go (default: OUT_DIR/previews)")
+    out_dir: str = opt("imagine", "where the variations (and these options) go")
+
+
+def add_imagine_commands(parser: argparse.ArgumentParser) -> None:
+    command(parser, ImagineCommand, run_imagine_command)
+
+
+def run_imagine_command(o: ImagineCommand) -> int:
+    out = Path(o.out_dir)
+    with ImagineClient(o.address, timeout=o.timeout) as client:
         try:
-            if args.what == "info":
+            if o.what == "info":
                 _print_info(client.info())
                 return 0
-            if args.reference is None:
+            if o.reference is None:
                 print("error: --reference is required (or run `semgen client imagine info`)", file=sys.stderr)
                 return 2
             events = client.imagine(
-                args.reference.read_bytes(), args.variations, args.seed, args.layers, args.stage1, args.stage2,
-                args.preview_every, args.position, _read(args.shape_image), args.shape_layers,
-                _read(args.style_content), _read(args.query), _read(args.query_region), _read(args.reference_region))
-            result = _follow(events, args.preview_dir or args.out_dir / "previews")
+                Path(o.reference).read_bytes(), o.variations, o.seed, o.layers, o.stage1, o.stage2, o.preview_every,
+                o.position, _read(o.shape_image), o.shape_layers, _read(o.style_content), _read(o.query),
+                _read(o.query_region), _read(o.reference_region))
+            result = _follow(events, Path(o.preview_dir) if o.preview_dir else out / "previews")
         except grpc.RpcError as e:
             print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
-    _write(result, args.out_dir)
+    _write(result, out)
+    write_options(o, out, "imagine_options")
     return 0
 
 
-def _read(path: Path | None) -> bytes | None:
-    return None if path is None else path.read_bytes()
+def _read(path: str | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
 
 
 def _print_info(info: pb.ImagineInfo) -> None:

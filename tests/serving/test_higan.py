@@ -294,7 +294,9 @@ def test_cli_lists_attributes_and_writes_edited_images(server, tmp_path, capsys)
     assert cli("manipulate", "--seed", "3", "--seed", "4", "--edit", "horizon:2", "--edit", "tree_count:-1.5:3,4,5",
                "--sweep", "-1,0,1", "--condition-on", "warmth", "--out-dir", str(out)) == 0
     pngs = ["00_x+0.png", "00_x+1.png", "00_x-1.png", "01_x+0.png", "01_x+1.png", "01_x-1.png"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*pngs, "latents.npy", "scores.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*pngs, "latents.npy", "manipulate_options.json",
+                                                            "scores.json"])
+    assert json.loads((out / "manipulate_options.json").read_text())["seeds"] == [3, 4]
     assert {image_meta((out / name).read_bytes()) for name in pngs} == {("PNG", "RGB", (IMAGE_SIZE, IMAGE_SIZE))}
     reply = server.client.manipulate([("horizon", 2.0), ("tree_count", -1.5, [3, 4, 5])], seeds=[3, 4],
                                      sweep=[-1, 0, 1], condition_on=["warmth"])

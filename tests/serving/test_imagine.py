@@ -288,7 +288,9 @@ def test_cli_writes_variations_previews_and_info(server, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli("--reference", str(tmp_path / "ref.png"), "--variations", "2", "--seed", "4", "--stage1", "2",
                "--stage2", "2", "--position", "0.5,0.4", "--preview-every", "2", "--out-dir", str(out)) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["previews", "result.json", "variation_00.png", "variation_01.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "imagine_options.json", "previews", "result.json", "variation_00.png", "variation_01.png"]
+    assert json.loads((out / "imagine_options.json").read_text())["position"] == [0.5, 0.4]
     assert sorted(p.name for p in (out / "previews").iterdir()) == \
         ["preview_00002_00.png", "preview_00002_01.png", "preview_00004_00.png", "preview_00004_01.png"]
     summary = json.loads((out / "result.json").read_text())

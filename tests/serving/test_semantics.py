@@ -2,6 +2,7 @@
 with the blocking SemanticsClient and the `semgen client semantics` commands."""
 
 import io
+import json
 import math
 
 import grpc
@@ -334,7 +335,9 @@ def test_cli_writes_images_masks_and_latents(server, tmp_path, capsys):
 
     assert cli("sample", "--seeds", "1,2", "--head", "lse", "--out", str(tmp_path / "s")) == 0
     written = sorted(p.name for p in (tmp_path / "s").iterdir())
-    assert written == ["classes.json", "image_00.png", "image_01.png", "latents.npy", "mask_00.png", "mask_01.png"]
+    assert written == ["classes.json", "image_00.png", "image_01.png", "latents.npy", "mask_00.png", "mask_01.png",
+                       "sample_options.json"]
+    assert json.loads((tmp_path / "s" / "sample_options.json").read_text())["seeds"] == [1, 2]
     assert np.load(tmp_path / "s" / "latents.npy").shape == (2, NUM_WS, W_DIM)
     assert image_meta((tmp_path / "s" / "mask_00.png").read_bytes())[1] == "P"  # colours to look at, indices inside
     latents_npy, mask0 = str(tmp_path / "s" / "latents.npy"), str(tmp_path / "s" / "mask_00.png")
