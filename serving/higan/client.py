@@ -34,7 +34,7 @@ import numpy as np
 from semgen.options import REQUIRED, command, opt, write_options
 from serving.core.channel import ChannelClient
 from serving.core.protos import higan_pb2 as pb, higan_pb2_grpc
-from serving.semantics.client import latents_message
+from serving.core.latents import latents_message
 
 
 def edit_message(edit) -> pb.ManipulateRequest.Edit:

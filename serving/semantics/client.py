@@ -38,22 +38,11 @@ from PIL import Image
 
 from semgen.options import REQUIRED, command, opt, subcommands, write_options
 from serving.core.channel import ChannelClient, follow_job, job_result  # noqa: F401 (job_result: part of this API)
+from serving.core.latents import latents_array, latents_message  # noqa: F401 (latents_array: part of this API)
 from serving.core.protos import semantics_pb2 as pb, semantics_pb2_grpc
 
 OUT_HELP = "where the images, masks, latents (and these options) go"
 HEAD_HELP = "a head from list-heads, or segmenter"
-
-
-def latents_message(latents) -> pb.Latents:
-    """An array [N, num_ws, w_dim] / [N, w_dim] (or a Latents message, passed through)."""
-    if isinstance(latents, pb.Latents):
-        return latents
-    values = np.asarray(latents, dtype=np.float32)
-    return pb.Latents(shape=list(values.shape), values=values.ravel().tolist())
-
-
-def latents_array(message: pb.Latents) -> np.ndarray:
-    return np.asarray(message.values, dtype=np.float32).reshape(list(message.shape))
 
 
 def mask_array(png: bytes) -> np.ndarray:

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from serving.core.images import decode_class_mask, encode_mask_pngs, encode_png, encode_pngs, off_loop
+from serving.core.latents import latents_message
 from serving.core.protos import SEMANTICS_SERVICE, semantics_pb2 as pb
 from serving.semantics.engine import HeadSummary, Progress, Samples, SemanticsEngine, SemanticsInfo
 from serving.semantics.validation import (check_edit, check_fit_head, check_sample, check_sample_conditional, check_segment)
@@ -115,10 +116,6 @@ class SemanticsServicer(AttachableServicer):
             height=height,
             scores=[] if result.scores is None else result.scores.tolist(),
         )
-
-
-def latents_message(latents: np.ndarray) -> pb.Latents:
-    return pb.Latents(shape=list(latents.shape), values=np.asarray(latents, np.float32).ravel().tolist())
 
 
 def _head_info(head: HeadSummary) -> pb.HeadInfo:

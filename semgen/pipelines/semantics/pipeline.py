@@ -12,7 +12,10 @@ import torch
 from semgen.checkpoints import load_checkpoint, save_checkpoint
 from semgen.networks.heads import SemanticHead
 from semgen.pipelines.forward import Op, Prepared, Rows
-from semgen.pipelines.semantics import fewshot, sampling, scs, sie
+import semgen.pipelines.semantics.fewshot as fewshot
+import semgen.pipelines.semantics.sampling as sampling
+import semgen.pipelines.semantics.scs as scs
+import semgen.pipelines.semantics.sie as sie
 from semgen.pipelines.semantics.fewshot import FewShotSchedule
 from semgen.pipelines.semantics.headstore import load_heads
 from semgen.pipelines.semantics.models import Samples, SemanticModels, StepCallback
