@@ -1,8 +1,13 @@
-"""Pictures for reports: image grids, heatmaps (confusion matrices) and line plots, drawn with PIL only."""
+"""Pictures for reports: image grids of generated pictures (PIL), and charts (line charts, heatmaps
+such as confusion matrices) drawn with matplotlib."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
 import numpy as np
+from matplotlib.figure import Figure  # not pyplot: no global state, and savefig to .png uses Agg by itself
 from PIL import Image, ImageDraw
 
 
@@ -23,29 +28,32 @@ def image_grid(rows: list[list[np.ndarray]], scale: int = 2, pad: int = 2, label
     return canvas
 
 
-def confusion_image(confusion: np.ndarray, names, cell: int = 36) -> Image.Image:
-    """Counts [n, n] -> rows normalised to sum 1, as a heatmap."""
+def confusion_chart(path: str | Path, confusion: np.ndarray, names) -> Path:
+    """Counts [n, n] (true class × predicted class) -> rows normalised to sum 1, as a heatmap PNG."""
     norm = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
-    return heatmap(norm, names, [str(i) for i in range(len(names))], cell)
+    return heatmap_chart(path, norm, [f"{i} {n}" for i, n in enumerate(names)], [str(i) for i in range(len(names))],
+                         x_label="predicted", y_label="true")
 
 
-def heatmap(values: np.ndarray, row_labels, col_labels, cell: int = 36) -> Image.Image:
-    """values [rows, cols] in [0, 1] -> a table of blue cells (darker = larger) with the values printed."""
+def heatmap_chart(path: str | Path, values: np.ndarray, row_labels, col_labels, title: str = "",
+                  x_label: str = "", y_label: str = "") -> Path:
+    """values [rows, cols] in [0, 1] -> a PNG table of blue cells (darker = larger) with the values printed."""
     rows, cols = values.shape
-    left, top = 110, 20
-    img = Image.new("RGB", (left + cols * cell + 10, top + rows * cell + 10), "white")
-    draw = ImageDraw.Draw(img)
-    for j, name in enumerate(col_labels):
-        draw.text((left + j * cell + 4, 4), str(name)[:5], fill="black")
-    for i, name in enumerate(row_labels):
-        draw.text((4, top + i * cell + cell // 2 - 5), str(name)[:16], fill="black")
+    values = np.clip(values, 0, 1)
+    fig = Figure(figsize=(1.5 + 0.45 * cols, 0.8 + 0.4 * rows), dpi=100)
+    ax = fig.add_subplot()
+    ax.imshow(values, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for i in range(rows):
         for j in range(cols):
-            v = float(np.clip(values[i, j], 0, 1))
-            shade = int(255 * (1 - v))
-            draw.rectangle([left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1],
-                           fill=(shade, shade, 255))
-            draw.text((left + j * cell + 6, top + i * cell + cell // 2 - 5), f"{v:.2f}"[1:] if v < 1 else "1", fill="black")
-    return img
+            v = float(values[i, j])
+            ax.text(j, i, f"{v:.2f}".removeprefix("0"), ha="center", va="center", fontsize=7,
+                    color="white" if v > 0.6 else "black")  # stays readable on dark cells
+    ax.set_xticks(range(cols), [str(c) for c in col_labels], fontsize=8)
+    ax.set_yticks(range(rows), [str(r) for r in row_labels], fontsize=8)
+    ax.xaxis.tick_top()
+    ax.xaxis.set_label_position("top")
+    ax.set(title=title, xlabel=x_label, ylabel=y_label)
+    return _save(fig, path)
 
 
 def label_colors(labels) -> np.ndarray:
@@ -56,26 +64,32 @@ def label_colors(labels) -> np.ndarray:
     return palette[np.asarray(labels.cpu() if hasattr(labels, 'cpu') else labels)]
 
 
-def line_plot(xs, ys, x_label: str, y_label: str, size=(360, 240)) -> Image.Image:
-    """One curve with its points labelled (e.g. quality against iterations), drawn with PIL."""
-    w, h = size
-    left, bottom, pad = 50, 30, 15
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+def line_chart(path: str | Path, xs: Sequence[float], series: Mapping[str, Sequence[float | None]], title: str = "",
+               x_label: str = "", y_label: str = "", refs: Mapping[str, float] | None = None,
+               annotate: bool = False) -> Path:
+    """A PNG line chart: one line with markers per named series over the shared x values (None leaves a
+    gap); refs are dashed grey horizontal reference lines (label -> y); annotate prints each point's y."""
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
+    for name, ys in series.items():
+        ys = np.array([np.nan if y is None else y for y in ys], dtype=float)
+        ax.plot(xs, ys, marker="o", label=name)
+        if annotate:
+            for x, y in zip(xs, ys):
+                if np.isfinite(y):
+                    ax.annotate(f"{y:g}", (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    for label, y in (refs or {}).items():
+        ax.axhline(y, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(label, (1, y), xycoords=("axes fraction", "data"), xytext=(-4, 3), textcoords="offset points",
+                    ha="right", fontsize=8, color="grey")
+    ax.set(title=title, xlabel=x_label, ylabel=y_label)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:  # a single series is named by the title and the y label
+        ax.legend(fontsize=8)
+    return _save(fig, path)
 
-    def at(x, y):
-        px = left + (x - x0) / ((x1 - x0) or 1) * (w - left - 4 * pad)  # room for the last label
-        py = h - bottom - (y - y0) / ((y1 - y0) or 1) * (h - bottom - 2 * pad)
-        return px, py
 
-    draw.line([(left, pad), (left, h - bottom), (w - pad, h - bottom)], fill="black")
-    draw.line([at(x, y) for x, y in zip(xs, ys)], fill=(30, 80, 200), width=2)
-    for x, y in zip(xs, ys):
-        px, py = at(x, y)
-        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=(30, 80, 200))
-        draw.text((px + 4, py - 12), f"{y:g}", fill="black")
-        draw.text((px - 8, h - bottom + 4), f"{x:g}", fill="black")
-    draw.text((w // 2 - 30, h - 14), x_label, fill="black")
-    draw.text((4, 2), y_label, fill="black")
-    return img
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, bbox_inches="tight")  # tight: long tick labels are not clipped
+    return path

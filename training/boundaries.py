@@ -1,7 +1,7 @@
 """`semgen train boundaries`: HiGAN's probing step. Sample latents, score their images, and for every
-score train a linear SVM in w space on the top and bottom k latents (70/30 split); the unit normal is
-the boundary; for the category transfers, also one SVM between two categories' latents. Each
-boundary's default layers come from re-scoring (eq. 1) on fresh latents.
+score train a linear SVM (scikit-learn's LinearSVC) in w space on the top and bottom k latents (70/30
+split); the unit normal is the boundary; for the category transfers, also one SVM between two
+categories' latents. Each boundary's default layers come from re-scoring (eq. 1) on fresh latents.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
 
 from semgen.options import opt
 from semgen.pipelines.higan import TRANSFERS, Boundary, HiganPipeline, default_layers, save_boundaries, transfer_name
@@ -34,26 +35,17 @@ class BoundaryOptions:
     seed: int = opt(0, "random seed")
 
 
-def fit_linear_svm(x: np.ndarray, y: np.ndarray, c: float = 1.0, steps: int = 200) -> tuple[np.ndarray, float]:
-    """Linear SVM (squared hinge, L2, primal, L-BFGS) on x [N, D], y in {-1, +1} ->
-    (weights [D], bias) in x's own units. Features are standardised for the solver only."""
-    xt, yt = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
-    mu, sd = xt.mean(0), xt.std(0) + 1e-8
-    xs = (xt - mu) / sd
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        margin = torch.clamp(1 - yt * (xs @ w + b), min=0)
-        loss = 0.5 * w.dot(w) / len(xs) + c * margin.pow(2).mean()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    weights = (w / sd).detach()
-    return weights.numpy(), float((b - (w * mu / sd).sum()).detach())
+def fit_linear_svm(x: np.ndarray, y: np.ndarray, c: float = 1.0) -> tuple[np.ndarray, float]:
+    """Linear SVM (squared hinge, L2, primal) on x [N, D], y in {-1, +1} -> (weights [D], bias) in
+    x's own units: scikit-learn's LinearSVC on standardised features (for the solver only)."""
+    scaler = StandardScaler().fit(x)
+    # dual=False: the primal solver suits N > D and is deterministic. liblinear penalises the bias as a
+    # weight on a constant feature; a large intercept_scaling keeps the bias (nearly) unpenalised. The
+    # default tol (1e-4) stops early on separable splits (city_street_to_night_city: -0.011 val_acc).
+    svm = LinearSVC(C=c, loss="squared_hinge", dual=False, intercept_scaling=100.0, tol=1e-6, random_state=0)
+    svm.fit(scaler.transform(x), y)
+    weights = svm.coef_[0] / scaler.scale_
+    return weights, float(svm.intercept_[0] - weights @ scaler.mean_)
 
 
 def split_top_bottom(scores: np.ndarray, top: float, val: float, seed: int):

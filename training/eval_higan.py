@@ -22,7 +22,7 @@ import torch
 from semgen.data.loaders import to_uint8
 from semgen.data.scenes import CLASSES
 from semgen.pipelines.higan import LEVELS, TRANSFERS, Edit, HiganPipeline, transfer_name
-from semgen.reports import heatmap, image_grid, label_colors
+from semgen.reports import heatmap_chart, image_grid, label_colors
 from training.attributes import predictor_r2
 
 EVAL_SEEDS = 40_000_000  # latents never used to train or choose the boundaries
@@ -61,8 +61,8 @@ def _rescoring(pipe: HiganPipeline, k: int, out: Path, progress) -> dict:
         rows.append(deltas / max(deltas.max(), 1e-12))
         progress(f"re-scoring {name}: peak at layer {int(deltas.argmax())}")
     matrix = np.array(rows)
-    heatmap(matrix, [f"{n} ({_level(pipe, n)[:4]})" for n in names], [str(i) for i in range(pipe.num_ws)],
-            cell=30).save(out / "rescoring.png")
+    heatmap_chart(out / "rescoring.png", matrix, [f"{n} ({_level(pipe, n)[:4]})" for n in names],
+                  [str(i) for i in range(pipe.num_ws)], x_label="layer")
     centres = {}
     for level in HIERARCHY + ("category",):
         sel = [i for i, n in enumerate(names) if _level(pipe, n) == level]
@@ -106,7 +106,7 @@ def _editing(pipe: HiganPipeline, k: int, out: Path, progress) -> dict:
                 table.append(np.abs(change) / max(abs(change[i]), 1e-8))
         progress(f"editing {a}: monotonic {result[f'editing.{a}.monotonic']}, leakage {result[f'editing.{a}.leakage']} "
                  f"(conditional {result[f'editing.{a}.leakage_conditional']})")
-    heatmap(np.array(table), [f"edit {a}" for a in attrs], [a[:5] for a in attrs], cell=40).save(out / "disentanglement.png")
+    heatmap_chart(out / "disentanglement.png", np.array(table), [f"edit {a}" for a in attrs], [a[:5] for a in attrs])
     result["editing.table"] = {a: {b: round(float(v), 3) for b, v in zip(attrs, row)} for a, row in zip(attrs, table)}
     # editing.png: per attribute, two samples across the strengths
     rows, labels = [], []

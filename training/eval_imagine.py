@@ -27,7 +27,7 @@ import torch
 from semgen.data.loaders import to_tensor
 from semgen.data.scenes import CATEGORIES, HELDOUT_SEED_OFFSET, render_batch, render_scene
 from semgen.pipelines.imagine import Controls, ImaginePipeline, Position, Schedule, attribution_map, blob_centre
-from semgen.reports import image_grid, line_plot
+from semgen.reports import image_grid, line_chart
 from training.fd import classifier_outputs, frechet_distance
 
 REFERENCE_SEEDS = HELDOUT_SEED_OFFSET + 900_000
@@ -205,5 +205,6 @@ def bench_imagine(models: str = "artifacts", n: int = 12, variations: int = 4, t
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     xlabel = f"iterations (stage 1 : stage 2 = {schedule.stage1} : {schedule.stage2})"
-    line_plot(list(totals), [result[f"fd_fc7.{t}"] for t in totals], xlabel, "fd_fc7 (lower is better)").save(out / "curve.png")
+    line_chart(out / "curve.png", list(totals), {"fd_fc7": [result[f"fd_fc7.{t}"] for t in totals]},
+               x_label=xlabel, y_label="fd_fc7 (lower is better)", annotate=True)
     return result

@@ -11,7 +11,7 @@ import torch
 from semgen.checkpoints import load_checkpoint
 from semgen.data.loaders import SceneSource
 from semgen.data.scenes import CATEGORIES
-from semgen.reports import confusion_image
+from semgen.reports import confusion_chart
 
 
 @torch.no_grad()
@@ -34,5 +34,5 @@ def eval_classifier(checkpoint: str = "artifacts/classifier", n: int = 2000, bat
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "classifier.json").write_text(json.dumps({**result, "confusion": confusion.tolist()}, indent=2))
-    confusion_image(confusion, CATEGORIES).save(out / "confusion.png")
+    confusion_chart(out / "confusion.png", confusion, CATEGORIES)
     return result

@@ -9,15 +9,20 @@ from training.attributes import AttributeOptions, predictor_r2, train_attributes
 from training.boundaries import BoundaryOptions, fit_linear_svm, split_top_bottom, train_boundaries
 
 
-def test_linear_svm_finds_the_separating_direction():
+def test_linear_svm_separates_separable_data_with_the_normal_towards_the_positives():
     rng = np.random.default_rng(0)
     truth = rng.standard_normal(16)
     truth /= np.linalg.norm(truth)
-    x = rng.standard_normal((400, 16)) * rng.uniform(0.5, 3, 16) + 2.0  # unequal scales and an offset
-    y = np.sign(x @ truth - np.median(x @ truth))
+    x = rng.standard_normal((600, 16)) * rng.uniform(0.5, 3, 16) + 2.0  # unequal scales and an offset
+    s = x @ truth - np.median(x @ truth)
+    keep = np.abs(s) > 0.5  # a gap between the classes: linearly separable
+    x, y = x[keep], np.sign(s[keep])
     weights, bias = fit_linear_svm(x, y)
-    assert (np.sign(x @ weights + bias) == y).mean() > 0.97
-    assert weights @ truth / np.linalg.norm(weights) > 0.9
+    assert (np.sign(x @ weights + bias) == y).mean() == 1.0
+    assert weights @ truth / np.linalg.norm(weights) > 0.9  # the +1 side is where the normal points
+    assert fit_linear_svm(x, -y)[0] @ truth < 0
+    again = fit_linear_svm(x, y)
+    assert np.array_equal(again[0], weights) and again[1] == bias  # deterministic
 
 
 def test_top_and_bottom_split_is_70_30_with_the_right_labels():
