@@ -45,9 +45,10 @@ class SemgenHandler:
         requests = [_unpack(row) for row in data]
         forward = [i for i, r in enumerate(requests) if isinstance(r, dict) and r.get("op") in FORWARD_OPS]
         results: list = list(requests)  # a body that did not unpack keeps its error
-        batch = self.engine.run_batch([(requests[i]["op"], requests[i].get("args", {})) for i in forward])
-        for i, result in zip(forward, batch):
-            results[i] = result
+        if forward:  # the forward models' engines run batches; the job models' engines have none
+            batch = self.engine.run_batch([(requests[i]["op"], requests[i].get("args", {})) for i in forward])
+            for i, result in zip(forward, batch):
+                results[i] = result
         for i, request in enumerate(requests):
             if i not in forward and isinstance(request, dict):
                 results[i] = self._one(request, context, i)
