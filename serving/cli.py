@@ -21,22 +21,7 @@ if TYPE_CHECKING:
 def serve(o: ServeOptions) -> int:
     from serving.server import run  # logs the options; writes nothing
 
-    return run(argparse.Namespace(**dataclasses.asdict(o)))
-
-
-BENCH_SERVE_HELP = {  # ServeBench's fields, declared in serving/bench/serve.py without help
-    "models": "the model bundle",
-    "concurrency": "requests in flight, one level each",
-    "requests": "requests per (engine, method, concurrency) level",
-    "seconds": "time cap per level",
-    "max_batch": "the server's --max-batch (and the in-process batch)",
-    "max_batch_delay_ms": "the server's --max-batch-delay-ms",
-    "engines": "servers to measure, one at a time",
-    "eager_batches": "batch sizes of ONNX Runtime against eager torch",
-    "out": "where serve.json, serve.png and these options go",
-    "onnx_dir": "the cache of exported graphs (shared with the server; exported into when missing)",
-    "seed": "the scene rendered as Generate's reference image",
-}
+    return run(o)
 
 
 @functools.cache
@@ -91,7 +76,6 @@ def register(parsers: dict) -> None:
     if "bench" in parsers:
         command(subcommands(parsers["bench"]).add_parser(
             "serve", help="gRPC throughput and latency against concurrency, against in-process ONNX Runtime and by "
-                          "engine; ONNX Runtime over eager torch"), bench_serve_options(), bench_serve,
-                help=BENCH_SERVE_HELP)
+                          "engine; ONNX Runtime over eager torch"), bench_serve_options(), bench_serve)
     if "client" in parsers:
         register_clients(subcommands(parsers["client"], dest="service"))

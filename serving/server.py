@@ -179,9 +179,8 @@ async def serve(opts: ServeOptions,
     return code
 
 
-def run(args: argparse.Namespace) -> int:
+def run(opts: ServeOptions) -> int:
     """Entry point for `semgen serve` (and `python -m serving.server`)."""
-    opts = ServeOptions.from_args(args)
     logging.basicConfig(level=opts.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("options %s", json.dumps(dataclasses.asdict(opts)))
     try:
@@ -194,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.server", description="semgen gRPC server")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(ServeOptions.from_args(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

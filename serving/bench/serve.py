@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from semgen.bundle import Bundle, torchserve_settings
+from semgen.options import opt
 from serving.bench.inprocess import (HEAD, LEVEL, ORT_THREADS, PASSES, PSI, inprocess_throughput, load_pipelines,
                                      ort_over_eager, reference)
 from serving.bench.process import ServerFailed, own_cpu, process_tree_cpu, server_process
@@ -40,17 +41,19 @@ RATIO_KEYS = {"generate": "ort_over_eager", "sample": "ort_over_eager_sample"}
 
 @dataclass(frozen=True)
 class ServeBench:
-    models: str = "artifacts"
-    concurrency: tuple[int, ...] = (1, 4, 16)
-    requests: int = 256  # per (engine, method, concurrency) level; fewer make ramp-up and tail weigh
-    seconds: float = 30.0  # cap per level
-    max_batch: int = 8
-    max_batch_delay_ms: float = 5.0
-    engines: tuple[str, ...] = ("embedded", "torchserve")
-    eager_batches: tuple[int, ...] = (1, 8, 32)
-    out: str = "reports/bench"
-    onnx_dir: str = "var/onnx"
-    seed: int = 0  # the scene rendered as Generate's reference image
+    models: str = opt("artifacts", "the model bundle")
+    concurrency: tuple[int, ...] = opt((1, 4, 16), "requests in flight, one level each")
+    # fewer requests make ramp-up and tail weigh
+    requests: int = opt(256, "requests per (engine, method, concurrency) level")
+    seconds: float = opt(30.0, "time cap per level")
+    max_batch: int = opt(8, "the server's --max-batch (and the in-process batch)")
+    max_batch_delay_ms: float = opt(5.0, "the server's --max-batch-delay-ms")
+    engines: tuple[str, ...] = opt(("embedded", "torchserve"), "servers to measure, one at a time")
+    eager_batches: tuple[int, ...] = opt((1, 8, 32), "batch sizes of ONNX Runtime against eager torch")
+    out: str = opt("reports/bench", "where serve.json, serve.png and these options go")
+    onnx_dir: str = opt("var/onnx", "the cache of exported graphs (shared with the server; exported into when "
+                                    "missing)")
+    seed: int = opt(0, "the scene rendered as Generate's reference image")
 
 
 def _stderr(message: str) -> None:
