@@ -8,17 +8,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from semgen.options import REQUIRED, command, opt, subcommands, write_options
+from semgen.options import REQUIRED, command, opt, print_result, subcommands, write_options
 
 JSON_HELP = "print the result as one JSON line"
-
-
-def _print(result: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +43,7 @@ def export_onnx_command(o: ExportOnnx) -> int:
 
     report = export_onnx(o.models, o.out, head=o.head)
     write_options(o, o.out, "export_options")
-    _print(report, o.json)
+    print_result(report, o.json)
     return 0
 
 
@@ -76,7 +68,7 @@ def export_tensorrt_command(o: ExportTensorRT) -> int:
         print(e, file=sys.stderr)
         return 2
     write_options(o, o.out, "export_options")
-    _print(report, o.json)
+    print_result(report, o.json)
     return 0
 
 
@@ -117,7 +109,7 @@ def export_mar_command(o: ExportMar) -> int:
         return 0
     report = export_mars(o.handler, o.models, o.out, o.onnx_cache, workers=o.workers, **settings)
     write_options(o, o.out, "export_options")
-    _print(report, o.json)
+    print_result(report, o.json)
     return 0
 
 

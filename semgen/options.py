@@ -176,3 +176,12 @@ def write_options(options: Any, folder: str | Path, name: str = "options") -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dataclasses.asdict(options), indent=2, default=str) + "\n")
     return path
+
+
+def print_result(result: dict, as_json: bool) -> None:
+    """A command's result: one JSON line (`--json`, for scripts), else a `key: value` line each."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")

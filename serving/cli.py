@@ -7,12 +7,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from semgen.options import command, opt, subcommands, write_options
+from semgen.options import command, opt, print_result, subcommands, write_options
 
 if TYPE_CHECKING:
     from serving.options import ServeOptions
@@ -42,11 +41,7 @@ def bench_serve(o) -> int:
     opts = ServeBench(**{f.name: getattr(o, f.name) for f in dataclasses.fields(ServeBench)})
     result = bench(opts, progress=(lambda msg: print(msg, file=sys.stderr)) if o.json else print)
     write_options(o, o.out, "serve_options")
-    if o.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+    print_result(result, o.json)
     return 0
 
 

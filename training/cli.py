@@ -4,11 +4,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 
-from semgen.options import command, opt, subcommands, write_options
+from semgen.options import command, opt, print_result, subcommands, write_options
 from training.attributes import AttributeOptions, train_attributes
 from training.boundaries import BoundaryOptions, train_boundaries
 from training.classifier import ClassifierOptions, train_classifier
@@ -30,14 +29,6 @@ def _report_dir(default: str):
     return opt(default, "where the report (JSON, pictures and these options) goes")
 
 
-def _print(result: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
-
-
 def _log(as_json: bool):
     """Progress lines: on stderr when stdout carries JSON."""
     return (lambda msg: print(msg, file=sys.stderr)) if as_json else print
@@ -45,7 +36,7 @@ def _log(as_json: bool):
 
 def _report(o, result: dict, name: str) -> int:
     write_options(o, o.report_dir, f"{name}_options")
-    _print(result, o.json)
+    print_result(result, o.json)
     return 0
 
 
