@@ -1,6 +1,6 @@
 """Request checks for the HiGAN service (everything but the pipeline's own checks).
 
-As in `serving.validation`: every message starts with the proto field name and says why, all
+As in `serving.core.validation`: every message starts with the proto field name and says why, all
 problems of a request are reported together, and nothing is clamped. An unknown attribute is
 NotFound, checked last. The pipeline checks edits once more (`HiganPipeline.check_edits`); its
 messages already use the request's field names ("edits[0].layers: ...").

@@ -1,6 +1,6 @@
 """The IMAGINE engine: image variations of one reference by inverting a classifier.
 
-Every request is one iterative job on a `serving.jobs.JobRunner` (its own thread, at most
+Every request is one iterative job on a `serving.core.jobs.JobRunner` (its own thread, at most
 `max_jobs` jobs at once, shared with the semantics engine when the server passes one runner to
 both). Requests are never batched together, so the same request with the same seed gives the same
 bytes. The pipeline calls `on_step` after every iteration on the job's thread: it hands progress

@@ -1,9 +1,9 @@
 """Request checks for the IMAGINE service that need no decoding.
 
-As in `serving.validation`: every message starts with the proto field name and says why, all
+As in `serving.core.validation`: every message starts with the proto field name and says why, all
 problems of a request are reported together, and nothing is clamped. Zero means "the documented
 default" only where imagine.proto says so. Image bytes are size-checked here and decoded by
-`serving.images`; region masks are checked against their image's size when decoded. The
+`serving.core.images`; region masks are checked against their image's size when decoded. The
 pipeline checks once more (`ImaginePipeline.check`); its field names are mapped back to the
 proto's by `proto_message`.
 """

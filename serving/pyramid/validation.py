@@ -40,7 +40,7 @@ class CompositeArgs(SampleArgs):
 
 def check_generate(request, info: ModelInfo, limits: Limits) -> GenerateArgs:
     """Check every field of a GenerateRequest that needs no decoding; raises InvalidInput listing
-    all problems. Image bytes are size-checked here and decoded by `serving.images`."""
+    all problems. Image bytes are size-checked here and decoded by `serving.core.images`."""
     errors = []
     check_image_bytes(request.image, "image", limits, errors)
     levels = {}

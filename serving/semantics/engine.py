@@ -1,7 +1,7 @@
 """The linear-semantics engine: sampling and segmentation, few-shot heads, SCS and SIE.
 
 Forward work (Sample, Segment) runs on a `WorkerPool` like the pyramid engine. Iterative jobs
-(head fitting, SCS, SIE) run on a `serving.jobs.JobRunner`: their own threads, at most `max_jobs`
+(head fitting, SCS, SIE) run on a `serving.core.jobs.JobRunner`: their own threads, at most `max_jobs`
 at once, so a long job never holds up sampling. A job reports every optimisation step through the
 pipeline's `on_step` callback, which runs on the job's thread: it hands progress to the event loop
 and raises `JobStopped` once the request is cancelled or past its deadline, so the job ends within

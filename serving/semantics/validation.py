@@ -1,9 +1,9 @@
 """Request checks for the semantics service that need no decoding: latents, heads, job settings.
 
-As in `serving.validation`: every message starts with the proto field name and says why, all
+As in `serving.core.validation`: every message starts with the proto field name and says why, all
 problems of a request are reported together, and nothing is clamped. Zero means "the documented
 default" only where semantics.proto says so. An unknown head is NotFound, checked last.
-Mask PNGs are size-checked here and decoded by `serving.images.decode_class_mask`.
+Mask PNGs are size-checked here and decoded by `serving.core.images.decode_class_mask`.
 """
 
 from __future__ import annotations

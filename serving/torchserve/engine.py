@@ -1,6 +1,6 @@
-"""Engines that forward to a TorchServe running semgen's handler (serving/handlers/semgen_handler.py).
+"""Engines that forward to a TorchServe running semgen's handler (serving/torchserve/handler.py).
 
-Each call is one HTTP POST to TorchServe's inference API with a `serving.wire` message
+Each call is one HTTP POST to TorchServe's inference API with a `serving.torchserve.wire` message
 {"op", "args"}; the reply is a stream of framed messages, one per event (a single one for forward
 work). HTTP runs on a thread pool, so the gRPC event loop never blocks. When TorchServe is down or
 restarting, calls fail with Unavailable (UNAVAILABLE: retry); nothing is kept between calls, so

@@ -5,7 +5,7 @@ packed in the .mar (see `semgen export mar`); the `handler:` section of model-co
 service. Forward-only operations (generate, repaint, composite, sample) arrive batched by
 TorchServe (batchSize, maxBatchDelay) and run as one `run_batch` over the engine's pipeline on
 ONNX Runtime. Iterative operations (imagine, edit, sample_conditional) run as the engine's own job
-and stream every event as an intermediate response. Requests and replies are `serving.wire`
+and stream every event as an intermediate response. Requests and replies are `serving.torchserve.wire`
 messages (serving/torchserve/wire.py), one framed message per event: {"op", "args"} in; {"event": type, "value"} or
 {"error": type, "message"} out, with the batch size and compute time for the gateway's metrics.
 

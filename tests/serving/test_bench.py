@@ -1,4 +1,4 @@
-"""`semgen bench serve` (serving/bench.py) on a tiny random bundle. The last test starts server
+"""`semgen bench serve` (serving/bench/) on a tiny random bundle. The last test starts server
 subprocesses: the embedded engine, and one that cannot start."""
 
 import json
