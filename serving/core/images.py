@@ -39,7 +39,14 @@ def decoded_size(data: bytes) -> int:
 
 def decode_image(data: bytes, max_bytes: int, max_pixels: int, field: str = "image") -> np.ndarray:
     """Decode PNG/JPEG bytes to uint8 RGB [H, W, 3]; raises InvalidInput naming `field`."""
-    return np.asarray(_open(data, max_bytes, max_pixels, field).convert("RGB"), dtype=np.uint8)
+    img = _open(data, max_bytes, max_pixels, field)
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit grayscale: PIL's convert("RGB") clips it at 255 (most pixels white); scale its own range
+        gray = np.clip(np.round(np.asarray(img, np.float64) / 257), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode == "F":
+        raise InvalidInput(f"{field}: 32-bit float mode F is not supported; send 8- or 16-bit PNG or JPEG")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def decode_mask(mask, field: str, width: int, height: int, max_bytes: int, max_pixels: int) -> np.ndarray:

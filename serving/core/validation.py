@@ -35,6 +35,14 @@ def choices(names: tuple[str, ...], limit: int = 20) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
+def quote(value: str, limit: int = 40) -> str:
+    """A user's string for an error message, cut to `limit` characters: a long value must not make the
+    message (it travels in the status metadata) too large to send."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
 def check_image_bytes(data: bytes, field: str, limits: Limits, errors: list) -> None:
     if not data:
         errors.append(f"{field}: empty; send PNG or JPEG bytes")

@@ -15,7 +15,7 @@ import numpy as np
 
 from serving.core.errors import NotFound
 from serving.higan.engine import AttributeEdit, HiganInfo
-from serving.core.validation import Limits, check_latents, choices, raise_invalid
+from serving.core.validation import Limits, check_latents, choices, quote, raise_invalid
 
 MAX_EDITS = 16
 MAX_SWEEP = 16
@@ -62,7 +62,7 @@ def check_manipulate(request, info: HiganInfo, limits: Limits) -> ManipulateArgs
         if not name:
             errors.append(f"condition_on[{i}]: empty; give an attribute name")
         elif name in condition_on[:i]:
-            errors.append(f"condition_on[{i}]: {name[:80]!r} is given twice")
+            errors.append(f"condition_on[{i}]: {quote(name)} is given twice")
     raise_invalid(errors)
     for i, edit in enumerate(edits):
         _known_attribute(edit.attribute, f"edits[{i}].attribute", info)
@@ -94,4 +94,4 @@ def _check_amount(value: float, field: str, meaning: str, errors: list) -> None:
 
 def _known_attribute(name: str, field: str, info: HiganInfo) -> None:
     if name not in info.attributes:
-        raise NotFound(f"{field}: no boundary named {name[:80]!r}; known: {choices(tuple(info.attributes))}")
+        raise NotFound(f"{field}: no boundary named {quote(name)}; known: {choices(tuple(info.attributes))}")

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from serving.imagine.engine import ImagineInfo
-from serving.core.validation import Limits, check_image_bytes, choices, default_count, raise_invalid
+from serving.core.validation import Limits, check_image_bytes, choices, default_count, quote, raise_invalid
 
 DEFAULT_VARIATIONS = 4
 DEFAULT_SIGMA = 0.15
@@ -89,10 +89,10 @@ def _check_layers(names, field: str, info: ImagineInfo, errors: list) -> tuple[s
         return None
     for i, name in enumerate(names):
         if name not in info.layer_names:
-            errors.append(f"{field}: unknown layer {name[:80]!r}; this classifier's layers are "
+            errors.append(f"{field}: unknown layer {quote(name)}; this classifier's layers are "
                           f"{choices(info.layer_names)}")
         elif name in names[:i]:
-            errors.append(f"{field}: {name!r} is given twice")
+            errors.append(f"{field}: {quote(name)} is given twice")
     return tuple(names)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serving.core.errors import InvalidInput
-from serving.core.validation import Limits, check_image_bytes, choices, raise_invalid
+from serving.core.validation import Limits, check_image_bytes, choices, quote, raise_invalid
 from serving.pyramid.engine import ModelInfo
 
 
@@ -50,7 +50,7 @@ def check_generate(request, info: ModelInfo, limits: Limits) -> GenerateArgs:
         for i, entry in enumerate(request.level_masks):
             field = f"level_masks[{i}].level"
             if _check_level(entry.level, field, info, errors) and entry.level in levels:
-                errors.append(f"{field}: {entry.level!r} is given twice")
+                errors.append(f"{field}: {quote(entry.level)} is given twice")
             levels[entry.level] = entry.mask if entry.HasField("mask") else None
     elif _check_level(request.level, "level", info, errors):
         levels[request.level] = None
@@ -97,7 +97,7 @@ def _check_level(level: str, field: str, info: ModelInfo, errors: list) -> bool:
     if not level:
         errors.append(f"{field}: missing; expected one of {choices(info.levels)}")
     elif level not in info.levels:
-        errors.append(f"{field}: unknown level {level!r}; expected one of {choices(info.levels)}")
+        errors.append(f"{field}: unknown level {quote(level)}; expected one of {choices(info.levels)}")
     else:
         return True
     return False
@@ -119,6 +119,6 @@ def _check_sample_fields(request, info: ModelInfo, limits: Limits, errors: list)
             class_index = info.class_names.index(request.class_name)
         else:
             errors.append(
-                f"class_name: unknown class {request.class_name!r}; expected one of {choices(info.class_names)}"
+                f"class_name: unknown class {quote(request.class_name)}; expected one of {choices(info.class_names)}"
             )
     return dict(num_samples=request.num_samples, seed=request.seed, class_index=class_index)

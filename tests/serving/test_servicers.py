@@ -150,3 +150,19 @@ def test_reflection_lists_the_services():
     services, proto_file = run(scenario())
     assert {"semgen.v1.PyramidService", "grpc.health.v1.Health"} <= services
     assert proto_file == "semgen/v1/pyramid.proto"
+
+
+def test_long_user_strings_are_quoted_cut_short():
+    """A 16 KB level or class name is an INVALID_ARGUMENT whose message quotes it cut short (echoed whole,
+    it made the status metadata too large and the client saw RESOURCE_EXHAUSTED instead)."""
+    long = "x" * 16384
+
+    async def scenario():
+        async with in_process_server(FakePipeline()) as s:
+            return [await generate(s.address, r) for r in (
+                req(level=long), req(class_name=long),
+                req(level="", level_masks=[pb.LevelMask(level=long)]))]
+
+    for reply, error in run(scenario()):
+        assert reply is None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "… (16384 characters)" in error.details() and len(error.details()) < 400

@@ -1,6 +1,8 @@
 """Request checks without a server: field values, limits, image decoding, malformed wire bytes."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -143,3 +145,27 @@ def test_decoded_size_reads_the_header_not_the_file_size():
     _Image.new("RGB", (2048, 2048)).save(buf, format="PNG")  # a small file that inflates to 12 MB
     assert len(buf.getvalue()) < SMALL_WORK and decoded_size(buf.getvalue()) == 2048 * 2048 * 3
     assert decoded_size(b"not an image") > SMALL_WORK  # decoded (and refused) off the event loop
+
+
+def png_16bit(pixels: np.ndarray) -> bytes:
+    """A 16-bit-per-channel PNG written by hand (PIL writes 16-bit grayscale but not 48-bit RGB)."""
+    height, width = pixels.shape[:2]
+    color_type = 0 if pixels.ndim == 2 else 2
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels.reshape(height, -1))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_images_keep_their_brightness(channels):
+    """16-bit grayscale was converted by clipping at 255 (89 % of a photo's pixels went white); 16-bit
+    grayscale and RGB now decode to the 8-bit image of the same brightness."""
+    ramp = np.linspace(0, 1, 16 * 16 * channels).reshape(16, 16, channels).squeeze()
+    decoded = decode_image(png_16bit(np.round(ramp * 65535).astype(np.uint16)), 100_000, 10_000)
+    expected = np.round(ramp * 255).astype(int)
+    expected = np.repeat(expected[..., None], 3, axis=2) if channels == 1 else expected
+    assert decoded.shape == (16, 16, 3) and np.abs(decoded.astype(int) - expected).max() <= 1
