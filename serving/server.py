@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from semgen.bundle import SERVICE_FOLDERS, Service
 from serving.core.interceptors import TelemetryInterceptor
+from serving.core.servicer import add_lenient_servicer
 from serving.core.metrics import ServingMetrics
 from serving.core.protos import HIGAN_SERVICE, IMAGINE_SERVICE, PYRAMID_SERVICE, SEMANTICS_SERVICE
 from serving.engines import Engines, load_embedded
@@ -90,11 +91,11 @@ async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
     higan = HiganServicer(opts.limits)
     add_higan_servicer(server, higan)
     health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
+    add_lenient_servicer(server, health_service, health)
+    names = (*SERVICES, health_service.full_name, reflection.SERVICE_NAME)
+    add_lenient_servicer(server, reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+                         reflection.aio.ReflectionServicer(names))
     await set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)  # the default is SERVING
     return Gateway(server, health, pyramid, semantics, imagine, higan)
 

@@ -13,6 +13,7 @@ import inspect
 import logging
 
 import grpc
+from google.protobuf import message_factory
 
 from serving.core.errors import (
     AlreadyExists,
@@ -126,3 +127,59 @@ def unary_handlers(servicer, rpcs: dict) -> dict:
         )
         for name, (request_cls, response_cls) in rpcs.items()
     }
+
+
+def add_lenient_servicer(server, service, servicer) -> None:
+    """Register a standard servicer (health, reflection) for `service` (its ServiceDescriptor) like its
+    generated `add_..._to_server`, but with lenient deserializers: malformed request bytes get
+    INVALID_ARGUMENT, where grpc would answer UNKNOWN."""
+    kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    handlers = {}
+    for method in service.methods:
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        handlers[method.name] = kinds[method.client_streaming, method.server_streaming](
+            _refusing_malformed(getattr(servicer, method.name), method.client_streaming),
+            request_deserializer=lenient_deserializer(request_cls),
+            response_serializer=response_cls.SerializeToString,
+        )
+    register_handlers(server, service.full_name, handlers)
+
+
+def _refusing_malformed(method, client_streaming: bool):
+    """`method` (a coroutine, or an async generator) that first answers a MalformedRequest with INVALID_ARGUMENT."""
+
+    def checked(request, context):
+        if not client_streaming:
+            return _check(request, context), request
+
+        async def requests():
+            async for item in request:
+                await _check(item, context)
+                yield item
+
+        return None, requests()
+
+    if inspect.isasyncgenfunction(method):
+        async def stream(request, context):
+            check, request = checked(request, context)
+            if check is not None:
+                await check
+            async for reply in method(request, context):
+                yield reply
+
+        return stream
+
+    async def unary(request, context):
+        check, request = checked(request, context)
+        if check is not None:
+            await check
+        return await method(request, context)
+
+    return unary
+
+
+async def _check(request, context) -> None:
+    if isinstance(request, MalformedRequest):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)

@@ -166,3 +166,32 @@ def test_long_user_strings_are_quoted_cut_short():
     for reply, error in run(scenario()):
         assert reply is None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "… (16384 characters)" in error.details() and len(error.details()) < 400
+
+
+def test_health_and_reflection_answer_malformed_bytes_with_invalid_argument():
+    """The standard services had grpc's own deserializers, which answer UNKNOWN to bytes that do not parse."""
+
+    async def scenario():
+        async with in_process_server(FakePipeline()) as s, grpc.aio.insecure_channel(s.address) as channel:
+            codes = []
+            check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None,
+                                        response_deserializer=None)
+            reflect = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                            request_serializer=None, response_deserializer=None)
+            for call in (lambda: check(b"\xff\xff\xff", timeout=5),
+                         lambda: _first(reflect(iter([b"\xff\xff\xff"]), timeout=5))):
+                try:
+                    await call()
+                    codes.append("OK")
+                except grpc.aio.AioRpcError as e:
+                    codes.append(e.code())
+            healthy = await health_status(s.address)  # well-formed calls still work
+            return codes, healthy
+
+    codes, healthy = run(scenario())
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 2 and healthy == "SERVING"
+
+
+async def _first(stream):
+    async for reply in stream:
+        return reply
