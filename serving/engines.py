@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 from semgen.bundle import Bundle, Service
 from serving.core.jobs import JobRunner
@@ -26,6 +27,8 @@ class Engines:
     semantics: SemanticsEngine | None = None
     imagine: ImagineEngine | None = None
     higan: HiganEngine | None = None
+    # whether the separate backend that runs pyramid, semantics and imagine (TorchServe) is up; None: in process
+    backend_up: Callable[[], bool] | None = None
 
     def loaded(self) -> list:
         return [e for e in (self.pyramid, self.semantics, self.imagine, self.higan) if e is not None]
@@ -49,7 +52,9 @@ def load_embedded(opts: ServeOptions, metrics: ServingMetrics) -> Engines:
     if bundle.serves(Service.SEMANTICS):
         engines.semantics = EmbeddedSemanticsEngine.from_dir(bundle.root, opts.heads_dir, device=opts.device,
                                                              workers=opts.workers, metrics=metrics, jobs=jobs,
-                                                             onnx=onnx, policy=policy)
+                                                             onnx=onnx, policy=policy,
+                                                             max_user_heads=opts.max_user_heads,
+                                                             max_heads_bytes=opts.max_heads_bytes)
     if imagine:
         engines.imagine = EmbeddedImagineEngine.from_dir(bundle.root, opts.imagine_classifier or None,
                                                          device=opts.device, metrics=metrics, jobs=jobs)

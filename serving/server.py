@@ -76,7 +76,7 @@ async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
     """The gRPC server with every service registered and health NOT_SERVING, not started.
     Attach engines and set SERVING when they are loaded (`attach_engines`)."""
     server = grpc.aio.server(
-        interceptors=[TelemetryInterceptor(metrics)],
+        interceptors=[TelemetryInterceptor(metrics, opts.max_message_bytes)],
         options=[
             ("grpc.max_send_message_length", opts.max_message_bytes),
             ("grpc.max_receive_message_length", opts.max_message_bytes),
@@ -122,6 +122,26 @@ async def attach_engines(gateway: Gateway, engines: Engines, models: str) -> Non
     await set_health(gateway.health, health_pb2.HealthCheckResponse.SERVING, served)
 
 
+HEALTH_POLL_S = 1.0  # how often health looks at a backend that can go down on its own (TorchServe)
+
+
+async def follow_backend(health: health_aio.HealthServicer, engines: Engines) -> None:
+    """Keep the health of the services a separate backend runs (and of the whole server) on that backend's
+    state: NOT_SERVING while it is down or restarting, SERVING once it is back."""
+    services = ["", *(service for service, engine in ((PYRAMID_SERVICE, engines.pyramid),
+                                                       (SEMANTICS_SERVICE, engines.semantics),
+                                                       (IMAGINE_SERVICE, engines.imagine)) if engine is not None)]
+    was_up = True
+    while True:
+        await asyncio.sleep(HEALTH_POLL_S)
+        up = await asyncio.to_thread(engines.backend_up)
+        if up != was_up:
+            log.warning("backend %s: health %s", "back" if up else "down", "SERVING" if up else "NOT_SERVING")
+            status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+            await set_health(health, status, services)
+            was_up = up
+
+
 async def serve(opts: ServeOptions,
                 load_engines: Callable[[ServeOptions, ServingMetrics], Engines] = load_embedded) -> int:
     """Run until SIGINT/SIGTERM; returns the exit code. `load_engines` runs in a thread."""
@@ -148,11 +168,14 @@ async def serve(opts: ServeOptions,
         load_engines = load_torchserve
     loading = asyncio.ensure_future(asyncio.to_thread(load_engines, opts, metrics))
     stopping = asyncio.ensure_future(stop.wait())
+    following = None
     try:
         await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
             engines = loading.result()  # a load error propagates to the except below
             await attach_engines(gateway, engines, opts.models)
+            if engines.backend_up is not None:
+                following = asyncio.ensure_future(follow_backend(health, engines))
             served = [name for name, e in (("pyramid", engines.pyramid), ("semantics", engines.semantics),
                                            ("imagine", engines.imagine), ("higan", engines.higan)) if e]
             print(f"models loaded from {opts.models} in {time.perf_counter() - started:.1f}s "
@@ -166,6 +189,8 @@ async def serve(opts: ServeOptions,
         code = 1
     finally:
         stopping.cancel()
+        if following is not None:
+            following.cancel()
         if not loading.done():  # a signal during loading: wait for it, then close what it made
             with contextlib.suppress(Exception):
                 engines = await loading

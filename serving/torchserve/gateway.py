@@ -32,6 +32,7 @@ class Supervisor:
         self.process = process
         self._poll = poll_seconds
         self._stopping = threading.Event()
+        self._restarting = False
         self._thread = threading.Thread(target=self._watch, name="semgen-torchserve-supervisor", daemon=True)
 
     def start(self, timeout: float = 180) -> "Supervisor":
@@ -44,12 +45,18 @@ class Supervisor:
             if self.process.alive():
                 continue
             log.warning("TorchServe exited; starting it again (calls get UNAVAILABLE meanwhile)")
+            self._restarting = True
             try:
                 self.process.stop()  # sweeps up what is left of the old process group
                 self.process.start(timeout=180)
+                self._restarting = False
                 log.warning("TorchServe is back at %s", self.process.base_url)
             except Exception as e:  # keep trying: the gateway stays up and answers UNAVAILABLE
                 log.error("TorchServe restart failed: %s", e)
+
+    def up(self) -> bool:
+        """TorchServe runs and is not being restarted (start() returns once its models are ready)."""
+        return not self._restarting and self.process.alive()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -79,6 +86,7 @@ def load_torchserve(opts, metrics: ServingMetrics):
     try:
         engines = asyncio.run(_connect(client, Path(opts.models)))
         engines.higan = embedded_higan(opts, metrics)
+        engines.backend_up = supervisor.up if supervisor else None  # a TorchServe of the operator's: theirs to watch
         if not engines.loaded():
             raise FileNotFoundError(f"{opts.models} has no model TorchServe can serve")
     except BaseException:

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from random_bundles import make_random_bundle, make_random_semantics_bundle
+from serving.core.healthcheck import check as health_check
 from servingkit import serve_subprocess
 from serving.core.channel import job_result
 from serving.pyramid.client import SemgenClient
@@ -65,6 +66,19 @@ def requests(address):
     return generated, sampled, edited, variations
 
 
+def health_statuses(address: str, service: str, until: str, seconds: float) -> list[str]:
+    """The service's health polled every 0.2 s: the distinct statuses seen, from the first change on, until `until`."""
+    seen, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        status = health_check(address, service)
+        if status != (seen[-1] if seen else "SERVING"):
+            seen.append(status)
+        if seen and status == until:
+            break
+        time.sleep(0.2)
+    return seen
+
+
 def test_same_bytes_through_torchserve_and_recovery(bundle):
     root, models = bundle
     common = ["--models", str(models), "--onnx-dir", str(root / "onnx"), "--heads-dir", str(root / "heads"),
@@ -83,7 +97,13 @@ def test_same_bytes_through_torchserve_and_recovery(bundle):
         assert re.search(r'semgen_engine_compute_seconds_count\{op="generate"\} 4', metrics)
         assert re.search(r'semgen_engine_queue_seconds_count\{op="sample"\} 1', metrics)
 
-        # TorchServe dies: UNAVAILABLE, then the supervisor brings it back and calls succeed again
+        # TorchServe dies: health goes NOT_SERVING, calls get UNAVAILABLE, then the supervisor brings it back,
+        # health is SERVING again and calls succeed again
+        assert health_check(ts.address, "semgen.v1.PyramidService") == "SERVING"
+        subprocess.run(["pkill", "-9", "-f", str(root / "ts" / "run")], check=False)
+        statuses = health_statuses(ts.address, "semgen.v1.PyramidService", until="SERVING", seconds=120)
+        assert statuses[0] == "NOT_SERVING" and statuses[-1] == "SERVING"
+        assert health_check(ts.address) == "SERVING"  # the whole server, too
         subprocess.run(["pkill", "-9", "-f", str(root / "ts" / "run")], check=False)
         with SemgenClient(ts.address, timeout=30) as client:
             with pytest.raises(grpc.RpcError) as error:
