@@ -39,7 +39,7 @@ class TorchServeSettings:
     java_heap: str = "1g"
     extra_properties: dict[str, str] = field(default_factory=dict)
 
-    def withfree_ports(self) -> TorchServeSettings:
+    def with_free_ports(self) -> TorchServeSettings:
         free = iter(free_ports(len(_PORT_FIELDS)))
         return replace(self, **{f: getattr(self, f) or next(free) for f in _PORT_FIELDS})
 
@@ -81,7 +81,7 @@ def write_config(
 ) -> Path:
     """Write <folder>/config.properties; the ports must be chosen already (see with_free_ports)."""
     if 0 in settings.ports():
-        raise ValueError("choose the ports first: settings.withfree_ports()")
+        raise ValueError("choose the ports first: settings.with_free_ports()")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     models = settings.models if settings.models == "all" else ",".join(settings.models)

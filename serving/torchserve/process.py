@@ -52,11 +52,25 @@ from pathlib import Path
 from serving.torchserve.config import (SOCKET_PATH_MAX, TorchServeAddress, TorchServeSettings, java_available,
                                        port_open, write_config)
 
+def stop_orphan(pidfile: Path) -> None:
+    """Kill the TorchServe a gateway that died left behind (its process group, from the pidfile), so that a
+    new one does not start beside it."""
+    try:
+        group = int(pidfile.read_text().split()[0])
+        leader = Path(f"/proc/{group}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        leader = b""  # no pidfile, or its group is gone
+    if b"serving.torchserve.watchdog" in leader:  # still ours: pids get reused
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)
+
+
 class TorchServeProcess:
     """A TorchServe we start and own: `with TorchServeProcess(settings, folder) as ts: ...`."""
 
     def __init__(self, settings: TorchServeSettings, folder: Path):
-        self.settings = settings.withfree_ports()
+        self.settings = settings.with_free_ports()
         self.folder = Path(folder).resolve()
         self.log_dir = Path(settings.log_dir or self.folder / "logs").resolve()
         self.console_log = self.log_dir / "console.log"
@@ -64,6 +78,7 @@ class TorchServeProcess:
         self._own_tmpdir = False
         self._proc: subprocess.Popen | None = None
         self._stopped = False
+        self.pidfile = self.folder / "torchserve.pgid"  # the process group we run TorchServe in
 
     @property
     def address(self) -> TorchServeAddress:
@@ -102,12 +117,15 @@ class TorchServeProcess:
         cmd = [sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
                "--model-store", str(Path(self.settings.model_store).resolve()),
                "--ts-config", str(config)]
+        stop_orphan(self.pidfile)
         with open(self.console_log, "ab") as log:
             # own session/process group, so stop() can sweep up the Java frontend and its workers
             self._stopped = False
-            self._proc = subprocess.Popen(cmd, cwd=self.folder, env=env, stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+            # through the watchdog, which kills the group when this process dies, even by SIGKILL
+            watched = [sys.executable, "-m", "serving.torchserve.watchdog", str(os.getpid()), "--", *cmd]
+            self._proc = subprocess.Popen(watched, cwd=self.folder, env=env, stdin=subprocess.DEVNULL,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.pidfile.write_text(f"{self._proc.pid}\n")
         models = self.settings.model_names()
         deadline = time.monotonic() + timeout
         while not self.address.ready(models):
@@ -140,6 +158,7 @@ class TorchServeProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, signal.SIGKILL)
         self._proc.wait(timeout=10)
+        self.pidfile.unlink(missing_ok=True)
         self._stopped = True
         if self._own_tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)

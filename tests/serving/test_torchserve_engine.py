@@ -6,8 +6,11 @@ embedded engine's names."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -119,3 +122,33 @@ def test_same_bytes_through_torchserve_and_recovery(bundle):
                     assert e.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
                     time.sleep(1)
     assert subprocess.run(["pgrep", "-f", str(root / "ts" / "run")], capture_output=True).stdout == b""
+
+
+def test_torchserve_dies_with_a_killed_gateway_and_an_orphan_is_stopped(bundle, tmp_path):
+    """SIGKILL of the gateway used to leave TorchServe (Java + workers, open ports) running, and the next
+    gateway started a second one beside it."""
+    root, models = bundle
+    ts = tmp_path / "ts"
+    args = ["--models", str(models), "--onnx-dir", str(root / "onnx"), "--heads-dir", str(root / "heads"),
+            "--max-batch", "4", "--max-batch-delay-ms", "50", "--engine", "torchserve", "--torchserve-dir", str(ts)]
+    with serve_subprocess(args) as gateway:
+        assert running(ts)
+        os.kill(gateway.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while running(ts) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not running(ts)  # the watchdog took TorchServe down with the gateway
+
+    # an orphan that outlived its gateway (as a kill of the whole watchdog would leave): the next start stops it
+    from serving.torchserve.process import stop_orphan
+
+    orphan = subprocess.Popen([sys.executable, "-m", "serving.torchserve.watchdog", str(os.getpid()), "--",
+                               "sleep", "300"], start_new_session=True)
+    (ts / "run").mkdir(parents=True, exist_ok=True)
+    (ts / "run" / "torchserve.pgid").write_text(f"{orphan.pid}\n")
+    stop_orphan(ts / "run" / "torchserve.pgid")
+    assert orphan.wait(timeout=10) == -signal.SIGKILL and not (ts / "run" / "torchserve.pgid").exists()
+
+
+def running(ts) -> bool:
+    return subprocess.run(["pgrep", "-f", str(ts / "run")], capture_output=True).stdout != b""
