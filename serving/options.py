@@ -50,6 +50,10 @@ class ServeOptions:
     max_jobs: int = opt(2, "iterative jobs (FitHead, SampleConditional, EditSemantics, Imagine) running at once")
     max_iterations: int = opt(500, "largest iterations of SampleConditional/EditSemantics")
     max_fit_iterations: int = opt(2000, "largest iterations of FitHead")
+    max_user_heads: int = opt(64, "user heads FitHead keeps in --heads-dir; a new one over it is refused with "
+                                  "RESOURCE_EXHAUSTED (replacing a head is not a new one)")
+    max_heads_bytes: int = opt(256 * MiB, "bytes the user heads in --heads-dir may take on disk; a FitHead over it "
+                                          "is refused with RESOURCE_EXHAUSTED")
     max_candidates: int = opt(256, "largest n_init (random latents per sample) of SampleConditional")
     max_imagine_iterations: int = opt(5000, "largest stage1/stage2 iterations of Imagine")
     grace_seconds: float = opt(10.0, "time in-flight RPCs get on shutdown")
@@ -75,6 +79,14 @@ class ServeOptions:
         self.batch_policy.check()
         if self.ort_threads < 1:
             raise ValueError("--ort-threads must be >= 1")
+        from serving.semantics.validation import MAX_HEAD_INFO_BYTES  # here: `serve --help` stays light
+
+        if min(self.max_user_heads, self.max_heads_bytes) < 1:
+            raise ValueError("--max-user-heads and --max-heads-bytes must be >= 1")
+        if self.max_user_heads * MAX_HEAD_INFO_BYTES > self.max_message_bytes // 2:
+            raise ValueError(f"--max-user-heads: {self.max_user_heads} user heads can make a ListHeads reply of "
+                             f"{self.max_user_heads * MAX_HEAD_INFO_BYTES} bytes (up to {MAX_HEAD_INFO_BYTES} each), "
+                             f"over half of --max-message-bytes; lower it or raise --max-message-bytes")
         if self.max_image_bytes >= self.max_message_bytes:
             raise ValueError("--max-image-bytes must be below --max-message-bytes (the image travels inside a message)")
 

@@ -1,7 +1,9 @@
 """Server interceptor: request id, one log line and metrics for every RPC.
 
 It wraps the handler's behaviour (not just the call to it) so it sees the *final* status code,
-including aborts from servicers, cancellations and deadline expiry.
+including aborts from servicers, cancellations and deadline expiry. Given the server's send limit, it
+also serializes the replies itself: one over the limit is answered RESOURCE_EXHAUSTED and counted so
+(grpc would fail it after the handler returned, and the RPC would be counted as OK).
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ def _request_id(metadata) -> str:
 
 
 class TelemetryInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: ServingMetrics):
+    def __init__(self, metrics: ServingMetrics, max_send_bytes: int | None = None):
         self.metrics = metrics
+        self.max_send_bytes = max_send_bytes  # grpc.max_send_message_length; None: replies are not checked
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -47,7 +50,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             # blow up the metric's cardinality with made-up method names.
             return None
         method = handler_call_details.method.lstrip("/")
-        return _wrap(handler, lambda context: self._observe(method, context))
+        return _wrap(handler, lambda context: self._observe(method, context), self.max_send_bytes)
 
     @contextlib.asynccontextmanager
     async def _observe(self, method: str, context):
@@ -81,8 +84,9 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                     method, code.name, elapsed * 1000, rid, peer)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, observe) -> grpc.RpcMethodHandler:
-    """The same handler with its behaviour run inside `observe(context)`."""
+def _wrap(handler: grpc.RpcMethodHandler, observe, max_send_bytes: int | None = None) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour run inside `observe(context)`; with `max_send_bytes`, its replies
+    are serialized there too, and one over the limit is refused with RESOURCE_EXHAUSTED."""
     for attr, factory in (
         ("unary_unary", grpc.unary_unary_rpc_method_handler),
         ("unary_stream", grpc.unary_stream_rpc_method_handler),
@@ -95,17 +99,33 @@ def _wrap(handler: grpc.RpcMethodHandler, observe) -> grpc.RpcMethodHandler:
     else:
         return handler
 
+    serialize = handler.response_serializer
+    checked = max_send_bytes is not None and serialize is not None
+
+    async def sized(response, context):
+        if not checked or response is None:
+            return response
+        data = serialize(response)
+        if len(data) > max_send_bytes:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"response: {len(data)} bytes is over the server's message limit of "
+                                f"{max_send_bytes} bytes (--max-message-bytes)")
+        return data
+
     if inspect.isasyncgenfunction(behavior):  # streaming reply written with `yield`
         async def wrapped(request, context):
             async with observe(context):
                 async for response in behavior(request, context):
-                    yield response
+                    yield await sized(response, context)
     elif inspect.iscoroutinefunction(behavior):
         async def wrapped(request, context):
             async with observe(context):
-                return await behavior(request, context)
+                return await sized(await behavior(request, context), context)
     else:  # a sync behaviour run by grpc's thread pool; all semgen servicers are async
         return handler
 
+    def passing_bytes(response):  # replies `sized` serialized, and those a behaviour writes with context.write
+        return response if isinstance(response, bytes) else serialize(response)
+
     return factory(wrapped, request_deserializer=handler.request_deserializer,
-                   response_serializer=handler.response_serializer)
+                   response_serializer=passing_bytes if checked else serialize)

@@ -10,7 +10,8 @@ what the job returned; however the caller leaves that iteration (done, cancelled
 job's stop flag is set.
 
 Metrics (op = the job's name): semgen_jobs_running{op}, semgen_jobs_total{op, outcome} with
-outcome ok, cancelled, deadline, invalid, error or rejected (over the limit), and the compute time.
+outcome ok, cancelled, deadline, invalid, error or rejected (over a limit: running jobs, or one the job
+raised as ResourceExhausted, such as the user heads'), and the compute time.
 """
 
 from __future__ import annotations
@@ -122,6 +123,9 @@ class JobRunner:
                 post(_FAILED, e if isinstance(e, InvalidInput) else InvalidInput(str(e)))
             except (AlreadyExists, NotFound) as e:
                 outcome = "invalid"
+                post(_FAILED, e)
+            except ResourceExhausted as e:  # a limit the job found (stored heads)
+                outcome = "rejected"
                 post(_FAILED, e)
             except Exception as e:
                 post(_FAILED, e)

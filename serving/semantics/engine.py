@@ -5,7 +5,8 @@ Forward work (Sample, Segment) runs on a `WorkerPool` like the pyramid engine. I
 at once, so a long job never holds up sampling. A job reports every optimisation step through the
 pipeline's `on_step` callback, which runs on the job's thread: it hands progress to the event loop
 and raises `JobStopped` once the request is cancelled or past its deadline, so the job ends within
-one iteration.
+one iteration. SCS's candidate stage (num_samples × n_init generator passes, before the first step)
+checks the same way after every batch of passes, through the pipeline's `on_candidates`.
 
 torch and semgen are imported only by `from_dir` and on job threads.
 """
@@ -13,6 +14,7 @@ torch and semgen are imported only by `from_dir` and on job threads.
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -21,10 +23,12 @@ import numpy as np
 
 from semgen.pipelines.forward import Op, run_batch
 from serving.core.batcher import DynamicBatcher
-from serving.core.errors import AlreadyExists, not_found_errors
+from serving.core.errors import AlreadyExists, ResourceExhausted, not_found_errors
 from serving.core.workers import WorkerPool
 from serving.core.jobs import JobControl, JobRunner
 from serving.core.metrics import ServingMetrics
+
+log = logging.getLogger("serving.semantics")
 
 SEGMENTER = "segmenter"  # the pipeline's name for its pixel-space segmenter (semgen.pipelines.semantics)
 
@@ -118,18 +122,25 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
     @classmethod
     def from_dir(cls, models_dir: str | Path, heads_dir: str | Path, device: str = "auto", workers: int = 1,
                  max_jobs: int = 2, metrics: ServingMetrics | None = None,
-                 jobs: JobRunner | None = None, onnx=None, policy=None) -> "EmbeddedSemanticsEngine":
+                 jobs: JobRunner | None = None, onnx=None, policy=None, max_user_heads: int | None = None,
+                 max_heads_bytes: int | None = None) -> "EmbeddedSemanticsEngine":
         """Load <models>/stylegan, segmenter and heads, plus the user heads in `heads_dir` (blocking).
         `jobs`: a job runner shared with other engines (else one of `max_jobs` of its own);
-        `onnx`: an OnnxModels exported from the bundle; `policy`: a BatchPolicy for Sample/Segment."""
+        `onnx`: an OnnxModels exported from the bundle; `policy`: a BatchPolicy for Sample/Segment;
+        `max_user_heads`, `max_heads_bytes`: the limits FitHead keeps to (None: none). User heads already
+        over them are loaded all the same, with a warning."""
         import torch
         from semgen.pipelines.semantics import HeadStore, SemanticsPipeline
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         pipeline = SemanticsPipeline.from_dir(models_dir, device=device, extra_heads_dir=heads_dir, onnx=onnx)
-        return cls(pipeline, HeadStore.open(heads_dir, models_dir), workers=workers, max_jobs=max_jobs,
-                   metrics=metrics, jobs=jobs, policy=policy)
+        heads = HeadStore.open(heads_dir, models_dir, max_user_heads, max_heads_bytes)
+        over = heads.over_limits()
+        if over:
+            log.warning("the user heads in %s are over the limits (--max-user-heads, --max-heads-bytes): %s; "
+                        "they are served, but FitHead adds no new head until there is room", heads_dir, over)
+        return cls(pipeline, heads, workers=workers, max_jobs=max_jobs, metrics=metrics, jobs=jobs, policy=policy)
 
     @property
     def info(self) -> SemanticsInfo:
@@ -168,8 +179,8 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
                        time_remaining) -> HeadSummary:
         pipeline = self._pipeline
 
-        def run(on_step):
-            from semgen.pipelines.semantics import FewShotSchedule, HeadExists
+        def run(on_step, _check):
+            from semgen.pipelines.semantics import FewShotSchedule, HeadExists, HeadLimit
 
             try:  # reserved on the job thread, so two requests cannot both take a name
                 with self._heads.reserve(name, replace):
@@ -182,6 +193,8 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
                     return HeadSummary(name, head.kind, tuple(class_names), bundled=False, shots=len(latents))
             except HeadExists as e:
                 raise AlreadyExists(str(e)) from None
+            except HeadLimit as e:
+                raise ResourceExhausted(str(e)) from None
 
         async for event in self._job("fit_head", run, iterations or 0, 0, time_remaining):
             if isinstance(event, HeadSummary):  # FitHead is unary: its progress is not sent
@@ -190,17 +203,17 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
 
     def sample_conditional(self, target_mask, head, num_samples, seed, n_init, iterations, lr, space, psi,
                            preview_every, time_remaining) -> AsyncIterator[Progress | Samples]:
-        def run(on_step):
+        def run(on_step, check):
             r = self._pipeline.sample_conditional(target_mask, head, num_samples, seed, n_init=n_init,
                                                   iterations=iterations, lr=lr, space=space, psi=psi,
-                                                  on_step=on_step)
+                                                  on_step=on_step, on_candidates=check)
             return Samples(r.images, r.latents, r.masks, self._classes(head), r.scores)
 
         return self._job("sample_conditional", run, iterations, preview_every, time_remaining)
 
     def edit(self, latent, target_mask, head, iterations, lr, space, preview_every,
              time_remaining) -> AsyncIterator[Progress | Samples]:
-        def run(on_step):
+        def run(on_step, _check):
             r = self._pipeline.edit(latent, target_mask, head, iterations=iterations, lr=lr, space=space,
                                     on_step=on_step)
             return Samples(r.images, r.latents, r.masks, self._classes(head), r.scores)
@@ -209,8 +222,10 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
 
     def _job(self, op: str, run: Callable, total: int, preview_every: int,
              time_remaining: float | None) -> AsyncIterator:
-        """Run `run(on_step)` as a job: a Progress per step (with a preview of the first image every
-        `preview_every` steps), then what `run` returned. Leaving the iteration stops the job."""
+        """Run `run(on_step, check)` as a job: a Progress per step (with a preview of the first image every
+        `preview_every` steps), then what `run` returned. `check(*_)` is for long phases before the first
+        step (SCS's candidates): it raises JobStopped like `on_step` but posts nothing, so the events of a
+        stream stay the same. Leaving the iteration stops the job."""
 
         def job(control: JobControl):
             def on_step(iteration: int, loss: float, images) -> None:
@@ -222,7 +237,10 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
                     preview = to_uint8(images[:1])[0]
                 control.post(Progress(iteration, total, float(loss), preview))
 
-            return run(on_step)
+            def check(*_progress) -> None:
+                control.check(0)  # no step done yet
+
+            return run(on_step, check)
 
         return self._jobs.stream(op, job, total, time_remaining)
 

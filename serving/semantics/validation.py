@@ -20,6 +20,14 @@ from serving.core.validation import Limits, check_image_bytes, check_latents, ch
 
 MAX_SHOTS = 16  # few-shot heads: the paper fits from 1 to 16 samples
 MAX_CLASSES = 256  # masks are 8-bit
+MAX_CLASS_NAME_CHARS = 64
+SHOWN_CHARS = 40  # a bad value is quoted cut to this many characters
+SHOWN_PROBLEMS = 5  # class names with a problem named one by one in the message; the rest are counted
+# Saved heads travel in every ListHeads reply, which is not paged: it stays bounded because a user head's
+# HeadInfo is at most this many bytes (the 64-character ASCII name, the kind, shots, and MAX_CLASSES names of
+# MAX_CLASS_NAME_CHARS characters of up to 4 UTF-8 bytes, each with its tag and length) and --max-user-heads
+# bounds their number (ServeOptions.check keeps their product within half of --max-message-bytes).
+MAX_HEAD_INFO_BYTES = 128 + MAX_CLASSES * (3 + 4 * MAX_CLASS_NAME_CHARS)
 HEAD_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 MAX_SCS_SEED = 2**32  # the pipeline numbers candidate seeds seed * 1_000_003 + i in int64
 DEFAULT_ITERATIONS = 50
@@ -128,17 +136,39 @@ def check_fit_head(request, info: SemanticsInfo, limits: Limits) -> FitHeadArgs:
     class_names = tuple(request.class_names)
     if not 2 <= len(class_names) <= MAX_CLASSES:
         errors.append(f"class_names: give 2 to {MAX_CLASSES} classes, got {len(class_names)}")
-    for i, cls in enumerate(class_names):
-        if not cls:
-            errors.append(f"class_names[{i}]: empty; every class needs a name")
-        elif cls in class_names[:i]:
-            errors.append(f"class_names[{i}]: {cls!r} is given twice")
+    if len(class_names) <= MAX_CLASSES:  # more: not worth checking one by one
+        _check_class_names(class_names, errors)
     if not 0 <= request.iterations <= limits.max_fit_iterations:
         errors.append(f"iterations: must be between 1 and {limits.max_fit_iterations} "
                       f"(0 = the paper's schedule), got {request.iterations}")
     raise_invalid(errors)
     return FitHeadArgs(name=name, latents=latents, class_names=class_names, seed=request.seed,
                        iterations=request.iterations or None, replace=request.replace)
+
+
+def _check_class_names(class_names: tuple[str, ...], errors: list) -> None:
+    """Each name: 1 to MAX_CLASS_NAME_CHARS printable characters, given once. The first SHOWN_PROBLEMS
+    problems are named (a bad value cut to SHOWN_CHARS), the others counted."""
+    problems, seen = [], set()
+    for i, cls in enumerate(class_names):
+        if not cls:
+            problems.append(f"class_names[{i}]: empty; every class needs a name")
+        elif len(cls) > MAX_CLASS_NAME_CHARS:
+            problems.append(f"class_names[{i}]: {_cut(cls)!r} is {len(cls)} characters; "
+                            f"use at most {MAX_CLASS_NAME_CHARS}")
+        elif not cls.isprintable():
+            problems.append(f"class_names[{i}]: {_cut(cls)!r} contains a control or other non-printable "
+                            f"character; use printable characters and plain spaces")
+        elif cls in seen:
+            problems.append(f"class_names[{i}]: {cls!r} is given twice")
+        seen.add(cls)
+    errors.extend(problems[:SHOWN_PROBLEMS])
+    if len(problems) > SHOWN_PROBLEMS:
+        errors.append(f"class_names: {len(problems) - SHOWN_PROBLEMS} more names with problems")
+
+
+def _cut(value: str) -> str:
+    return value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "…"
 
 
 def check_sample_conditional(request, info: SemanticsInfo, limits: Limits) -> ConditionalArgs:

@@ -8,7 +8,7 @@ import torch
 from semgen.checkpoints import save_checkpoint
 from semgen.networks.heads import LinearSemanticExtractor
 from semgen.pipelines.forward import Op
-from semgen.pipelines.semantics import HeadExists, HeadStore
+from semgen.pipelines.semantics import HeadExists, HeadLimit, HeadStore
 
 LAYERS = (4, 4)
 
@@ -83,6 +83,29 @@ def test_save_writes_a_loadable_head_and_remembers_its_shots(store):
     with pytest.raises(ValueError, match="^name: 'lse' is a bundled head"):
         store.save("lse", fitted)
     assert not (store.folder / "lse").exists()
+
+
+def test_limits_count_fits_in_progress_and_a_replaced_head_once(store, tmp_path):
+    size = sum(f.stat().st_size for f in (store.folder / "water-3").iterdir())  # each head here: the same size
+    limited = HeadStore.open(store.folder, tmp_path / "models", max_heads=3, max_bytes=3 * size)
+    assert limited.over_limits() is None
+    with limited.reserve("new-1", replace=False):  # a fit in progress holds a place
+        with pytest.raises(HeadLimit, match=r"^heads: the server is at its limit of 3 user heads"):
+            with limited.reserve("new-2", replace=False):
+                pass
+        with limited.reserve("water-3", replace=True):  # replacing is not a new head, and its bytes count once
+            limited.save("water-3", head(seed=4), training={"shots": 1})
+        limited.save("new-1", head(seed=5), training={"shots": 2})
+    assert limited.user == {"water-3": 1, "nse1": 8, "new-1": 2}
+    full = HeadStore.open(store.folder, tmp_path / "models", max_bytes=3 * size)
+    with pytest.raises(HeadLimit, match=rf"^heads: the other user heads take {3 * size} bytes, the server's limit"):
+        with full.reserve("new-2", replace=False):
+            pass
+    (store.folder / ".half.saving").mkdir()  # what a save cut short leaves: not a head
+    (store.folder / ".half.saving" / "config.json").write_text("{}")
+    over = HeadStore.open(store.folder, tmp_path / "models", max_heads=2, max_bytes=size)
+    assert sorted(over.user) == [name for name, _ in over.load()] == ["new-1", "nse1", "water-3"]
+    assert over.over_limits() == f"3 heads (limit 2) and {3 * size} bytes (limit {size})"
 
 
 def test_op_names_are_strings():

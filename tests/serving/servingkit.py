@@ -104,7 +104,8 @@ async def in_process_semantics_server(models, heads_dir, **options):
 
     def load(metrics):
         engine = EmbeddedSemanticsEngine.from_dir(models, heads_dir, device="cpu", max_jobs=opts.max_jobs,
-                                                  metrics=metrics)
+                                                  metrics=metrics, max_user_heads=opts.max_user_heads,
+                                                  max_heads_bytes=opts.max_heads_bytes)
         return engine, Engines(semantics=engine)
 
     async with _in_process_engine(opts, load) as server:

@@ -16,10 +16,10 @@ with the cross-entropy between a predictor's logits and a target mask.
 """
 
 from semgen.pipelines.semantics.fewshot import FewShotSchedule, seeded_init
-from semgen.pipelines.semantics.headstore import HeadExists, HeadStore
+from semgen.pipelines.semantics.headstore import HeadExists, HeadLimit, HeadStore
 from semgen.pipelines.semantics.models import LATENT_SPACES, SEGMENTER, Samples, SemanticModels, StepCallback
 from semgen.pipelines.semantics.pipeline import SemanticsPipeline
 from semgen.pipelines.semantics.scs import CandidatePool
 
-__all__ = ["CandidatePool", "FewShotSchedule", "HeadExists", "HeadStore", "LATENT_SPACES", "SEGMENTER", "Samples",
-           "SemanticModels", "SemanticsPipeline", "StepCallback", "seeded_init"]
+__all__ = ["CandidatePool", "FewShotSchedule", "HeadExists", "HeadLimit", "HeadStore", "LATENT_SPACES", "SEGMENTER",
+           "Samples", "SemanticModels", "SemanticsPipeline", "StepCallback", "seeded_init"]

@@ -19,7 +19,7 @@ import semgen.pipelines.semantics.sie as sie
 from semgen.pipelines.semantics.fewshot import FewShotSchedule
 from semgen.pipelines.semantics.headstore import load_heads
 from semgen.pipelines.semantics.models import Samples, SemanticModels, StepCallback
-from semgen.pipelines.semantics.scs import CandidatePool
+from semgen.pipelines.semantics.scs import CandidateCallback, CandidatePool
 
 
 class SemanticsPipeline(SemanticModels):
@@ -82,11 +82,14 @@ class SemanticsPipeline(SemanticModels):
 
     def sample_conditional(self, target_mask, predictor: str, num_samples: int, seed: int, n_init: int = 100,
                            iterations: int = 50, lr: float = 0.01, space: str = "w+", psi: float = 1.0,
-                           on_step: StepCallback | None = None) -> Samples:
+                           on_step: StepCallback | None = None,
+                           on_candidates: CandidateCallback | None = None) -> Samples:
         """SCS (App. H, Algorithm 3): per sample, the best of n_init random latents, then Adam on
-        the latent with cross-entropy to the target mask."""
+        the latent with cross-entropy to the target mask. `on_candidates(done, total)` runs after
+        every batch of the candidates' generator passes, `on_step` after every Adam step; either
+        may raise to stop."""
         return scs.sample_conditional(self, target_mask, predictor, num_samples, seed, n_init, iterations, lr,
-                                      space, psi, on_step)
+                                      space, psi, on_step, on_candidates)
 
     def conditional_batch(self, targets: torch.Tensor, predictor: str, per_target: int, pool: CandidatePool,
                           iterations: int = 50, lr: float = 0.01, space: str = "w+",
@@ -94,9 +97,11 @@ class SemanticsPipeline(SemanticModels):
         """SCS for several checked targets [T, S, S] at once, `per_target` samples each (target-major)."""
         return scs.conditional_batch(self, targets, predictor, per_target, pool, iterations, lr, space, on_step)
 
-    def candidate_pool(self, predictor: str, n: int, seed: int, psi: float = 1.0, batch_size: int = 64) -> CandidatePool:
-        """n random latents (seeded) and their masks by `predictor`."""
-        return scs.candidate_pool(self, predictor, n, seed, psi, batch_size)
+    def candidate_pool(self, predictor: str, n: int, seed: int, psi: float = 1.0, batch_size: int = 64,
+                       on_candidates: CandidateCallback | None = None) -> CandidatePool:
+        """n random latents (seeded) and their masks by `predictor`; `on_candidates(done, n)` after
+        every batch of generator passes."""
+        return scs.candidate_pool(self, predictor, n, seed, psi, batch_size, on_candidates)
 
     def edit(self, latent, target_mask, predictor: str, iterations: int = 50, lr: float = 0.01, space: str = "w+",
              on_step: StepCallback | None = None) -> Samples:
