@@ -3,6 +3,7 @@ Java, and port helpers (findings for TorchServe 0.12 in serving/torchserve/proce
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -36,6 +37,9 @@ class TorchServeSettings:
     job_queue_size: int = 100
     default_response_timeout: int = 120  # seconds
     log_dir: Path | None = None  # None: <folder>/logs
+    # the management API on a unix socket in a folder only we can enter, not on a TCP port: TorchServe's
+    # management API has no token here, and on a port any local user could scale our models to 0 workers
+    management_socket: Path | None = None
     java_heap: str = "1g"
     extra_properties: dict[str, str] = field(default_factory=dict)
 
@@ -58,7 +62,7 @@ class TorchServeAddress:
     """Where a running TorchServe answers; use it directly to connect to one we did not start."""
 
     inference_url: str
-    management_url: str
+    management_url: str  # http://host:port, or unix:/path of a socket
     metrics_url: str
 
     def healthy(self) -> bool:
@@ -66,7 +70,8 @@ class TorchServeAddress:
         return isinstance(reply, dict) and reply.get("status") == "Healthy"
 
     def model_ready(self, name: str) -> bool:
-        reply = get_json(f"{self.management_url}/models/{name}")
+        reply = get_json(f"{self.management_url}/models/{name}") if self.management_url.startswith("http") else \
+            get_json_unix(self.management_url.removeprefix("unix:"), f"/models/{name}")
         if not isinstance(reply, list) or not reply:
             return False
         workers = [w for version in reply for w in version.get("workers", [])]
@@ -90,7 +95,8 @@ def write_config(
         vmargs += f" -Djava.io.tmpdir={java_tmpdir}"
     props = {
         "inference_address": f"http://{settings.host}:{settings.inference_port}",
-        "management_address": f"http://{settings.host}:{settings.management_port}",
+        "management_address": (f"unix:{settings.management_socket}" if settings.management_socket
+                               else f"http://{settings.host}:{settings.management_port}"),
         "metrics_address": f"http://{settings.host}:{settings.metrics_port}",
         "grpc_inference_address": settings.host,
         "grpc_inference_port": str(settings.grpc_inference_port),
@@ -132,6 +138,31 @@ def java_available() -> tuple[bool, str]:
     if major < 11:
         return False, f"{java} is Java {major}; TorchServe 0.12 needs 11 or newer"
     return True, f"{java} (Java {major})"
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (TorchServe's management API when it listens on one)."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def get_json_unix(socket_path: str, path: str, timeout: float = 5):
+    connection = UnixHTTPConnection(socket_path, timeout)
+    try:
+        connection.request("GET", path)
+        reply = connection.getresponse()
+        return json.loads(reply.read()) if reply.status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
 
 
 def get_json(url: str, timeout: float = 5):

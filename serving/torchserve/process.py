@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from serving.torchserve.config import (SOCKET_PATH_MAX, TorchServeAddress, TorchServeSettings, java_available,
@@ -85,7 +86,7 @@ class TorchServeProcess:
         s = self.settings
         return TorchServeAddress(
             f"http://{s.host}:{s.inference_port}",
-            f"http://{s.host}:{s.management_port}",
+            f"unix:{s.management_socket}" if s.management_socket else f"http://{s.host}:{s.management_port}",
             f"http://{s.host}:{s.metrics_port}",
         )
 
@@ -105,6 +106,9 @@ class TorchServeProcess:
         if len(str(self._tmpdir / ".ts.sock.65535")) > SOCKET_PATH_MAX:
             self._tmpdir, self._own_tmpdir = Path(tempfile.mkdtemp(prefix="ts-")), True
         self._tmpdir.mkdir(parents=True, exist_ok=True)
+        self._tmpdir.chmod(0o700)  # the management socket and the workers' sockets: ours alone
+        self.settings = replace(self.settings, management_socket=self._tmpdir / "mgmt.sock")
+        self.settings.management_socket.unlink(missing_ok=True)  # a stale one from a TorchServe that died
         # a stale pid file could make the start script think we are already running, and
         # every start unpacks the archives afresh
         (self._tmpdir / ".model_server.pid").unlink(missing_ok=True)

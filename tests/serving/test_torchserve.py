@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from export.mar import build_mar
+from serving.torchserve.config import port_open
 from serving.torchserve.process import TorchServeProcess, TorchServeSettings, java_available
 
 HANDLER = textwrap.dedent(
@@ -83,6 +84,13 @@ def test_torchserve_round_trip(tmp_path):
             metrics = reply.read().decode()
         assert "# TYPE ts_inference_requests_total counter" in metrics
         assert 'ts_inference_requests_total{model_name="reverse"' in metrics
+
+        # the management API (no token: it can scale models to 0 workers) is on no TCP port, only on a
+        # socket in a folder no other user can enter, where the gateway still sees the model ready
+        assert not port_open(server.settings.host, server.settings.management_port)
+        socket_path = server.settings.management_socket
+        assert socket_path.is_socket() and socket_path.parent.stat().st_mode & 0o077 == 0
+        assert server.address.model_ready("reverse")
 
     assert not server.alive()
     assert server.ports_open() == []
