@@ -1,9 +1,15 @@
 # semgen GPU serving image: `semgen serve` on 0.0.0.0:50051 (gRPC) and :9464 (/metrics).
 #
 #   docker build -t semgen .
-#   docker run --gpus all -p 50051:50051 -p 9464:9464 semgen
-#   docker run --gpus all -v /path/to/bundle:/models semgen \
-#       semgen serve --models /models --host 0.0.0.0 --device cuda     # other models or flags
+#   docker run --gpus all -p 50051:50051 -p 9464:9464 -e SEMGEN_TOKEN="$(cat token)" semgen
+#   docker run --gpus all -v /path/to/bundle:/models -v /path/to/secrets:/secrets:ro semgen \
+#       semgen serve --models /models --host 0.0.0.0 --device cuda --token-file /secrets/token \
+#       --tls-cert /secrets/cert.pem --tls-key /secrets/key.pem     # other models or flags
+#
+# 0.0.0.0 is not loopback, so the server refuses to start without a token ($SEMGEN_TOKEN or --token-file)
+# or TLS (--tls-cert/--tls-key), unless the command says --insecure (README "Security"). The HEALTHCHECK
+# needs no token (health is exempt); with TLS, override it to pass --tls-ca (and --tls-server-name if the
+# certificate does not name 127.0.0.1).
 #
 # torch is NOT installed from PyPI here: the CUDA build comes with the base image. pyproject pins
 # torch==2.13.0, so the base image must carry torch 2.13.0 (a local tag such as 2.13.0+cu128

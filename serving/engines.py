@@ -41,7 +41,8 @@ def load_embedded(opts: ServeOptions, metrics: ServingMetrics) -> Engines:
     if not bundle.has("pyramid") and not bundle.serves(Service.SEMANTICS) and not imagine:
         raise FileNotFoundError(f"{bundle} has none of pyramid/, stylegan/ and classifier/ (and no --imagine-classifier)")
     engines = Engines()
-    jobs = JobRunner(opts.max_jobs, metrics)  # one limit for the iterative jobs of every service
+    # one limit for the iterative jobs of every service, and one deadline
+    jobs = JobRunner(opts.max_jobs, metrics, max_seconds=opts.max_job_seconds)
     onnx, policy = exported_models(opts)
     if bundle.has("pyramid"):
         # a --classifier other than the bundle's was not exported: that pyramid runs on torch

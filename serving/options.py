@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass
 
 from semgen.options import add_options, opt, options_from_args
+from serving.core.auth import check_exposure, read_token
 from serving.core.batcher import BatchPolicy
 from serving.core.validation import Limits
 
@@ -21,7 +22,18 @@ class ServeOptions:
     imagine_classifier: str = opt("", "IMAGINE's classifier instead of <models>/classifier: a checkpoint folder, "
                                       "torchvision-vgg16:PATH or torchvision-resnet50:PATH")
     heads_dir: str = opt("var/heads", "where FitHead saves user heads (and loads them on start)")
-    host: str = opt("127.0.0.1", "address to bind gRPC and metrics on")
+    host: str = opt("127.0.0.1", "address to bind gRPC (and metrics, unless --metrics-host) on; one that is not "
+                                 "loopback needs --tls-cert/--tls-key or a token (--token-file, $SEMGEN_TOKEN), "
+                                 "or --insecure")
+    tls_cert: str = opt("", "server certificate chain PEM: gRPC over TLS (with --tls-key)")
+    tls_key: str = opt("", "the server certificate's private key PEM")
+    tls_client_ca: str = opt("", "CA PEM that client certificates must be signed by: mutual TLS, a client without "
+                                 "one is refused (needs --tls-cert)")
+    token_file: str = opt("", "file holding the bearer token every call but grpc.health.v1 must carry "
+                              "('authorization: Bearer <token>'); default: $SEMGEN_TOKEN if set, else no token")
+    insecure: bool = opt(False, "allow a non-loopback --host without TLS or a token (anyone who reaches the port "
+                                "can call every RPC)")
+    metrics_host: str = opt("", "address to bind the plaintext, unauthenticated /metrics on; empty: --host")
     port: int = opt(50051, "gRPC port; 0 picks a free one")
     metrics_port: int = opt(9464, "Prometheus /metrics port")
     device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1")
@@ -46,6 +58,11 @@ class ServeOptions:
     max_samples: int = opt(16, "largest num_samples per request")
     max_image_bytes: int = opt(8 * MiB, "largest encoded reference image")
     max_image_pixels: int = opt(4096 * 4096, "largest reference width*height")
+    max_request_decoded_bytes: int = opt(64 * MiB, "largest decoded size of one request's images (w*h*3) and masks "
+                                                   "(w*h*4), read from their headers before decoding; over it is "
+                                                   "refused with INVALID_ARGUMENT")
+    max_decoded_bytes_in_flight: int = opt(512 * MiB, "server-wide budget of decoded image and mask bytes in flight; "
+                                                      "a request over it is refused at once with RESOURCE_EXHAUSTED")
     max_message_bytes: int = opt(64 * MiB, "gRPC send/receive message limit")
     max_jobs: int = opt(2, "iterative jobs (FitHead, SampleConditional, EditSemantics, Imagine) running at once")
     max_iterations: int = opt(500, "largest iterations of SampleConditional/EditSemantics")
@@ -56,6 +73,8 @@ class ServeOptions:
                                           "is refused with RESOURCE_EXHAUSTED")
     max_candidates: int = opt(256, "largest n_init (random latents per sample) of SampleConditional")
     max_imagine_iterations: int = opt(5000, "largest stage1/stage2 iterations of Imagine")
+    max_job_seconds: float = opt(600.0, "the server's deadline for every iterative job (FitHead, SampleConditional, "
+                                        "EditSemantics, Imagine), on either engine; a client's shorter deadline wins")
     grace_seconds: float = opt(10.0, "time in-flight RPCs get on shutdown")
     log_level: str = opt("INFO", "DEBUG, INFO, WARNING, ...")
 
@@ -64,10 +83,11 @@ class ServeOptions:
         return options_from_args(cls, args)
 
     def check(self) -> None:
+        check_exposure(self.host, self.tls_cert, self.tls_key, self.tls_client_ca, self.token, self.insecure)
         if min(self.max_samples, self.workers, self.max_jobs, self.max_iterations, self.max_fit_iterations,
-               self.max_candidates, self.max_imagine_iterations) < 1:
+               self.max_candidates, self.max_imagine_iterations, self.max_job_seconds) <= 0:
             raise ValueError("--max-samples, --workers, --max-jobs, --max-iterations, --max-fit-iterations, "
-                             "--max-candidates and --max-imagine-iterations must be >= 1")
+                             "--max-candidates and --max-imagine-iterations must be >= 1, --max-job-seconds > 0")
         if self.engine not in ("embedded", "torchserve"):
             raise ValueError(f"--engine must be embedded or torchserve, got {self.engine!r}")
         if self.torchserve_address and not self.torchserve_address.startswith("http://"):
@@ -87,8 +107,18 @@ class ServeOptions:
             raise ValueError(f"--max-user-heads: {self.max_user_heads} user heads can make a ListHeads reply of "
                              f"{self.max_user_heads * MAX_HEAD_INFO_BYTES} bytes (up to {MAX_HEAD_INFO_BYTES} each), "
                              f"over half of --max-message-bytes; lower it or raise --max-message-bytes")
+        if self.max_image_pixels * 3 > self.max_request_decoded_bytes:
+            raise ValueError(f"--max-request-decoded-bytes must fit one image of --max-image-pixels "
+                             f"(x3 bytes, RGB): at least {self.max_image_pixels * 3}")
+        if self.max_request_decoded_bytes > self.max_decoded_bytes_in_flight:
+            raise ValueError("--max-request-decoded-bytes must not be over --max-decoded-bytes-in-flight")
         if self.max_image_bytes >= self.max_message_bytes:
             raise ValueError("--max-image-bytes must be below --max-message-bytes (the image travels inside a message)")
+
+    @property
+    def token(self) -> str:
+        """The bearer token (--token-file, else $SEMGEN_TOKEN); "" for none."""
+        return read_token(self.token_file)
 
     @property
     def batch_policy(self) -> BatchPolicy:
@@ -97,7 +127,8 @@ class ServeOptions:
     @property
     def limits(self) -> Limits:
         return Limits(self.max_samples, self.max_image_bytes, self.max_image_pixels, self.max_iterations,
-                      self.max_fit_iterations, self.max_candidates, self.max_imagine_iterations)
+                      self.max_fit_iterations, self.max_candidates, self.max_imagine_iterations,
+                      max_request_decoded_bytes=self.max_request_decoded_bytes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import grpc
@@ -38,6 +39,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from semgen.bundle import SERVICE_FOLDERS, Service
+from serving.core.admission import Admission
+from serving.core.auth import BearerTokenInterceptor
 from serving.core.interceptors import TelemetryInterceptor
 from serving.core.servicer import add_lenient_servicer
 from serving.core.metrics import ServingMetrics
@@ -75,20 +78,23 @@ SERVICES = (PYRAMID_SERVICE, SEMANTICS_SERVICE, IMAGINE_SERVICE, HIGAN_SERVICE)
 async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
     """The gRPC server with every service registered and health NOT_SERVING, not started.
     Attach engines and set SERVING when they are loaded (`attach_engines`)."""
-    server = grpc.aio.server(
-        interceptors=[TelemetryInterceptor(metrics, opts.max_message_bytes)],
+    token = opts.token
+    server = grpc.aio.server(  # telemetry outermost: refused calls are logged and counted as UNAUTHENTICATED
+        interceptors=[TelemetryInterceptor(metrics, opts.max_message_bytes),
+                      *([BearerTokenInterceptor(token)] if token else [])],
         options=[
             ("grpc.max_send_message_length", opts.max_message_bytes),
             ("grpc.max_receive_message_length", opts.max_message_bytes),
         ],
     )
-    pyramid = PyramidServicer(opts.limits)
+    admission = Admission(opts.max_decoded_bytes_in_flight)  # one budget of decoded bytes for every service
+    pyramid = PyramidServicer(opts.limits, admission=admission)
     add_pyramid_servicer(server, pyramid)
-    semantics = SemanticsServicer(opts.limits)
+    semantics = SemanticsServicer(opts.limits, admission=admission)
     add_semantics_servicer(server, semantics)
-    imagine = ImagineServicer(opts.limits)
+    imagine = ImagineServicer(opts.limits, admission=admission)
     add_imagine_servicer(server, imagine)
-    higan = HiganServicer(opts.limits)
+    higan = HiganServicer(opts.limits, admission=admission)
     add_higan_servicer(server, higan)
     health = health_aio.HealthServicer()
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
@@ -98,6 +104,18 @@ async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
                          reflection.aio.ReflectionServicer(names))
     await set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)  # the default is SERVING
     return Gateway(server, health, pyramid, semantics, imagine, higan)
+
+
+def add_port(server: grpc.aio.Server, opts: ServeOptions, address: str) -> int:
+    """Bind `address`: TLS with --tls-cert/--tls-key (client certificates required with --tls-client-ca),
+    else plaintext. Returns the port."""
+    if not opts.tls_cert:
+        return server.add_insecure_port(address)
+    key, cert = Path(opts.tls_key).read_bytes(), Path(opts.tls_cert).read_bytes()
+    client_ca = Path(opts.tls_client_ca).read_bytes() if opts.tls_client_ca else None
+    credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                              require_client_auth=client_ca is not None)
+    return server.add_secure_port(address, credentials)
 
 
 async def set_health(health: health_aio.HealthServicer, status, services=("", *SERVICES)) -> None:
@@ -150,11 +168,14 @@ async def serve(opts: ServeOptions,
     gateway = await create_server(opts, metrics)
     server, health = gateway.server, gateway.health
 
-    port = server.add_insecure_port(_hostport(opts.host, opts.port))  # raises if it cannot bind
-    metrics_http = metrics.serve_http(opts.host, opts.metrics_port)
+    port = add_port(server, opts, _hostport(opts.host, opts.port))  # raises if it cannot bind
+    metrics_host = opts.metrics_host or opts.host
+    metrics_http = metrics.serve_http(metrics_host, opts.metrics_port)
     await server.start()
-    print(f"gRPC listening on {_hostport(opts.host, port)}", flush=True)
-    print(f"metrics on http://{_hostport(opts.host, metrics_http.server_port)}/metrics", flush=True)
+    security = (f"{'mutual TLS' if opts.tls_client_ca else 'TLS' if opts.tls_cert else 'plaintext'}, "
+                f"{'bearer token' if opts.token else 'no token'}")
+    print(f"gRPC listening on {_hostport(opts.host, port)} ({security})", flush=True)
+    print(f"metrics on http://{_hostport(metrics_host, metrics_http.server_port)}/metrics", flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

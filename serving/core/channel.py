@@ -3,9 +3,15 @@ retry policy, and reading the stream of an iterative job."""
 
 from __future__ import annotations
 
+import collections
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
+
+from semgen.options import opt
+from serving.core.auth import AUTH_KEY, TOKEN_ENV, read_token
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # matches the server's default
 SERVICES = ("semgen.v1.PyramidService", "semgen.v1.SemanticsService", "semgen.v1.ImagineService",
@@ -45,19 +51,93 @@ def follow_job(events, desc: str, show):
         bar.close()
 
 
+@dataclass(frozen=True, kw_only=True)
+class Connection:
+    """How a client reaches the server: every `semgen client ...` command's options include these."""
+
+    address: str = opt("127.0.0.1:50051", "the server")
+    token_file: str | None = opt(None, f"file holding the server's bearer token (default: ${TOKEN_ENV} if set); "
+                                       "sent as 'authorization: Bearer <token>'")
+    tls: bool = opt(False, "TLS, the server's certificate checked against the system's CAs (implied by --tls-ca)")
+    tls_ca: str | None = opt(None, "PEM of the CA that signed the server's certificate; turns TLS on")
+    tls_cert: str | None = opt(None, "client certificate PEM, for a server that asks for one (mTLS)")
+    tls_key: str | None = opt(None, "the client certificate's private key PEM")
+    tls_server_name: str | None = opt(None, "the name the server's certificate must carry, if not the host of "
+                                            "--address")
+
+    def channel_kwargs(self) -> dict:
+        """ChannelClient's keyword arguments: token, credentials (None: plaintext), server_name."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        credentials = None
+        if self.tls or self.tls_ca or self.tls_cert:
+            credentials = tls_credentials(self.tls_ca, self.tls_cert, self.tls_key)
+        return dict(token=read_token(self.token_file) or None, credentials=credentials,
+                    server_name=self.tls_server_name)
+
+
+def tls_credentials(ca: str | None = None, cert: str | None = None, key: str | None = None) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files: the CA to trust (None: the system's), a client cert + key (mTLS)."""
+    def read(path):
+        return Path(path).read_bytes() if path else None
+    return grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+
+
+class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
+                                                   "wait_for_ready", "compression")), grpc.ClientCallDetails):
+    pass
+
+
+class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                        grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call (on TLS and plaintext channels alike)."""
+
+    def __init__(self, token: str):
+        self._pair = (AUTH_KEY, f"Bearer {token}")
+
+    def _details(self, d):
+        return _Details(d.method, d.timeout, (*(d.metadata or ()), self._pair), d.credentials,
+                        d.wait_for_ready, getattr(d, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    intercept_unary_stream = intercept_unary_unary
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+    intercept_stream_stream = intercept_stream_unary
+
+
+def open_channel(address: str, options=(), token: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None, server_name: str | None = None) -> grpc.Channel:
+    """A channel to `address`: TLS when `credentials` are given (else plaintext), the bearer `token` on every call."""
+    options = list(options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    channel = (grpc.secure_channel(address, credentials, options=options) if credentials is not None
+               else grpc.insecure_channel(address, options=options))
+    return grpc.intercept_channel(channel, _TokenInterceptor(token)) if token else channel
+
+
 class ChannelClient:
-    """One gRPC channel with the server's message limits; closes as a context manager."""
+    """One gRPC channel with the server's message limits; closes as a context manager.
+    `token`: the server's bearer token; `credentials`: TLS (`tls_credentials(...)`), None for plaintext;
+    `Connection(...).channel_kwargs()` gives both from a command's flags."""
 
     def __init__(self, address: str, timeout: float = 60.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, wait_for_ready: bool = False):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, wait_for_ready: bool = False, *,
+                 token: str | None = None, credentials: grpc.ChannelCredentials | None = None,
+                 server_name: str | None = None):
         self.timeout = timeout
         self.wait_for_ready = wait_for_ready
-        self._channel = grpc.insecure_channel(address, options=[
+        self._channel = open_channel(address, [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", RETRY_SERVICE_CONFIG),
-        ])
+        ], token, credentials, server_name)
 
     def close(self) -> None:
         self._channel.close()

@@ -37,6 +37,21 @@ def decoded_size(data: bytes) -> int:
         return SMALL_WORK + 1
 
 
+_SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that transpose the image (exif_transpose swaps width and height)
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as `_open` will return the image (EXIF orientation applied), read from the header
+    without decoding the pixels; None when the data is not an accepted image (decoding raises its error)."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        width, height = img.size
+        orientation = img.getexif().get(0x0112) if img.format == "JPEG" or "exif" in img.info else None
+    except Exception:
+        return None
+    return (height, width) if orientation in _SWAPS_AXES else (width, height)
+
+
 def decode_image(data: bytes, max_bytes: int, max_pixels: int, field: str = "image") -> np.ndarray:
     """Decode PNG/JPEG bytes to uint8 RGB [H, W, 3]; raises InvalidInput naming `field`."""
     img = _open(data, max_bytes, max_pixels, field)
@@ -46,7 +61,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, field: str = "ima
         return np.repeat(gray[..., None], 3, axis=2)
     if img.mode == "F":
         raise InvalidInput(f"{field}: 32-bit float mode F is not supported; send 8- or 16-bit PNG or JPEG")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)  # no needless copy
 
 
 def decode_mask(mask, field: str, width: int, height: int, max_bytes: int, max_pixels: int) -> np.ndarray:
@@ -84,7 +99,7 @@ def _png_mask(data: bytes, field: str, max_bytes: int, max_pixels: int) -> np.nd
         return np.asarray(img, np.float32) / 65535
     if img.mode in ("I", "F"):
         raise InvalidInput(f"{field}: 32-bit mode {img.mode} is not supported; send 8- or 16-bit grayscale")
-    return np.asarray(img.convert("L"), np.float32) / 255
+    return np.asarray(img if img.mode == "L" else img.convert("L"), np.float32) / 255
 
 
 def _check_mask_size(values: np.ndarray, field: str, width: int, height: int) -> None:
@@ -133,7 +148,9 @@ def _open(data: bytes, max_bytes: int, max_pixels: int, field: str) -> Image.Ima
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             img.load()
-            return ImageOps.exif_transpose(img)  # honour the JPEG orientation tag, as viewers do
+            # honour the JPEG orientation tag, as viewers do; in place: a copy would double the decoded bytes
+            ImageOps.exif_transpose(img, in_place=True)
+            return img
     except Exception as e:  # corrupt or truncated data: PIL raises OSError, SyntaxError, ...
         raise InvalidInput(f"{field}: could not decode {img.format} data ({type(e).__name__})") from None
 

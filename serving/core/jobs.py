@@ -58,15 +58,23 @@ class JobControl:
         self._post(_PROGRESS, progress)
 
 
+def job_seconds(client: float | None, server: float | None) -> float | None:
+    """How long a job may run: the client's deadline, capped by the server's."""
+    limits = [t for t in (client, server) if t is not None]
+    return min(limits) if limits else None
+
+
 class JobRunner:
     """Runs iterative jobs on their own threads, at most `max_jobs` at once."""
 
-    def __init__(self, max_jobs: int, metrics: ServingMetrics, name: str = "semgen-job"):
+    def __init__(self, max_jobs: int, metrics: ServingMetrics, name: str = "semgen-job",
+                 max_seconds: float | None = None):
         if max_jobs < 1:
             raise ValueError(f"max_jobs: must be >= 1, got {max_jobs}")
         self._pool = concurrent.futures.ThreadPoolExecutor(max_jobs, thread_name_prefix=name)
         self._metrics = metrics
         self._max_jobs = max_jobs
+        self.max_seconds = max_seconds  # the server's own deadline for every job (the client's may be shorter)
         self._lock = threading.Lock()  # guards `_running`; job threads touch it too
         self._running: set[threading.Event] = set()  # the stop flag of every running job
         self._closed = False
@@ -97,6 +105,7 @@ class JobRunner:
             self._running.add(stop)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
+        time_remaining = job_seconds(time_remaining, self.max_seconds)
         deadline = None if time_remaining is None else time.monotonic() + time_remaining
 
         def post(kind: str, item) -> None:

@@ -15,6 +15,7 @@ import logging
 import grpc
 from google.protobuf import message_factory
 
+from serving.core.admission import DEFAULT_DECODED_BYTES_IN_FLIGHT, Admission
 from serving.core.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -89,9 +90,11 @@ class AttachableServicer:
     """A servicer registered before its model loads: UNAVAILABLE until `attach`, NOT_FOUND after
     `not_served` (the bundle has no model for the service)."""
 
-    def __init__(self, limits: Limits, engine=None):
+    def __init__(self, limits: Limits, engine=None, admission: Admission | None = None):
         self.limits = limits
         self.engine = engine
+        # the server-wide budget of decoded bytes in flight: share one among the servicers (server.py)
+        self.admission = admission or Admission(DEFAULT_DECODED_BYTES_IN_FLIGHT)
         self.absent: str | None = None
 
     def attach(self, engine) -> None:

@@ -28,6 +28,9 @@ class Limits:
     max_fit_iterations: int = 2000  # FitHead steps; the paper's schedule needs 2000 for 1-4 shots
     max_candidates: int = 256  # SCS random latents per sample (n_init)
     max_imagine_iterations: int = 5000  # IMAGINE iterations per stage
+    # Decoded bytes of a request's images and masks, from their headers (serving/core/admission.py):
+    # one 4096 x 4096 RGB image (48 MiB) fits; over it is INVALID_ARGUMENT before anything is decoded.
+    max_request_decoded_bytes: int = 64 * 1024 * 1024
 
 
 def choices(names: tuple[str, ...], limit: int = 20) -> str:

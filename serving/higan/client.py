@@ -32,7 +32,7 @@ import grpc
 import numpy as np
 
 from semgen.options import REQUIRED, command, opt, write_options
-from serving.core.channel import ChannelClient
+from serving.core.channel import ChannelClient, Connection
 from serving.core.protos import higan_pb2 as pb, higan_pb2_grpc
 from serving.core.latents import latents_message
 
@@ -101,8 +101,7 @@ def _sweep(text: str) -> list[float]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Attributes:
-    address: str = opt("127.0.0.1:50051", "the server")
+class Attributes(Connection):
     timeout: float = opt(120.0, "seconds before the call fails with DEADLINE_EXCEEDED")
 
 
@@ -132,7 +131,7 @@ def add_manipulate_command(parser: argparse.ArgumentParser) -> None:
 
 
 def run_attributes_command(o: Attributes) -> int:
-    with HiganClient(o.address, timeout=o.timeout) as client:
+    with HiganClient(o.address, timeout=o.timeout, **o.channel_kwargs()) as client:
         try:
             reply = client.list_attributes()
         except grpc.RpcError as e:
@@ -150,7 +149,7 @@ def run_attributes_command(o: Attributes) -> int:
 def run_manipulate_command(o: Manipulate) -> int:
     latents = np.load(o.latent_file) if o.latent_file else None
     condition_on = [name for names in o.condition_on for name in names.split(",") if name]
-    with HiganClient(o.address, timeout=o.timeout) as client:
+    with HiganClient(o.address, timeout=o.timeout, **o.channel_kwargs()) as client:
         try:
             reply = client.manipulate(o.edits, o.seeds, latents, o.sweep, condition_on)
         except grpc.RpcError as e:

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from semgen.options import command, opt, write_options
-from serving.core.channel import ChannelClient, follow_job, job_result  # noqa: F401 (job_result: part of this API)
+from serving.core.channel import ChannelClient, Connection, follow_job, job_result  # noqa: F401 (job_result: part of this API)
 from serving.core.protos import imagine_pb2 as pb, imagine_pb2_grpc
 
 
@@ -114,10 +114,9 @@ def _position(text: str) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ImagineCommand:
+class ImagineCommand(Connection):
     what: str | None = opt(None, "info: the server's classifier, layers and default schedule", positional=True,
                            nargs="?", choices=("info",))
-    address: str = opt("127.0.0.1:50051", "the server")
     timeout: float = opt(600.0, "seconds before the job is stopped (DEADLINE_EXCEEDED)")
     reference: str | None = opt(None, "the reference image (PNG or JPEG); required unless `info`")
     variations: int = opt(4, "how many variations")
@@ -145,7 +144,7 @@ def add_imagine_commands(parser: argparse.ArgumentParser) -> None:
 
 def run_imagine_command(o: ImagineCommand) -> int:
     out = Path(o.out_dir)
-    with ImagineClient(o.address, timeout=o.timeout) as client:
+    with ImagineClient(o.address, timeout=o.timeout, **o.channel_kwargs()) as client:
         try:
             if o.what == "info":
                 _print_info(client.info())

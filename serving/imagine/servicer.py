@@ -12,6 +12,7 @@ import contextlib
 
 import grpc
 
+from serving.core.admission import RequestCost
 from serving.core.errors import InvalidInput
 from serving.core.images import decode_image, decode_region, encode_pngs
 from serving.imagine.engine import ImagineEngine, ImagineInfo, ImagineJob, StepProgress, Variations
@@ -38,16 +39,32 @@ class ImagineServicer(AttachableServicer):
     async def Imagine(self, request: pb.ImagineRequest, context):
         engine, info = self._engine()
         args = check_imagine(request, info, self.limits)
-        job = await self._decode(request, args)
-        try:
-            events = engine.imagine(job, context.time_remaining())
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    yield await self._event(event, args.num_variations, info)
-        except InvalidInput as e:  # the pipeline's own checks name its fields, not the request's
-            raise InvalidInput(proto_message(str(e))) from None
+        with self.admission.hold(self._cost(request, args), "reference_png"):  # for the job's lifetime
+            job = await self._decode(request, args)
+            try:
+                events = engine.imagine(job, context.time_remaining())
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        yield await self._event(event, args.num_variations, info)
+            except InvalidInput as e:  # the pipeline's own checks name its fields, not the request's
+                raise InvalidInput(proto_message(str(e))) from None
 
     # ---- shared steps ------------------------------------------------------------------
+
+    def _cost(self, request: pb.ImagineRequest, args: ImagineArgs) -> int:
+        """The decoded bytes of the request's images and regions, from their headers (before decoding any)."""
+        cost = RequestCost(self.limits.max_request_decoded_bytes)
+        reference = cost.image(request.reference_png, "reference_png")
+        if args.control == "shape":
+            cost.image(request.shape.shape_png, "shape.shape_png")
+        elif args.control == "style":
+            cost.image(request.style.content_png, "style.content_png")
+        elif args.control == "counterfactual":
+            c = request.counterfactual
+            query = cost.image(c.query_png, "counterfactual.query_png")
+            cost.mask_png(c.query_region_png, "counterfactual.query_region_png", query)
+            cost.mask_png(c.reference_region_png, "counterfactual.reference_region_png", reference)
+        return cost.total
 
     async def _decode(self, request: pb.ImagineRequest, args: ImagineArgs) -> ImagineJob:
         # PIL decode/encode is CPU work too: keep it off the event loop.

@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 
 from semgen.options import REQUIRED, command, opt, subcommands, write_options
-from serving.core.channel import ChannelClient
+from serving.core.channel import ChannelClient, Connection
 from serving.core.protos import pyramid_pb2 as pb, pyramid_pb2_grpc
 
 def mask_message(mask) -> pb.Mask:
@@ -106,8 +106,7 @@ def _box(text: str) -> tuple[int, int, int, int]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PyramidCommand:
-    address: str = opt("127.0.0.1:50051", "the server")
+class PyramidCommand(Connection):
     image: str = opt(REQUIRED, "reference / background PNG or JPEG")
     level: str | None = opt(None, "the classifier level to generate from")
     num_samples: int = opt(4, "images to generate")
@@ -149,7 +148,7 @@ def run_pyramid_command(o: PyramidCommand) -> int:
     op = {Generate: "generate", Repaint: "repaint", Composite: "composite"}[type(o)]
     image = Path(o.image).read_bytes()
     common = dict(num_samples=o.num_samples, seed=o.seed, class_index=o.class_index, class_name=o.class_name)
-    with SemgenClient(o.address, timeout=o.timeout) as client:
+    with SemgenClient(o.address, timeout=o.timeout, **o.channel_kwargs()) as client:
         try:
             if isinstance(o, Generate):
                 masks = {}

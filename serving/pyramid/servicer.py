@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from serving.core.admission import RequestCost
 from serving.core.errors import InvalidInput
 from serving.core.images import decode_image, decode_mask, decoded_size, encode_pngs, off_loop
 from serving.core.protos import PYRAMID_SERVICE, pyramid_pb2 as pb
@@ -21,34 +22,50 @@ class PyramidServicer(AttachableServicer):
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         engine, info = self._engine()
         args = check_generate(request, info, self.limits)
-        image = await self._decode(request.image, "image")
-        levels = {}
-        for i, (level, mask) in enumerate(args.levels.items()):
-            levels[level] = None if mask is None else await self._mask(mask, f"level_masks[{i}].mask", image)
-        result = await engine.generate(image, levels, args.num_samples, args.seed, args.class_index)
-        return await self._reply(result, args.num_samples, info)
+        cost = RequestCost(self.limits.max_request_decoded_bytes)  # from the headers, before decoding any
+        size = cost.image(request.image, "image")
+        for i, mask in enumerate(args.levels.values()):
+            if mask is not None:
+                cost.mask(mask, f"level_masks[{i}].mask", size)
+        with self.admission.hold(cost.total, "image"):
+            image = await self._decode(request.image, "image")
+            levels = {}
+            for i, (level, mask) in enumerate(args.levels.items()):
+                levels[level] = None if mask is None else await self._mask(mask, f"level_masks[{i}].mask", image)
+            result = await engine.generate(image, levels, args.num_samples, args.seed, args.class_index)
+            del image, levels
+            return await self._reply(result, args.num_samples, info)
 
     @rpc_errors
     async def Repaint(self, request: pb.RepaintRequest, context) -> pb.GenerateResponse:
         engine, info = self._engine()
         args = check_repaint(request, info, self.limits)
-        image = await self._decode(request.image, "image")
-        region = await self._mask(request.region, "region", image)
-        if not region.any():
-            raise InvalidInput("region: empty (no pixel above 0); mark the region to repaint")
-        result = await engine.repaint(image, region, args.level, args.num_samples, args.seed, args.class_index)
-        return await self._reply(result, args.num_samples, info)
+        cost = RequestCost(self.limits.max_request_decoded_bytes)
+        cost.mask(request.region, "region", cost.image(request.image, "image"))
+        with self.admission.hold(cost.total, "image"):
+            image = await self._decode(request.image, "image")
+            region = await self._mask(request.region, "region", image)
+            if not region.any():
+                raise InvalidInput("region: empty (no pixel above 0); mark the region to repaint")
+            result = await engine.repaint(image, region, args.level, args.num_samples, args.seed, args.class_index)
+            del image, region
+            return await self._reply(result, args.num_samples, info)
 
     @rpc_errors
     async def Composite(self, request: pb.CompositeRequest, context) -> pb.GenerateResponse:
         engine, info = self._engine()
         args = check_composite(request, info, self.limits)
-        image = await self._decode(request.image, "image")
-        check_box_inside(args.box, image.shape[1], image.shape[0])
-        obj = await self._decode(request.object_image, "object_image")
-        result = await engine.composite(image, obj, args.box, args.level, args.num_samples, args.seed,
-                                        args.class_index)
-        return await self._reply(result, args.num_samples, info)
+        cost = RequestCost(self.limits.max_request_decoded_bytes)
+        cost.image(request.image, "image")
+        cost.image(request.object_image, "object_image")
+        with self.admission.hold(cost.total, "image"):
+            image = await self._decode(request.image, "image")
+            check_box_inside(args.box, image.shape[1], image.shape[0])
+            obj = await self._decode(request.object_image, "object_image")
+            result = await engine.composite(image, obj, args.box, args.level, args.num_samples, args.seed,
+                                            args.class_index)
+            del image, obj
+            return await self._reply(result, args.num_samples, info)
 
     # ---- shared steps ------------------------------------------------------------------
 

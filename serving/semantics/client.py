@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from semgen.options import REQUIRED, command, opt, subcommands, write_options
-from serving.core.channel import ChannelClient, follow_job, job_result  # noqa: F401 (job_result: part of this API)
+from serving.core.channel import ChannelClient, Connection, follow_job, job_result  # noqa: F401 (job_result: part of this API)
 from serving.core.latents import latents_array, latents_message  # noqa: F401 (latents_array: part of this API)
 from serving.core.protos import semantics_pb2 as pb, semantics_pb2_grpc
 
@@ -133,8 +133,7 @@ class SemanticsClient(ChannelClient):
 # ---- command line: `semgen client semantics ...` --------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
-class SemanticsCall:
-    address: str = opt("127.0.0.1:50051", "the server")
+class SemanticsCall(Connection):
     timeout: float = opt(120.0, "seconds before the call fails with DEADLINE_EXCEEDED")
 
 
@@ -214,7 +213,7 @@ def add_semantics_commands(parser: argparse.ArgumentParser) -> None:
 
 def run_semantics_command(o: SemanticsCall) -> int:
     latents = np.load(o.latents) if getattr(o, "latents", None) else None
-    with SemanticsClient(o.address, timeout=o.timeout) as client:
+    with SemanticsClient(o.address, timeout=o.timeout, **o.channel_kwargs()) as client:
         try:
             if isinstance(o, ListHeads):
                 for h in client.list_heads():

@@ -13,6 +13,7 @@ import contextlib
 import grpc
 import numpy as np
 
+from serving.core.admission import RequestCost
 from serving.core.images import decode_class_mask, encode_mask_pngs, encode_png, encode_pngs, off_loop
 from serving.core.latents import latents_message
 from serving.core.protos import SEMANTICS_SERVICE, semantics_pb2 as pb
@@ -49,10 +50,14 @@ class SemanticsServicer(AttachableServicer):
     async def FitHead(self, request: pb.FitHeadRequest, context) -> pb.HeadInfo:
         engine, info = self._engine()
         args = check_fit_head(request, info, self.limits)
-        masks = [await self._class_mask(data, f"masks[{i}]", len(args.class_names), "class_names", info)
-                 for i, data in enumerate(request.masks)]
-        head = await engine.fit_head(args.name, args.latents, np.stack(masks), args.class_names, args.seed,
-                                     args.iterations, args.replace, context.time_remaining())
+        cost = RequestCost(self.limits.max_request_decoded_bytes)  # from the headers, before decoding any
+        for i, data in enumerate(request.masks):
+            cost.class_mask(data, f"masks[{i}]", info.image_size)
+        with self.admission.hold(cost.total * 2, "masks"):  # the decoded masks, and np.stack's copy
+            masks = [await self._class_mask(data, f"masks[{i}]", len(args.class_names), "class_names", info)
+                     for i, data in enumerate(request.masks)]
+            head = await engine.fit_head(args.name, args.latents, np.stack(masks), args.class_names, args.seed,
+                                         args.iterations, args.replace, context.time_remaining())
         return _head_info(head)
 
     @rpc_errors
@@ -65,24 +70,26 @@ class SemanticsServicer(AttachableServicer):
     async def SampleConditional(self, request: pb.SampleConditionalRequest, context):
         engine, info = self._engine()
         args = check_sample_conditional(request, info, self.limits)
-        target = await self._target_mask(request.target_mask, args.head, info)
-        job = engine.sample_conditional(target, args.head, args.num_samples, args.seed, args.n_init,
-                                        args.iterations, args.lr, args.space, args.psi, args.preview_every,
-                                        context.time_remaining())
-        async with contextlib.aclosing(job):
-            async for event in job:
-                yield await self._job_event(event, args.head)
+        with self._hold_target(request.target_mask, info):  # for the job's lifetime
+            target = await self._target_mask(request.target_mask, args.head, info)
+            job = engine.sample_conditional(target, args.head, args.num_samples, args.seed, args.n_init,
+                                            args.iterations, args.lr, args.space, args.psi, args.preview_every,
+                                            context.time_remaining())
+            async with contextlib.aclosing(job):
+                async for event in job:
+                    yield await self._job_event(event, args.head)
 
     @rpc_errors
     async def EditSemantics(self, request: pb.EditSemanticsRequest, context):
         engine, info = self._engine()
         args = check_edit(request, info, self.limits)
-        target = await self._target_mask(request.target_mask, args.head, info)
-        job = engine.edit(args.latent, target, args.head, args.iterations, args.lr, args.space,
-                          args.preview_every, context.time_remaining())
-        async with contextlib.aclosing(job):
-            async for event in job:
-                yield await self._job_event(event, args.head)
+        with self._hold_target(request.target_mask, info):  # for the job's lifetime
+            target = await self._target_mask(request.target_mask, args.head, info)
+            job = engine.edit(args.latent, target, args.head, args.iterations, args.lr, args.space,
+                              args.preview_every, context.time_remaining())
+            async with contextlib.aclosing(job):
+                async for event in job:
+                    yield await self._job_event(event, args.head)
 
     # ---- shared steps ------------------------------------------------------------------
 
@@ -90,6 +97,11 @@ class SemanticsServicer(AttachableServicer):
         # PIL decode/encode is CPU work too: keep it off the event loop.
         return await asyncio.to_thread(decode_class_mask, data, field, info.image_size, num_classes, table,
                                        self.limits.max_image_bytes, self.limits.max_image_pixels)
+
+    def _hold_target(self, data: bytes, info: SemanticsInfo):
+        cost = RequestCost(self.limits.max_request_decoded_bytes)
+        cost.class_mask(data, "target_mask", info.image_size)
+        return self.admission.hold(cost.total, "target_mask")
 
     async def _target_mask(self, data: bytes, head: str, info: SemanticsInfo):
         return await self._class_mask(data, "target_mask", len(info.heads[head].class_names), f"head {head!r}", info)

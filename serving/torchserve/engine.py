@@ -36,6 +36,7 @@ from serving.torchserve import wire
 from serving.core.errors import (AlreadyExists, DeadlineExceeded, InvalidInput, NotFound, ResourceExhausted, Unavailable, Unsupported)
 from serving.pyramid.engine import Engine, Generated, ModelInfo
 from serving.imagine.engine import ImagineEngine, ImagineInfo, ImagineJob, StepProgress, Variations
+from serving.core.jobs import job_seconds
 from serving.core.metrics import ServingMetrics
 from serving.semantics.engine import HeadSummary, Progress, Samples, SemanticsEngine, SemanticsInfo
 
@@ -62,6 +63,7 @@ class TorchServeClient:
         self._timeout = timeout
         self._on_close = on_close
         self._closed = False
+        self.max_job_seconds: float | None = None  # the server's deadline for every job (see JobRunner)
 
     async def call(self, model: str, op: str, args: dict | None = None) -> Any:
         """The single result of `op` (forward work, info)."""
@@ -76,6 +78,8 @@ class TorchServeClient:
             raise ResourceExhausted(f"queue: {self._max_in_flight} calls are waiting for TorchServe; retry with backoff")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
+        if args and "time_remaining" in args:  # the worker's job stops at the server's deadline too
+            args = {**args, "time_remaining": job_seconds(args["time_remaining"], self.max_job_seconds)}
         body = wire.pack({"op": op, "args": args or {}})
         m = self._metrics
         m.engine_queue_depth.inc()

@@ -83,6 +83,7 @@ def load_torchserve(opts, metrics: ServingMetrics):
         log.info("TorchServe started at %s (logs in %s)", url, process.log_dir)
     client = TorchServeClient(url, metrics, max_in_flight=opts.max_queue,
                               on_close=supervisor.stop if supervisor else None)
+    client.max_job_seconds = opts.max_job_seconds  # sent with every job: the worker's job stops there
     try:
         engines = asyncio.run(_connect(client, Path(opts.models)))
         engines.higan = embedded_higan(opts, metrics)

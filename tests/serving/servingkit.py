@@ -90,7 +90,7 @@ async def in_process_server(pipeline=None, **options):
         engine = EmbeddedEngine(pipeline, LEVELS, metrics=metrics)
         await attach_engines(gateway, Engines(pyramid=engine), "fake")
     try:
-        yield SimpleNamespace(address=f"127.0.0.1:{port}", metrics=metrics, pipeline=pipeline)
+        yield SimpleNamespace(address=f"127.0.0.1:{port}", metrics=metrics, pipeline=pipeline, gateway=gateway)
     finally:
         await gateway.server.stop(0)
         if engine is not None:
