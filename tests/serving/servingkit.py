@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 import grpc
+import pytest
 
 from serving.pyramid.engine import EmbeddedEngine
 from serving.higan.engine import EmbeddedHiganEngine
@@ -27,6 +28,7 @@ from serving.engines import Engines
 from serving.options import ServeOptions
 from serving.server import attach_engines, create_server
 
+SEMANTICS_IMAGE_SIZE = 16  # the tiny semantics bundle the semantics tests share
 LEVELS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc7", "fc8")
 
 
@@ -269,3 +271,23 @@ def serve_subprocess(args: list[str]):
     build_exports(args)
     with server_process(args) as server:
         yield server
+
+
+# ---- fixtures the semantics tests share (import them into a test module to use them there) ----------
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny models run fastest on one thread, and the machine is shared
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", name="bundle")
+def semantics_bundle(tmp_path_factory):
+    """`bundle`: a tiny random semantics bundle at SEMANTICS_IMAGE_SIZE."""
+    from random_bundles import make_random_semantics_bundle
+
+    return make_random_semantics_bundle(tmp_path_factory.mktemp("bundle"), image_size=SEMANTICS_IMAGE_SIZE)

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
-from servingkit import in_process_semantics_server, in_thread, sample_value, wait_until
+from servingkit import (in_process_semantics_server, in_thread, one_torch_thread, sample_value,
+                        semantics_bundle, wait_until)  # noqa: F401 (fixtures)
 
 from serving.semantics.client import SemanticsClient, job_result, mask_array
 
@@ -20,23 +21,6 @@ NUM_SAMPLES, BATCH = 16, 64  # BATCH: the candidate stage's generator passes per
 MAX_CANDIDATES = 8192
 STAGE_SECONDS = 3.0  # what the large candidate stage is sized to take uncancelled: 10× the deadline
 DEADLINE = 0.3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny models run fastest on one thread, and the machine is shared
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from random_bundles import make_random_semantics_bundle
-
-    return make_random_semantics_bundle(tmp_path_factory.mktemp("bundle"), image_size=IMAGE_SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from servingkit import in_process_semantics_server, in_process_server, in_thread, sample_value, wait_until
+from servingkit import (in_process_semantics_server, in_process_server, in_thread, one_torch_thread,
+                        sample_value, semantics_bundle, wait_until)  # noqa: F401 (fixtures)
 
 from serving.core.healthcheck import check as health_check
 from serving.core.protos import semantics_pb2 as pb
@@ -19,23 +20,6 @@ IMAGE_SIZE, NUM_WS, W_DIM = 16, 6, 8  # what make_random_semantics_bundle(image_
 LONG = 100_000  # iterations no test waits for: such a job ends only by cancel, deadline or limit
 JOB_OPS = ("fit_head", "sample_conditional", "edit")
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny models run fastest on one thread, and the machine is shared
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from random_bundles import make_random_semantics_bundle
-
-    return make_random_semantics_bundle(tmp_path_factory.mktemp("bundle"), image_size=IMAGE_SIZE)
 
 
 @pytest.fixture(scope="module")
