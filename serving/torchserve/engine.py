@@ -10,10 +10,9 @@ Metrics use the embedded engine's names: compute time is what the handler measur
 is the rest of the round trip (TorchServe's queue, batching delay and transport), every batch's
 size is counted once, and the queue depth is the calls waiting for TorchServe.
 
-Not supported here: FitHead (a fitted head would live in one worker only; UNIMPLEMENTED), and
-cancelling a running job (TorchServe cannot stop a handler: the gateway stops reading and closes
-the connection at the next event; the job itself stops at its deadline). TorchServe answers a
-full job queue with HTTP 503, which is UNAVAILABLE here like any other 503.
+Not supported here: FitHead (a fitted head would live in one worker only; UNIMPLEMENTED). A job the
+caller leaves stops in the worker at its next event (cancel.py), or at its deadline. A full job queue
+(HTTP 503) is UNAVAILABLE like any other 503.
 """
 
 from __future__ import annotations
@@ -27,12 +26,14 @@ import socket
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import numpy as np
 
 from semgen.pipelines.forward import Op
 from serving.torchserve import wire
+from serving.torchserve.cancel import new_marker
 from serving.core.errors import (AlreadyExists, DeadlineExceeded, InvalidInput, NotFound, ResourceExhausted, Unavailable, Unsupported)
 from serving.pyramid.engine import Engine, Generated, ModelInfo
 from serving.imagine.engine import ImagineEngine, ImagineInfo, ImagineJob, StepProgress, Variations
@@ -64,6 +65,7 @@ class TorchServeClient:
         self._on_close = on_close
         self._closed = False
         self.max_job_seconds: float | None = None  # the server's deadline for every job (see JobRunner)
+        self.cancel_dir: Path | None = None  # where cancel markers go (a TorchServe we started; see cancel.py)
 
     async def call(self, model: str, op: str, args: dict | None = None) -> Any:
         """The single result of `op` (forward work, info)."""
@@ -78,13 +80,15 @@ class TorchServeClient:
             raise ResourceExhausted(f"queue: {self._max_in_flight} calls are waiting for TorchServe; retry with backoff")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        if args and "time_remaining" in args:  # the worker's job stops at the server's deadline too
-            args = {**args, "time_remaining": job_seconds(args["time_remaining"], self.max_job_seconds)}
+        marker = None
+        if args and "time_remaining" in args:  # a job: it stops at the server's deadline, or when we cancel it
+            marker = new_marker(self.cancel_dir) if self.cancel_dir else None
+            args = {**args, "time_remaining": job_seconds(args["time_remaining"], self.max_job_seconds),
+                    "cancel_marker": marker and str(marker)}
         body = wire.pack({"op": op, "args": args or {}})
         m = self._metrics
         m.engine_queue_depth.inc()
         sent = time.perf_counter()
-
         left = threading.Event()  # the caller stopped reading (cancelled, error): stop at the next message
 
         def post(item):
@@ -109,7 +113,10 @@ class TorchServeClient:
                 if "error" in item:
                     raise _ERRORS.get(item["error"], RuntimeError)(item["message"])
                 yield item["value"]
+            marker = None  # the job finished: nothing to cancel
         finally:
+            if marker is not None:  # the caller left before the end (cancel, deadline): stop the worker's job
+                marker.touch()
             left.set()
             self._in_flight -= 1
             if first:

@@ -84,6 +84,7 @@ def load_torchserve(opts, metrics: ServingMetrics):
     client = TorchServeClient(url, metrics, max_in_flight=opts.max_queue,
                               on_close=supervisor.stop if supervisor else None)
     client.max_job_seconds = opts.max_job_seconds  # sent with every job: the worker's job stops there
+    client.cancel_dir = Path(opts.torchserve_dir) / "cancel" if supervisor else None  # a TorchServe of ours
     try:
         engines = asyncio.run(_connect(client, Path(opts.models)))
         engines.higan = embedded_higan(opts, metrics)

@@ -16,11 +16,13 @@ calls initialize(context) and handle(data, context).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
 from semgen.pipelines.forward import Op
 from serving.torchserve import wire
+from serving.torchserve.cancel import cancelled
 from serving.core.errors import client_error
 
 FORWARD_OPS = tuple(Op)
@@ -70,19 +72,33 @@ class SemgenHandler:
 
                 args = {**args, "job": ImagineJob(**{k: tuple(v) if isinstance(v, list) else v
                                                      for k, v in args["job"].items()})}
-            return self.loop.run_until_complete(self._stream(op, args, context, index))
+            marker = args.pop("cancel_marker", None)
+            return self.loop.run_until_complete(self._stream(op, args, context, index, marker))
         except Exception as e:  # the client gets the error as a message, the worker lives on
             return e
 
-    async def _stream(self, op: str, args: dict, context, index: int):
+    async def _until_jobs_end(self, seconds: float = 30) -> None:
+        """Closing a job's stream stops it at its next check; wait for its thread to give the slot back, so
+        that the request TorchServe sends next finds the engine free."""
+        deadline = time.monotonic() + seconds
+        while self.engine.running_jobs and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def _stream(self, op: str, args: dict, context, index: int, marker: str | None = None):
         """Every event but the last as an intermediate response; the last is the reply (a job that
-        fails sends what it had, then its error)."""
-        last = None
+        fails sends what it had, then its error). A cancelled job (its marker exists) stops at once."""
+        last, stopped = None, False
         try:
-            async for event in getattr(self.engine, op)(**args):
-                if last is not None:
-                    _send_intermediate(context, index, wire.frame(wire.pack(reply(last))))
-                last = event
+            async with contextlib.aclosing(getattr(self.engine, op)(**args)) as events:  # closing stops the job
+                async for event in events:
+                    if stopped := cancelled(marker):
+                        Path(marker).unlink(missing_ok=True)
+                        break
+                    if last is not None:
+                        _send_intermediate(context, index, wire.frame(wire.pack(reply(last))))
+                    last = event
+            if stopped:
+                await self._until_jobs_end()
         except Exception:
             if last is not None:
                 _send_intermediate(context, index, wire.frame(wire.pack(reply(last))))

@@ -152,3 +152,31 @@ def test_torchserve_dies_with_a_killed_gateway_and_an_orphan_is_stopped(bundle, 
 
 def running(ts) -> bool:
     return subprocess.run(["pgrep", "-f", str(ts / "run")], capture_output=True).stdout != b""
+
+
+def test_a_cancelled_job_stops_in_the_torchserve_worker(bundle, tmp_path):
+    """TorchServe cannot stop a handler: a cancelled Imagine used to run on in the worker (the imagine model
+    serves one request at a time), and every later call waited behind it."""
+    root, models = bundle
+    args = ["--models", str(models), "--onnx-dir", str(root / "onnx"), "--heads-dir", str(root / "heads"),
+            "--max-batch", "4", "--max-batch-delay-ms", "50", "--engine", "torchserve",
+            "--torchserve-dir", str(tmp_path / "ts")]
+    small = dict(num_variations=1, stage1_iterations=2, stage2_iterations=2)
+    with serve_subprocess(args) as ts, ImagineClient(ts.address, timeout=300) as imagine:
+        begun = time.monotonic()
+        job_result(imagine.imagine(png(8), seed=4, **small))
+        alone = time.monotonic() - begun  # a small job with the worker to itself
+        events = imagine.imagine(png(7), num_variations=1, seed=3, stage1_iterations=5000, stage2_iterations=1)
+        started, seen = time.monotonic(), []
+        for event in events:
+            seen.append(event.progress.iteration)
+            if time.monotonic() - started > 3:
+                break
+        per_iteration = (time.monotonic() - started) / max(seen[-1], 1)
+        events.cancel()
+        left = per_iteration * (5000 - seen[-1])  # what the worker would still run uncancelled
+        begun = time.monotonic()
+        job_result(imagine.imagine(png(8), seed=4, **small))
+        waited = time.monotonic() - begun
+    # the small job waited at most for one more iteration of the cancelled one (plus noise), not for its rest
+    assert left > 10 and waited < 2 * alone + 1, (alone, left, waited)
