@@ -57,12 +57,10 @@ class ExportMissing(FileNotFoundError):
 class Bundle:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._fingerprints: dict[tuple[str, ...], str] = {}  # hashing the weights once per Bundle
 
     def __str__(self) -> str:
         return str(self.root)
-
-    def folder(self, name: str) -> Path:
-        return self.root / name
 
     def has(self, *folders: str) -> bool:
         return all((self.root / f).exists() for f in folders)
@@ -80,12 +78,14 @@ class Bundle:
 
     def fingerprint(self, folders: tuple[str, ...] = ONNX_FOLDERS) -> str:
         """sha256 over the files of `folders` (default: what the exported graphs are made of)."""
-        digest = hashlib.sha256()
-        for folder in folders:
-            for path in sorted(p for p in (self.root / folder).rglob("*") if p.is_file()):
-                digest.update(str(path.relative_to(self.root)).encode())
-                digest.update(path.read_bytes())
-        return digest.hexdigest()
+        if folders not in self._fingerprints:
+            digest = hashlib.sha256()
+            for folder in folders:
+                for path in sorted(p for p in (self.root / folder).rglob("*") if p.is_file()):
+                    digest.update(str(path.relative_to(self.root)).encode())
+                    digest.update(path.read_bytes())
+            self._fingerprints[folders] = digest.hexdigest()
+        return self._fingerprints[folders]
 
     # ---- exports ------------------------------------------------------------------------
 

@@ -152,7 +152,7 @@ async def follow_backend(health: health_aio.HealthServicer, engines: Engines) ->
     was_up = True
     while True:
         await asyncio.sleep(HEALTH_POLL_S)
-        up = await asyncio.to_thread(engines.backend_up)
+        up = engines.backend_up()  # a poll of the process: no blocking
         if up != was_up:
             log.warning("backend %s: health %s", "back" if up else "down", "SERVING" if up else "NOT_SERVING")
             status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -71,8 +71,7 @@ class RequestCost:
             self.add(size[0] * size[1] * IMAGE_BYTES_PER_PIXEL, field)
         return size
 
-    def mask_png(self, data: bytes, field: str, image: tuple[int, int] | None,
-                 per_pixel: int = MASK_BYTES_PER_PIXEL) -> None:
+    def mask_png(self, data: bytes, field: str, image: tuple[int, int] | None) -> None:
         """Count a mask image that must be `image`'s (width, height)."""
         size = header_size(data)
         if size is None:
@@ -81,7 +80,7 @@ class RequestCost:
         # checks the exact size
         if image is not None and size not in (image, image[::-1]):
             raise InvalidInput(f"{field}: size {size[0]}x{size[1]} does not match the image's {image[0]}x{image[1]}")
-        self.add(size[0] * size[1] * per_pixel, field)
+        self.add(size[0] * size[1] * MASK_BYTES_PER_PIXEL, field)
 
     def mask(self, mask, field: str, image: tuple[int, int] | None) -> None:
         """Count a `Mask` message (png or array) that must match `image`'s size."""
@@ -94,6 +93,7 @@ class RequestCost:
     def class_mask(self, data: bytes, field: str, size: int) -> None:
         """Count a class-index mask that must be `size` x `size` (the model's)."""
         got = header_size(data)
-        if got is not None and got != (size, size):
-            raise InvalidInput(f"{field}: size {got[0]}x{got[1]} does not match the model's {size}x{size}")
-        self.mask_png(data, field, None, CLASS_MASK_BYTES_PER_PIXEL)
+        if got is not None:
+            if got != (size, size):
+                raise InvalidInput(f"{field}: size {got[0]}x{got[1]} does not match the model's {size}x{size}")
+            self.add(size * size * CLASS_MASK_BYTES_PER_PIXEL, field)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import grpc
 
+from serving.core.handlers import handler_factory
+
 AUTH_KEY = "authorization"
 SCHEME = "bearer "
 TOKEN_ENV = "SEMGEN_TOKEN"  # read when no --token-file is given (server and clients alike)
@@ -41,9 +43,7 @@ def _denied(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandl
     async def deny(request, context):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
-    factory = kinds[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    factory = handler_factory(handler.request_streaming, handler.response_streaming)
     return factory(deny, request_deserializer=None, response_serializer=handler.response_serializer)
 
 

@@ -27,16 +27,6 @@ async def off_loop(fn, *args, size: int):
     return await asyncio.to_thread(fn, *args)
 
 
-def decoded_size(data: bytes) -> int:
-    """Width x height x 3 from the image's header (not the pixels: a small file can inflate a lot);
-    unreadable data counts as large, so its error is raised off the event loop."""
-    try:
-        width, height = Image.open(io.BytesIO(data)).size
-        return width * height * 3
-    except Exception:
-        return SMALL_WORK + 1
-
-
 _SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that transpose the image (exif_transpose swaps width and height)
 
 
@@ -50,6 +40,14 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     except Exception:
         return None
     return (height, width) if orientation in _SWAPS_AXES else (width, height)
+
+
+def decoded_size(data: bytes, size: tuple[int, int] | None = None) -> int:
+    """Width x height x 3 from the image's header (not the pixels: a small file can inflate a lot), or from
+    `size`, the header's (width, height) when it was read already; unreadable data counts as large, so its
+    error is raised off the event loop."""
+    size = size or header_size(data)
+    return size[0] * size[1] * 3 if size else SMALL_WORK + 1
 
 
 def decode_image(data: bytes, max_bytes: int, max_pixels: int, field: str = "image") -> np.ndarray:

@@ -18,6 +18,7 @@ import uuid
 
 import grpc
 
+from serving.core.handlers import behaviour, handler_factory
 from serving.core.metrics import ServingMetrics
 
 log = logging.getLogger("serving.rpc")
@@ -87,17 +88,10 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
 def _wrap(handler: grpc.RpcMethodHandler, observe, max_send_bytes: int | None = None) -> grpc.RpcMethodHandler:
     """The same handler with its behaviour run inside `observe(context)`; with `max_send_bytes`, its replies
     are serialized there too, and one over the limit is refused with RESOURCE_EXHAUSTED."""
-    for attr, factory in (
-        ("unary_unary", grpc.unary_unary_rpc_method_handler),
-        ("unary_stream", grpc.unary_stream_rpc_method_handler),
-        ("stream_unary", grpc.stream_unary_rpc_method_handler),
-        ("stream_stream", grpc.stream_stream_rpc_method_handler),
-    ):
-        behavior = getattr(handler, attr)
-        if behavior is not None:
-            break
-    else:
+    behavior = behaviour(handler)
+    if behavior is None:
         return handler
+    factory = handler_factory(handler.request_streaming, handler.response_streaming)
 
     serialize = handler.response_serializer
     checked = max_send_bytes is not None and serialize is not None

@@ -25,6 +25,7 @@ from serving.core.errors import (
     Unavailable,
     Unsupported,
 )
+from serving.core.handlers import handler_factory
 from serving.core.interceptors import REQUEST_ID
 from serving.core.validation import Limits, MalformedRequest, lenient_deserializer
 
@@ -136,13 +137,11 @@ def add_lenient_servicer(server, service, servicer) -> None:
     """Register a standard servicer (health, reflection) for `service` (its ServiceDescriptor) like its
     generated `add_..._to_server`, but with lenient deserializers: malformed request bytes get
     INVALID_ARGUMENT, where grpc would answer UNKNOWN."""
-    kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
     handlers = {}
     for method in service.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
-        handlers[method.name] = kinds[method.client_streaming, method.server_streaming](
+        handlers[method.name] = handler_factory(method.client_streaming, method.server_streaming)(
             _refusing_malformed(getattr(servicer, method.name), method.client_streaming),
             request_deserializer=lenient_deserializer(request_cls),
             response_serializer=response_cls.SerializeToString,

@@ -28,7 +28,7 @@ class PyramidServicer(AttachableServicer):
             if mask is not None:
                 cost.mask(mask, f"level_masks[{i}].mask", size)
         with self.admission.hold(cost.total, "image"):
-            image = await self._decode(request.image, "image")
+            image = await self._decode(request.image, "image", size)
             levels = {}
             for i, (level, mask) in enumerate(args.levels.items()):
                 levels[level] = None if mask is None else await self._mask(mask, f"level_masks[{i}].mask", image)
@@ -41,9 +41,10 @@ class PyramidServicer(AttachableServicer):
         engine, info = self._engine()
         args = check_repaint(request, info, self.limits)
         cost = RequestCost(self.limits.max_request_decoded_bytes)
-        cost.mask(request.region, "region", cost.image(request.image, "image"))
+        size = cost.image(request.image, "image")
+        cost.mask(request.region, "region", size)
         with self.admission.hold(cost.total, "image"):
-            image = await self._decode(request.image, "image")
+            image = await self._decode(request.image, "image", size)
             region = await self._mask(request.region, "region", image)
             if not region.any():
                 raise InvalidInput("region: empty (no pixel above 0); mark the region to repaint")
@@ -56,12 +57,11 @@ class PyramidServicer(AttachableServicer):
         engine, info = self._engine()
         args = check_composite(request, info, self.limits)
         cost = RequestCost(self.limits.max_request_decoded_bytes)
-        cost.image(request.image, "image")
-        cost.image(request.object_image, "object_image")
+        size, object_size = cost.image(request.image, "image"), cost.image(request.object_image, "object_image")
         with self.admission.hold(cost.total, "image"):
-            image = await self._decode(request.image, "image")
+            image = await self._decode(request.image, "image", size)
             check_box_inside(args.box, image.shape[1], image.shape[0])
-            obj = await self._decode(request.object_image, "object_image")
+            obj = await self._decode(request.object_image, "object_image", object_size)
             result = await engine.composite(image, obj, args.box, args.level, args.num_samples, args.seed,
                                             args.class_index)
             del image, obj
@@ -69,10 +69,11 @@ class PyramidServicer(AttachableServicer):
 
     # ---- shared steps ------------------------------------------------------------------
 
-    async def _decode(self, data: bytes, field: str):
-        # PIL decode/encode is CPU work too: keep large images off the event loop.
+    async def _decode(self, data: bytes, field: str, size: tuple[int, int] | None):
+        # PIL decode/encode is CPU work too: keep large images off the event loop (`size`: the header's, read
+        # for admission already)
         return await off_loop(decode_image, data, self.limits.max_image_bytes, self.limits.max_image_pixels, field,
-                              size=decoded_size(data))
+                              size=decoded_size(data, size))
 
     async def _mask(self, mask, field: str, image):
         height, width = image.shape[:2]

@@ -196,4 +196,4 @@ def test_requests_on_eager_torch_never_share_a_batch(bundle):
     assert len(set(keys)) == 3
     # images without masks still run the exported synthesis graph, batched
     assert {pipe.prepare("sample", dict(seeds=[s])).key for s in range(3)} == {"synthesis:"}
-    assert pipe._onnx_graph(None) == "synthesis_lse"
+    assert pipe.onnx_graph(None) == "synthesis_lse"

@@ -86,7 +86,6 @@ class SemanticModels:
             return self.onnx_synthesis
         return f"synthesis_{predictor}" if predictor in self.onnx_heads else None
 
-    _onnx_graph = onnx_graph  # the name tests and older callers use
 
     # ---- latents, masks and images ------------------------------------------------------
 
