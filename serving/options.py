@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 from semgen.options import add_options, opt, options_from_args
 from serving.core.auth import check_exposure, read_token
@@ -43,6 +44,8 @@ class ServeOptions:
                                   "--torchserve-address)", choices=("embedded", "torchserve"))
     torchserve_address: str = opt("", "inference URL of a running TorchServe with semgen's models (semgen export "
                                       "mar), e.g. http://127.0.0.1:8080; empty: start one")
+    torchserve_key_file: str = opt("", "that TorchServe's key_file.json, when it asks for tokens (TorchServe 0.12's "
+                                       "default); one we start always does, with its own keys")
     torchserve_dir: str = opt("var/torchserve", "the started TorchServe's model store (<dir>/store, written by "
                                                 "`semgen export mar --store`) and logs")
     runtime: str = opt("onnx", "forward-only work (Generate, Repaint, Composite, Sample, Segment) on ONNX Runtime "
@@ -92,6 +95,9 @@ class ServeOptions:
             raise ValueError(f"--engine must be embedded or torchserve, got {self.engine!r}")
         if self.torchserve_address and not self.torchserve_address.startswith("http://"):
             raise ValueError(f"--torchserve-address must be an http:// URL, got {self.torchserve_address!r}")
+        if self.torchserve_key_file and not (self.torchserve_address and Path(self.torchserve_key_file).is_file()):
+            raise ValueError("--torchserve-key-file must name an existing file, and goes with --torchserve-address, "
+                             f"got {self.torchserve_key_file!r}")
         if self.engine == "torchserve" and self.runtime != "onnx":
             raise ValueError("--engine torchserve runs the forward work on ONNX Runtime; drop --runtime torch")
         if self.runtime not in ("onnx", "torch"):

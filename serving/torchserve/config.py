@@ -19,6 +19,7 @@ LOOPBACK = "127.0.0.1"
 _PORT_FIELDS = ("inference_port", "management_port", "metrics_port",
                 "grpc_inference_port", "grpc_management_port")
 SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 107 bytes; keep a margin for ".ts.sock.NNNN"
+TOKEN_MINUTES = 10 * 365 * 24 * 60  # TorchServe's keys expire (default 60 min); ours live as long as the process
 
 
 @dataclass
@@ -37,8 +38,9 @@ class TorchServeSettings:
     job_queue_size: int = 100
     default_response_timeout: int = 120  # seconds
     log_dir: Path | None = None  # None: <folder>/logs
-    # the management API on a unix socket in a folder only we can enter, not on a TCP port: TorchServe's
-    # management API has no token here, and on a port any local user could scale our models to 0 workers
+    # the management API on a unix socket in a folder only we can enter, not on a TCP port, so that no other
+    # local user can scale our models to 0 workers; its gRPC twin cannot leave TCP, so every API asks for
+    # TorchServe's bearer tokens (see KeyFile)
     management_socket: Path | None = None
     java_heap: str = "1g"
     extra_properties: dict[str, str] = field(default_factory=dict)
@@ -64,14 +66,20 @@ class TorchServeAddress:
     inference_url: str
     management_url: str  # http://host:port, or unix:/path of a socket
     metrics_url: str
+    keys: KeyFile | None = None  # None: a TorchServe without token authorization
+
+    def header(self, api: str) -> dict[str, str]:
+        return self.keys.header(api) if self.keys else {}
 
     def healthy(self) -> bool:
-        reply = get_json(f"{self.inference_url}/ping")
+        reply = get_json(f"{self.inference_url}/ping", headers=self.header("inference"))
         return isinstance(reply, dict) and reply.get("status") == "Healthy"
 
     def model_ready(self, name: str) -> bool:
-        reply = get_json(f"{self.management_url}/models/{name}") if self.management_url.startswith("http") else \
-            get_json_unix(self.management_url.removeprefix("unix:"), f"/models/{name}")
+        headers = self.header("management")
+        reply = get_json(f"{self.management_url}/models/{name}", headers=headers) \
+            if self.management_url.startswith("http") else \
+            get_json_unix(self.management_url.removeprefix("unix:"), f"/models/{name}", headers=headers)
         if not isinstance(reply, list) or not reply:
             return False
         workers = [w for version in reply for w in version.get("workers", [])]
@@ -79,6 +87,32 @@ class TorchServeAddress:
 
     def ready(self, models: list[str]) -> bool:
         return self.healthy() and all(self.model_ready(name) for name in models)
+
+
+class KeyFile:
+    """TorchServe's key_file.json: the bearer tokens its inference and management APIs (HTTP and gRPC) ask
+    for. TorchServe writes it (mode 0600) into its working folder at every start, with new keys; we re-read it
+    when it changes."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._stamp: int | None = None
+        self._keys: dict = {}
+
+    def token(self, api: str) -> str | None:
+        """The key of `api` ("inference" or "management"); None while the file is missing or half written."""
+        try:
+            stamp = self.path.stat().st_mtime_ns
+            if stamp != self._stamp:
+                self._keys, self._stamp = json.loads(self.path.read_text()), stamp
+        except (OSError, ValueError):
+            return None
+        key = self._keys.get(api)
+        return key.get("key") if isinstance(key, dict) else None
+
+    def header(self, api: str) -> dict[str, str]:
+        token = self.token(api)
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def write_config(
@@ -103,7 +137,8 @@ def write_config(
         "grpc_management_address": settings.host,
         "grpc_management_port": str(settings.grpc_management_port),
         "metrics_mode": "prometheus",
-        "disable_token_authorization": "true",
+        "disable_token_authorization": "false",  # tokens in <folder>/key_file.json (KeyFile)
+        "token_expiration_min": str(TOKEN_MINUTES),
         "install_py_dep_per_model": "false",
         "enable_envvars_config": "false",
         "model_store": str(Path(settings.model_store).resolve()),
@@ -153,10 +188,10 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def get_json_unix(socket_path: str, path: str, timeout: float = 5):
+def get_json_unix(socket_path: str, path: str, timeout: float = 5, headers: dict | None = None):
     connection = UnixHTTPConnection(socket_path, timeout)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=headers or {})
         reply = connection.getresponse()
         return json.loads(reply.read()) if reply.status == 200 else None
     except (OSError, ValueError, http.client.HTTPException):
@@ -165,9 +200,9 @@ def get_json_unix(socket_path: str, path: str, timeout: float = 5):
         connection.close()
 
 
-def get_json(url: str, timeout: float = 5):
+def get_json(url: str, timeout: float = 5, headers: dict | None = None):
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as reply:
             return json.loads(reply.read())
     except (OSError, ValueError):  # URLError, HTTPError, refused, reset, not JSON
         return None

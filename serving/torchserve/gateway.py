@@ -16,8 +16,10 @@ from pathlib import Path
 from semgen.bundle import Bundle, ExportMissing, Service, torchserve_settings
 from serving.core.metrics import ServingMetrics
 from serving.engines import Engines, embedded_higan
-from serving.torchserve.engine import (TorchServeClient, TorchServeImagineEngine, TorchServePyramidEngine,
+from serving.torchserve.client import TorchServeClient
+from serving.torchserve.engine import (TorchServeImagineEngine, TorchServePyramidEngine,
                                        TorchServeSemanticsEngine)
+from serving.torchserve.config import KeyFile
 from serving.torchserve.process import TorchServeProcess, TorchServeSettings
 
 HANDLER = Path(__file__).with_name("handler.py")  # the handler `semgen export mar --handler` packs
@@ -73,16 +75,17 @@ def load_torchserve(opts, metrics: ServingMetrics):
     supervisor = None
     if opts.torchserve_address:
         url = opts.torchserve_address.rstrip("/")
+        keys = KeyFile(opts.torchserve_key_file) if opts.torchserve_key_file else None
     else:
         root = Path(opts.torchserve_dir)
         store = model_store(opts)
         process = TorchServeProcess(TorchServeSettings(model_store=store, job_queue_size=opts.max_queue,
                                                        default_response_timeout=600), root / "run")
         supervisor = Supervisor(process).start()
-        url = process.base_url
+        url, keys = process.base_url, process.keys
         log.info("TorchServe started at %s (logs in %s)", url, process.log_dir)
     client = TorchServeClient(url, metrics, max_in_flight=opts.max_queue,
-                              on_close=supervisor.stop if supervisor else None)
+                              on_close=supervisor.stop if supervisor else None, keys=keys)
     client.max_job_seconds = opts.max_job_seconds  # sent with every job: the worker's job stops there
     client.cancel_dir = Path(opts.torchserve_dir) / "cancel" if supervisor else None  # a TorchServe of ours
     try:

@@ -9,9 +9,12 @@ Findings for TorchServe 0.12.0 (checked in ts/ and the frontend jar, and by expe
   overrides the `python=` property. We therefore launch `<our python> -m ts.model_server`, so the
   workers run this interpreter (and see the editable semgen/serving/export installs). The worker
   environment is ours plus PYTHONPATH=<unpacked model dir>; the handler is imported by file stem.
-* Token auth: `disable_token_authorization=true` in config.properties (same as
-  `--disable-token-auth`); otherwise a key_file.json is written to the cwd and every call needs it.
-  The register/unregister model API is off too (`enable_model_api`), so models load at start.
+* Token auth (on by default in 0.12): at every start the frontend writes key_file.json (mode 0600) into
+  its cwd, {"management": {"key", "expiration time"}, "inference": {...}, "API": {"key"}}; every HTTP
+  and gRPC inference or management call, /ping included, then needs `Authorization: Bearer <key>` of
+  its API (else HTTP 401 / gRPC PERMISSION_DENIED). Keys expire after token_expiration_min (default 60).
+  The gRPC APIs cannot be turned off or put on a unix socket, so we keep tokens on (config.KeyFile).
+  The register/unregister model API is off (`enable_model_api`), so models load at start.
 * Isolation: the start script keeps its pid file in tempfile.gettempdir(); the Java frontend puts
   worker sockets (`.ts.sock.9000`) and unpacked .mar files (`models/<hash>/`) in java.io.tmpdir and
   always opens gRPC APIs (default ports 7070/7071). Two servers with the defaults collide, so each
@@ -50,8 +53,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from serving.torchserve.config import (SOCKET_PATH_MAX, TorchServeAddress, TorchServeSettings, java_available,
-                                       port_open, write_config)
+from serving.torchserve.config import (SOCKET_PATH_MAX, KeyFile, TorchServeAddress, TorchServeSettings,
+                                       java_available, port_open, write_config)
 
 def stop_orphan(pidfile: Path) -> None:
     """Kill the TorchServe a gateway that died left behind (its process group, from the pidfile), so that a
@@ -80,6 +83,7 @@ class TorchServeProcess:
         self._proc: subprocess.Popen | None = None
         self._stopped = False
         self.pidfile = self.folder / "torchserve.pgid"  # the process group we run TorchServe in
+        self.keys = KeyFile(self.folder / "key_file.json")  # TorchServe writes it into its cwd
 
     @property
     def address(self) -> TorchServeAddress:
@@ -88,6 +92,7 @@ class TorchServeProcess:
             f"http://{s.host}:{s.inference_port}",
             f"unix:{s.management_socket}" if s.management_socket else f"http://{s.host}:{s.management_port}",
             f"http://{s.host}:{s.metrics_port}",
+            self.keys,
         )
 
     @property
@@ -112,6 +117,7 @@ class TorchServeProcess:
         # a stale pid file could make the start script think we are already running, and
         # every start unpacks the archives afresh
         (self._tmpdir / ".model_server.pid").unlink(missing_ok=True)
+        self.keys.path.unlink(missing_ok=True)  # the old keys: ready() waits for the new ones
         shutil.rmtree(self._tmpdir / "models", ignore_errors=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         config = write_config(self.settings, self.folder, java_tmpdir=self._tmpdir)

@@ -8,6 +8,7 @@ import textwrap
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 
 from export.mar import build_mar
@@ -37,15 +38,19 @@ HANDLER = textwrap.dedent(
 )
 
 
-def _post(port: int, body: bytes) -> tuple[int, bytes, str | None]:
+def _post(port: int, body: bytes, token: dict) -> tuple[int, bytes, str | None]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request("POST", "/predictions/reverse", body=body,
-                     headers={"Content-Type": "application/octet-stream"})
+                     headers={"Content-Type": "application/octet-stream", **token})
         reply = conn.getresponse()
         return reply.status, reply.read(), reply.getheader("x-batch-size")
     finally:
         conn.close()
+
+
+_MANAGEMENT = "/org.pytorch.serve.grpc.management.ManagementAPIsService/"
+_INFERENCE = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/"
 
 
 def test_torchserve_round_trip(tmp_path):
@@ -72,7 +77,7 @@ def test_torchserve_round_trip(tmp_path):
         port = server.settings.inference_port
         bodies = [f"request-{i}-".encode() * (i + 1) for i in range(4)]
         with ThreadPoolExecutor(len(bodies)) as pool:
-            replies = list(pool.map(lambda body: _post(port, body), bodies))
+            replies = list(pool.map(lambda body: _post(port, body, server.keys.header("inference")), bodies))
         for body, (status, reply, _) in zip(bodies, replies):
             assert status == 200
             assert reply == body[::-1] + b"!"
@@ -85,12 +90,24 @@ def test_torchserve_round_trip(tmp_path):
         assert "# TYPE ts_inference_requests_total counter" in metrics
         assert 'ts_inference_requests_total{model_name="reverse"' in metrics
 
-        # the management API (no token: it can scale models to 0 workers) is on no TCP port, only on a
-        # socket in a folder no other user can enter, where the gateway still sees the model ready
+        # the HTTP management API (it can scale models to 0 workers) is on no TCP port, only on a socket in
+        # a folder no other user can enter, where the gateway still sees the model ready
         assert not port_open(server.settings.host, server.settings.management_port)
         socket_path = server.settings.management_socket
         assert socket_path.is_socket() and socket_path.parent.stat().st_mode & 0o077 == 0
         assert server.address.model_ready("reverse")
+        # the rest asks for the keys only we can read: HTTP inference, and both gRPC APIs (always on TCP)
+        assert server.keys.path.stat().st_mode & 0o077 == 0
+        status, reply, _ = _post(port, b"abc", {})
+        assert status == 400 and b"Token Authorization failed" in reply
+        assert _post(port, b"abc", {"Authorization": "Bearer guessed"})[0] == 400
+        for port, method in [(server.settings.grpc_management_port, _MANAGEMENT + "ScaleWorker"),
+                             (server.settings.grpc_inference_port, _INFERENCE + "Predictions")]:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                with pytest.raises(grpc.RpcError) as refused:
+                    channel.unary_unary(method)(b"", timeout=10)
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert server.address.model_ready("reverse")  # still 1 worker
 
     assert not server.alive()
     assert server.ports_open() == []
