@@ -18,7 +18,8 @@ WORDS = {  # first word -> (help, the layer module holding its commands)
     "serve": ("serve the models over gRPC", "serving.cli"),
     "client": ("call a running server", "serving.cli"),
 }
-ELSEWHERE = {("bench", "serve"): "serving.cli"}  # commands held by another layer than their first word's
+# commands held by another layer than their first word's
+ELSEWHERE = {("bench", "serve"): "serving.cli", ("bench", "soak"): "serving.cli"}
 
 
 def layers(argv: list[str] | None) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""`semgen serve`, `semgen bench serve` and `semgen client ...`: the serving layer's commands. No torch and
+"""`semgen serve`, `semgen bench serve|soak` and `semgen client ...`: the serving layer's commands. No torch and
 no semgen.pipelines here: each word's modules are imported when the dispatcher asks for that word, so
 `semgen client` reads its flags with the client modules only (the server loads when `serve` runs)."""
 
@@ -24,25 +24,34 @@ def serve(o: ServeOptions) -> int:
 
 
 @functools.cache
-def bench_serve_options() -> type:
-    """`semgen bench serve`'s options: ServeBench + --json (made on first use: the bench imports the pipelines)."""
-    from serving.bench.serve import ServeBench
+def bench_options(name: str) -> type:
+    """`semgen bench NAME`'s options: the bench's own + --json (made on first use: a bench imports its modules)."""
+    base = _benches()[name][0]
 
     @dataclass(frozen=True, kw_only=True)
-    class BenchServe(ServeBench):
+    class BenchOptions(base):
         json: bool = opt(False, "print the result as one JSON line (progress goes to stderr)")
 
-    return BenchServe
+    return BenchOptions
 
 
-def bench_serve(o) -> int:
-    from serving.bench.serve import ServeBench, bench_serve as bench
+def _benches() -> dict:
+    """name -> (options dataclass, run(options, progress) -> result dict)."""
+    from serving.bench.serve import ServeBench, bench_serve
+    from serving.bench.soak import SoakBench, bench_soak
 
-    opts = ServeBench(**{f.name: getattr(o, f.name) for f in dataclasses.fields(ServeBench)})
+    return {"serve": (ServeBench, bench_serve), "soak": (SoakBench, bench_soak)}
+
+
+def run_bench(name: str, o) -> int:
+    """Runs the bench, writes its options next to its report, prints the result; 1 when a bench that checks
+    targets (`passed`) missed one."""
+    base, bench = _benches()[name]
+    opts = base(**{f.name: getattr(o, f.name) for f in dataclasses.fields(base)})
     result = bench(opts, progress=(lambda msg: print(msg, file=sys.stderr)) if o.json else print)
-    write_options(o, o.out, "serve_options")
+    write_options(o, o.out, f"{name}_options")
     print_result(result, o.json)
-    return 0
+    return 0 if result.get("passed", True) else 1
 
 
 def register_clients(client: argparse._SubParsersAction) -> None:
@@ -63,14 +72,18 @@ def register_clients(client: argparse._SubParsersAction) -> None:
 
 
 def register(parsers: dict) -> None:
-    """`semgen serve`, `semgen bench serve`, `semgen client ...` on those of the dispatcher's parsers it is given."""
+    """`semgen serve`, `semgen bench serve|soak`, `semgen client ...` on those of the dispatcher's parsers it is
+    given."""
     if "serve" in parsers:
         from serving.options import ServeOptions
 
         command(parsers["serve"], ServeOptions, serve)
     if "bench" in parsers:
-        command(subcommands(parsers["bench"]).add_parser(
-            "serve", help="gRPC throughput and latency against concurrency, against in-process ONNX Runtime and by "
-                          "engine; ONNX Runtime over eager torch"), bench_serve_options(), bench_serve)
+        benches = subcommands(parsers["bench"])
+        for name, help in (("serve", "gRPC throughput and latency against concurrency, against in-process ONNX "
+                                     "Runtime and by engine; ONNX Runtime over eager torch"),
+                           ("soak", "a server under mixed load, crafted and malformed calls, cancels and deadlines: "
+                                    "codes, RSS, fds, threads and jobs left; exit 1 on a missed target")):
+            command(benches.add_parser(name, help=help), bench_options(name), functools.partial(run_bench, name))
     if "client" in parsers:
         register_clients(subcommands(parsers["client"], dest="service"))

@@ -78,10 +78,16 @@ def rpc_errors(method):
     return wrapper
 
 
+# a status message travels in a header: over the peer's limit (16 KiB by default) the client sees a
+# RESOURCE_EXHAUSTED of its own instead of our answer
+MAX_DETAILS = 4096
+
+
 async def _abort(context, method, error: Exception) -> None:
     for cls, code in _STATUS_CODES:
         if isinstance(error, cls):
-            await context.abort(code, str(error))
+            details = str(error)
+            await context.abort(code, details if len(details) <= MAX_DETAILS else details[:MAX_DETAILS - 1] + "…")
     rid = REQUEST_ID.get()
     log.error("internal error in %s (request id %s)", method.__qualname__, rid, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error; see the server log for request id {rid}")

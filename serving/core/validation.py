@@ -60,9 +60,13 @@ def default_count(value: int, field: str, default: int, limit: int, errors: list
     return value or min(default, limit)
 
 
+MAX_PROBLEMS = 8  # reported per request: a list field with a bad value in every element is one line per element
+
+
 def raise_invalid(errors: list) -> None:
     if errors:
-        raise InvalidInput("; ".join(errors))
+        more = f"; and {len(errors) - MAX_PROBLEMS} more problems" if len(errors) > MAX_PROBLEMS else ""
+        raise InvalidInput("; ".join(errors[:MAX_PROBLEMS]) + more)
 
 
 def check_latents(message, field: str, latent_shape: tuple[int, int], low: int, high: int,

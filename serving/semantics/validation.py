@@ -16,7 +16,8 @@ import numpy as np
 
 from serving.core.errors import NotFound
 from serving.semantics.engine import SEGMENTER, SemanticsInfo
-from serving.core.validation import Limits, check_image_bytes, check_latents, choices, default_count, raise_invalid
+from serving.core.validation import (Limits, check_image_bytes, check_latents, choices, default_count, quote,
+                                     raise_invalid)
 
 MAX_SHOTS = 16  # few-shot heads: the paper fits from 1 to 16 samples
 MAX_CLASSES = 256  # masks are 8-bit
@@ -227,4 +228,4 @@ def _check_head_given(head: str, info: SemanticsInfo, errors: list) -> None:
 
 def _known_head(head: str, info: SemanticsInfo) -> None:
     if head not in info.heads:
-        raise NotFound(f"head: no head named {head[:80]!r}; known: {choices(sorted(info.heads))}")
+        raise NotFound(f"head: no head named {quote(head)}; known: {choices(sorted(info.heads))}")

@@ -13,6 +13,7 @@ import numpy as np
 
 from semgen.pipelines.forward import Op
 from serving.core.errors import NotFound, Unsupported
+from serving.core.validation import quote
 from serving.imagine.engine import ImagineEngine, ImagineInfo, ImagineJob, StepProgress, Variations
 from serving.pyramid.engine import Engine, Generated, ModelInfo
 from serving.semantics.engine import HeadSummary, Progress, Samples, SemanticsEngine, SemanticsInfo
@@ -68,7 +69,7 @@ class TorchServeSemanticsEngine(SemanticsEngine):
 
     def _classes(self, head: str) -> tuple[str, ...]:
         if head not in self._info.heads:
-            raise NotFound(f"head: no head named {head!r}; known: {', '.join(sorted(self._info.heads))}")
+            raise NotFound(f"head: no head named {quote(head)}; known: {', '.join(sorted(self._info.heads))}")
         return self._info.heads[head].class_names
 
     async def sample(self, seeds, latents, psi, head) -> Samples:

@@ -168,6 +168,21 @@ def test_long_user_strings_are_quoted_cut_short():
         assert "… (16384 characters)" in error.details() and len(error.details()) < 400
 
 
+def test_a_problem_in_every_list_element_makes_a_short_message():
+    """Found by `semgen bench soak`: a Manipulate with 1,000 out-of-range sweep values was answered with one
+    line per value, an 84 KB message the client could not receive (its own RESOURCE_EXHAUSTED instead)."""
+
+    async def scenario():
+        async with in_process_server(FakePipeline()) as s:
+            return await generate(s.address, req(level="", level_masks=[pb.LevelMask(level=f"lv{i}")
+                                                                        for i in range(2000)]))
+
+    reply, error = run(scenario())
+    assert reply is None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("level_masks[0].level: unknown level 'lv0'")
+    assert "more problems" in error.details() and len(error.details()) < 4096
+
+
 def test_health_and_reflection_answer_malformed_bytes_with_invalid_argument():
     """The standard services had grpc's own deserializers, which answer UNKNOWN to bytes that do not parse."""
 
