@@ -25,7 +25,8 @@ ELSEWHERE = {("bench", "serve"): "serving.cli", ("bench", "soak"): "serving.cli"
 def layers(argv: list[str] | None) -> list[tuple[str, str]]:
     """(layer module, first word) of the commands `argv` needs: all for None, none for `semgen --help`, every
     layer's commands under the first word when no second word picks one (`semgen bench --help`)."""
-    pairs = [(module, word) for word, (_, module) in WORDS.items()] + [(m, w) for (w, _), m in ELSEWHERE.items()]
+    pairs = list(dict.fromkeys([(module, word) for word, (_, module) in WORDS.items()] +
+                               [(m, w) for (w, _), m in ELSEWHERE.items()]))
     if argv is None:
         return pairs
     if not argv or argv[0] not in WORDS:

@@ -79,6 +79,7 @@ def test_the_first_words_pick_one_layer():
     assert semgen_cli.layers(["client", "pyramid", "generate"]) == [("serving.cli", "client")]
     assert semgen_cli.layers(["serve", "--port", "0"]) == [("serving.cli", "serve")]
     assert semgen_cli.layers(["bench", "serve", "--json"]) == [("serving.cli", "bench")]
+    assert semgen_cli.layers(["bench", "soak"]) == [("serving.cli", "bench")]
     assert semgen_cli.layers(["bench", "scenes"]) == [("training.cli", "bench")]
     assert semgen_cli.layers(["bench"]) == [("training.cli", "bench"), ("serving.cli", "bench")]
     assert semgen_cli.layers(["eval", "pyramid"]) == [("training.cli", "eval")]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import copy
 import io
 import statistics
-import subprocess
-import sys
 import time
 from typing import Callable
 
@@ -15,6 +13,7 @@ import numpy as np
 
 from semgen.bundle import Bundle
 from semgen.pipelines.forward import Op
+from serving.bench.process import export_onnx
 
 ORT_THREADS = 2  # the server's default --ort-threads; eager torch gets as many threads
 LEVEL, HEAD, PSI = "conv3", "lse", 1.0  # what every Generate / Sample request asks for
@@ -24,11 +23,8 @@ PASSES = 3  # the in-process limit and the highest concurrency are measured this
 def exported_onnx(models: str, cache: str):
     """The bundle's ONNX export in `cache` (what the server opens), made by the export command when it is
     missing: the bench runs the build step as a user would."""
-    bundle = Bundle(models)
-    if not bundle.onnx_up_to_date(cache):
-        subprocess.run([sys.executable, "-m", "semgen_cli", "export", "onnx", "--models", models, "--cache", cache],
-                       check=True, stdout=subprocess.DEVNULL)
-    return bundle.exported_onnx(cache)
+    export_onnx(models, cache)
+    return Bundle(models).exported_onnx(cache)
 
 
 def reference(seed: int, size: int = 64) -> tuple[bytes, np.ndarray]:

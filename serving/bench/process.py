@@ -1,5 +1,5 @@
-"""A `semgen serve` subprocess for benches and tests: started on free loopback ports, yielded once SERVING,
-always stopped; and CPU time of a process tree."""
+"""A `semgen serve` subprocess for benches and tests: its exports made by the export commands when missing,
+started on free loopback ports, yielded once SERVING, always stopped; and CPU time of a process tree."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
+
+from semgen.bundle import Bundle, torchserve_settings
 
 START_TIMEOUT_S, STOP_GRACE_S = 180, 45  # the grace outlasts TorchServe's own 30 s stop
 
@@ -66,6 +69,28 @@ def server_process(args: list[str], name: str = "server"):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def export_onnx(models: str, onnx_dir: str) -> None:
+    """The bundle's ONNX graphs in `onnx_dir` (what the server opens), exported as a user would when missing."""
+    if not Bundle(models).onnx_up_to_date(onnx_dir):
+        subprocess.run([sys.executable, "-m", "semgen_cli", "export", "onnx", "--models", models, "--cache", onnx_dir],
+                       check=True, stdout=subprocess.DEVNULL)
+
+
+def export_torchserve(models: str, onnx_dir: str, torchserve_dir: str, max_batch: int = 8,
+                      max_batch_delay_ms: float = 5.0, ort_threads: int = 2) -> None:
+    """The archives `semgen serve --engine torchserve` opens for these settings (the server's defaults), in
+    <torchserve_dir>/store, built by `semgen export mar` when missing."""
+    from serving.torchserve.gateway import HANDLER
+
+    settings = torchserve_settings(max_batch, max_batch_delay_ms, ort_threads)
+    store = Path(torchserve_dir) / "store"
+    if not (Bundle(models).mar_store_dir(store, HANDLER, settings) / "mars.json").exists():
+        subprocess.run([sys.executable, "-m", "semgen_cli", "export", "mar", "--models", models, "--store",
+                        str(store), "--handler", str(HANDLER), "--onnx-cache", onnx_dir,
+                        "--batch-size", str(max_batch), "--max-batch-delay-ms", str(max_batch_delay_ms),
+                        "--ort-threads", str(ort_threads)], check=True, stdout=subprocess.DEVNULL)
 
 
 def process_tree_cpu(pid: int) -> float:

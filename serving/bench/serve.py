@@ -21,7 +21,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,11 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from semgen.bundle import Bundle, torchserve_settings
 from semgen.options import opt
 from serving.bench.inprocess import (HEAD, LEVEL, ORT_THREADS, PASSES, PSI, inprocess_throughput, load_pipelines,
                                      ort_over_eager, reference)
-from serving.bench.process import ServerFailed, own_cpu, process_tree_cpu, server_process
+from serving.bench.process import ServerFailed, export_torchserve, own_cpu, process_tree_cpu, server_process
 
 TORCHSERVE_DIR = "var/torchserve"  # the server's default --torchserve-dir
 RATIO_KEYS = {"generate": "ort_over_eager", "sample": "ort_over_eager_sample"}
@@ -86,25 +84,14 @@ def running_server(opts: ServeBench, engine: str, heads_dir: str):
     """The bench's server for `engine` on loopback (see server_process); TorchServe's archives are built
     first by the export command when missing."""
     if engine == "torchserve":
-        build_torchserve_store(opts)
+        export_torchserve(opts.models, opts.onnx_dir, TORCHSERVE_DIR, opts.max_batch, opts.max_batch_delay_ms,
+                          ORT_THREADS)
     return server_process(["--models", opts.models, "--host", "127.0.0.1", "--engine", engine,
                            "--onnx-dir", opts.onnx_dir, "--ort-threads", str(ORT_THREADS),
                            "--max-batch", str(opts.max_batch), "--max-batch-delay-ms", str(opts.max_batch_delay_ms),
                            "--heads-dir", heads_dir, "--torchserve-dir", TORCHSERVE_DIR,
                            "--log-level", "WARNING"],  # per-request logs would cost the server CPU
                           name=f"server --engine {engine}")
-
-
-def build_torchserve_store(opts: ServeBench) -> None:
-    from serving.torchserve.gateway import HANDLER
-
-    settings = torchserve_settings(opts.max_batch, opts.max_batch_delay_ms, ORT_THREADS)
-    store = Path(TORCHSERVE_DIR) / "store"
-    if not (Bundle(opts.models).mar_store_dir(store, HANDLER, settings) / "mars.json").exists():
-        subprocess.run([sys.executable, "-m", "semgen_cli", "export", "mar", "--models", opts.models, "--store",
-                        str(store), "--handler", str(HANDLER), "--onnx-cache", opts.onnx_dir,
-                        "--batch-size", str(opts.max_batch), "--max-batch-delay-ms", str(opts.max_batch_delay_ms),
-                        "--ort-threads", str(ORT_THREADS)], check=True, stdout=subprocess.DEVNULL)
 
 
 async def run_level(call, request, concurrency: int, requests: int, seconds: float) -> dict:

@@ -165,10 +165,14 @@ class JobRunner:
         finally:
             stop.set()
 
-    async def close(self) -> None:
-        """Stop every running job (each ends at its next iteration) and wait for their threads."""
-        self._closed = True
+    def stop_running(self) -> None:
+        """Stop every running job: each ends at its next check, as if its caller had cancelled."""
         with self._lock:
             for stop in self._running:
                 stop.set()
+
+    async def close(self) -> None:
+        """Stop every running job and wait for their threads; no new job starts."""
+        self._closed = True
+        self.stop_running()
         await asyncio.to_thread(self._pool.shutdown, wait=True)

@@ -1,6 +1,7 @@
 """Cancelling a job that runs in a TorchServe worker: TorchServe cannot stop a handler, so the gateway
-drops a marker file that the handler looks for after every event of the job (one iteration), and the
-job stops there. Works for a TorchServe the gateway started on this machine (they share the folder)."""
+drops a marker file. The handler skips a job whose marker exists when TorchServe hands it over, and
+polls for it while the job runs, which then stops at its next check (every iteration; every batch of
+SCS candidates). Works for a TorchServe the gateway started on this machine (they share the folder)."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ class TorchServeClient:
         if args and "time_remaining" in args:  # a job: it stops at the server's deadline, or when we cancel it
             marker = new_marker(self.cancel_dir) if self.cancel_dir else None
             args = {**args, "time_remaining": job_seconds(args["time_remaining"], self.max_job_seconds),
-                    "cancel_marker": marker and str(marker)}
+                    "cancel_marker": marker and str(marker), "sent_at": time.time()}  # wall clock: another process
         body = wire.pack({"op": op, "args": args or {}})
         m = self._metrics
         m.engine_queue_depth.inc()
@@ -124,8 +124,8 @@ class TorchServeClient:
         with self._lock:
             self._connections.add(connection)
         try:
-            token = self._keys.header("inference") if self._keys else {}
-            connection.request("POST", f"/predictions/{model}", body, {"Content-Type": "application/octet-stream", **token})
+            headers = {"Content-Type": "application/octet-stream", **(self._keys.header("inference") if self._keys else {})}
+            connection.request("POST", f"/predictions/{model}", body, headers)
             response = connection.getresponse()
             if response.status != 200:
                 post(self._http_error(model, response.status, response.read()))
@@ -151,7 +151,7 @@ class TorchServeClient:
         except ValueError:
             message = body[:200].decode(errors="replace")
         text = f"engine: TorchServe model {model!r} answered HTTP {status}: {message}"
-        if status in (429, 507):
+        if status in (413, 429, 507):  # 413: a body over TorchServe's max_request_size
             return ResourceExhausted(text + "; retry with backoff")
         if "Token Authorization failed" in message:  # HTTP 400: no key, an old one (TorchServe restarted)
             return Unavailable(text + "; retry shortly (an operator's TorchServe: check --torchserve-key-file)")

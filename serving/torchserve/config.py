@@ -37,6 +37,9 @@ class TorchServeSettings:
     workers_per_model: int = 1
     job_queue_size: int = 100
     default_response_timeout: int = 120  # seconds
+    # HTTP bodies TorchServe takes and sends (its default, 6.5 MB, is less than one decoded 4096x4096 image
+    # our admission lets through; over it, HTTP 413)
+    max_body_bytes: int = 128 * 1024 * 1024
     log_dir: Path | None = None  # None: <folder>/logs
     # the management API on a unix socket in a folder only we can enter, not on a TCP port, so that no other
     # local user can scale our models to 0 workers; its gRPC twin cannot leave TCP, so every API asks for
@@ -146,6 +149,8 @@ def write_config(
         "default_workers_per_model": str(settings.workers_per_model),
         "job_queue_size": str(settings.job_queue_size),
         "default_response_timeout": str(settings.default_response_timeout),
+        "max_request_size": str(settings.max_body_bytes),
+        "max_response_size": str(settings.max_body_bytes),
         "python": sys.executable,  # documentation only: ts.model_server's --python wins
         "vmargs": vmargs,
         **settings.extra_properties,

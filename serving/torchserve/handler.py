@@ -22,11 +22,14 @@ from pathlib import Path
 
 from semgen.pipelines.forward import Op
 from serving.torchserve import wire
+from serving.core.errors import DeadlineExceeded, Unavailable, client_error
+from serving.core.jobs import JobRunner
+from serving.core.metrics import ServingMetrics
 from serving.torchserve.cancel import cancelled
-from serving.core.errors import client_error
 
 FORWARD_OPS = tuple(Op)
 JOB_OPS = ("imagine", "edit", "sample_conditional")
+CANCEL_POLL_S = 0.05  # how often a running job's cancel marker is looked for
 
 
 class SemgenHandler:
@@ -37,8 +40,9 @@ class SemgenHandler:
     def initialize(self, context) -> None:
         model_dir = Path(context.system_properties["model_dir"])
         settings = handler_settings(context)
+        self.jobs = JobRunner(1, ServingMetrics())  # one job at a time; stopped from here when cancelled
         self.engine = load_engine(settings["service"], model_dir / "bundle", model_dir / "onnx",
-                                  int(settings.get("ort_threads", 2)), model_dir / "heads")
+                                  int(settings.get("ort_threads", 2)), model_dir / "heads", self.jobs)
         self.loop = asyncio.new_event_loop()  # the embedded engines are asyncio objects
         self.initialized = True
 
@@ -72,37 +76,52 @@ class SemgenHandler:
 
                 args = {**args, "job": ImagineJob(**{k: tuple(v) if isinstance(v, list) else v
                                                      for k, v in args["job"].items()})}
-            marker = args.pop("cancel_marker", None)
+            marker, sent_at = args.pop("cancel_marker", None), args.pop("sent_at", None)
+            if cancelled(marker):  # the caller left while the job waited in TorchServe's queue
+                Path(marker).unlink(missing_ok=True)
+                return Unavailable("cancel: the caller left before the job started")
+            if sent_at is not None and args.get("time_remaining") is not None:  # the queue's wait counts too
+                args["time_remaining"] -= max(0.0, time.time() - sent_at)
+                if args["time_remaining"] <= 0:
+                    return DeadlineExceeded("deadline: passed while the job waited in TorchServe's queue")
             return self.loop.run_until_complete(self._stream(op, args, context, index, marker))
         except Exception as e:  # the client gets the error as a message, the worker lives on
             return e
 
     async def _until_jobs_end(self, seconds: float = 30) -> None:
-        """Closing a job's stream stops it at its next check; wait for its thread to give the slot back, so
-        that the request TorchServe sends next finds the engine free."""
+        """Wait for a stopped job's thread to give the slot back, so that the request TorchServe sends next
+        finds the engine free."""
         deadline = time.monotonic() + seconds
-        while self.engine.running_jobs and time.monotonic() < deadline:
+        while self.jobs.running and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+
+    async def _watch(self, marker: str) -> None:
+        """Stop the job once its marker appears (also in phases without events, e.g. SCS's candidates)."""
+        while not cancelled(marker):
+            await asyncio.sleep(CANCEL_POLL_S)
+        self.jobs.stop_running()
 
     async def _stream(self, op: str, args: dict, context, index: int, marker: str | None = None):
         """Every event but the last as an intermediate response; the last is the reply (a job that
-        fails sends what it had, then its error). A cancelled job (its marker exists) stops at once."""
-        last, stopped = None, False
+        fails sends what it had, then its error). A cancelled job (its marker exists) stops at its next check."""
+        last = None
+        watcher = asyncio.ensure_future(self._watch(marker)) if marker else None
         try:
-            async with contextlib.aclosing(getattr(self.engine, op)(**args)) as events:  # closing stops the job
+            async with contextlib.aclosing(getattr(self.engine, op)(**args)) as events:
                 async for event in events:
-                    if stopped := cancelled(marker):
-                        Path(marker).unlink(missing_ok=True)
-                        break
                     if last is not None:
                         _send_intermediate(context, index, wire.frame(wire.pack(reply(last))))
                     last = event
-            if stopped:
-                await self._until_jobs_end()
         except Exception:
             if last is not None:
                 _send_intermediate(context, index, wire.frame(wire.pack(reply(last))))
             raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                if cancelled(marker):
+                    Path(marker).unlink(missing_ok=True)
+                    await self._until_jobs_end()
         return last
 
 
@@ -128,8 +147,10 @@ def reply(result) -> dict:
     return {"event": type(result).__name__, "value": result}
 
 
-def load_engine(service: str, bundle: Path, onnx_dir: Path, threads: int, heads_dir: Path):
-    """The embedded engine of `service` on the packed bundle (forward passes on ONNX Runtime)."""
+def load_engine(service: str, bundle: Path, onnx_dir: Path, threads: int, heads_dir: Path,
+                jobs: JobRunner | None = None):
+    """The embedded engine of `service` on the packed bundle (forward passes on ONNX Runtime); the iterative
+    ones run their jobs on `jobs`."""
     from semgen.runtime.onnx import OnnxModels
     from serving.pyramid.engine import EmbeddedEngine
     from serving.imagine.engine import EmbeddedImagineEngine
@@ -139,9 +160,9 @@ def load_engine(service: str, bundle: Path, onnx_dir: Path, threads: int, heads_
     if service == "pyramid":
         return EmbeddedEngine.from_dir(bundle, device="auto", onnx=onnx)
     if service in ("semantics", "semantics_jobs"):
-        return EmbeddedSemanticsEngine.from_dir(bundle, heads_dir, device="auto", max_jobs=1, onnx=onnx)
+        return EmbeddedSemanticsEngine.from_dir(bundle, heads_dir, device="auto", max_jobs=1, onnx=onnx, jobs=jobs)
     if service == "imagine":
-        return EmbeddedImagineEngine.from_dir(bundle, device="auto", max_jobs=1)
+        return EmbeddedImagineEngine.from_dir(bundle, device="auto", max_jobs=1, jobs=jobs)
     raise ValueError(f"handler.service: unknown service {service!r}")
 
 

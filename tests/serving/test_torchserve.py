@@ -111,3 +111,20 @@ def test_torchserve_round_trip(tmp_path):
 
     assert not server.alive()
     assert server.ports_open() == []
+
+
+def test_the_key_file_of_an_operators_torchserve_is_checked(tmp_path):
+    from serving.options import ServeOptions
+    from serving.torchserve.config import KeyFile
+
+    keys = tmp_path / "key_file.json"
+    keys.write_text('{"inference": {"key": "abc"}, "management": {"key": "def"}, "API": {"key": "ghi"}}')
+    ServeOptions(torchserve_address="http://127.0.0.1:8080", torchserve_key_file=str(keys)).check()
+    for bad in (dict(torchserve_key_file=str(keys)),  # without --torchserve-address
+                dict(torchserve_address="http://127.0.0.1:8080", torchserve_key_file=str(tmp_path / "none.json"))):
+        with pytest.raises(ValueError, match="--torchserve-key-file"):
+            ServeOptions(**bad).check()
+    assert KeyFile(keys).header("inference") == {"Authorization": "Bearer abc"}
+    assert KeyFile(keys).header("management") == {"Authorization": "Bearer def"}
+    keys.write_text('{"inference": {"ke')  # half written: no header yet, and no error
+    assert KeyFile(keys).header("inference") == {} and KeyFile(tmp_path / "none.json").header("inference") == {}

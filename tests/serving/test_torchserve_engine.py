@@ -180,3 +180,34 @@ def test_a_cancelled_job_stops_in_the_torchserve_worker(bundle, tmp_path):
         waited = time.monotonic() - begun
     # the small job waited at most for one more iteration of the cancelled one (plus noise), not for its rest
     assert left > 10 and waited < 2 * alone + 1, (alone, left, waited)
+
+
+def test_a_job_cancelled_before_its_first_event_stops_in_the_worker(bundle, tmp_path):
+    """Found by `semgen bench soak`: the handler looked for the cancel marker only at a job's events, so an SCS
+    cancelled in its candidate phase (no events) or while it waited in TorchServe's queue ran on, and small jobs
+    behind it waited for minutes. Now the handler skips a job cancelled in the queue and stops one mid-phase."""
+    root, models = bundle
+    args = ["--models", str(models), "--onnx-dir", str(root / "onnx"), "--heads-dir", str(root / "heads"),
+            "--engine", "torchserve", "--torchserve-dir", str(tmp_path / "ts")]
+    target = np.zeros((32, 32), np.uint8)
+    target[:16] = 1
+    big = dict(num_samples=16, n_init=256, iterations=2, preview_every=1, seed=2)
+    with serve_subprocess(args) as ts, SemanticsClient(ts.address, timeout=300) as semantics:
+        def small():
+            begun = time.monotonic()
+            job_result(semantics.sample_conditional(target, head="lse", num_samples=1, n_init=2, iterations=1))
+            return time.monotonic() - begun
+
+        alone = small()
+        begun = time.monotonic()
+        first = semantics.sample_conditional(target, head="lse", **big)
+        next(iter(first))  # the first event comes after the whole candidate phase
+        candidates = time.monotonic() - begun
+        first.cancel()
+        calls = [semantics.sample_conditional(target, head="lse", **big) for _ in range(3)]  # 1 runs, 2 queue
+        time.sleep(min(1.0, candidates / 4))
+        for call in calls:
+            call.cancel()
+        waited = small()
+    # uncancelled, the small job would wait for three candidate phases
+    assert candidates > 2 and waited < 2 * alone + 1, (alone, candidates, waited)
