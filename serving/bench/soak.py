@@ -1,6 +1,6 @@
 """`semgen bench soak`: a server under mixed load and attack for a while, and what it costs it.
 
-    semgen bench soak --json        # prints the result; writes reports/bench/soak.json and soak.png
+    semgen bench soak --json        # prints the result; writes reports/bench/soak_<engine>.json and .png
 
 One server (`python -m serving.server` on loopback, as in `semgen bench serve`) takes `concurrency` calls at
 once for `seconds`, each drawn (seeded) from a mix: valid calls of every RPC (serving/bench/catalogue.py),
@@ -54,7 +54,7 @@ class SoakBench:
     # two jobs at their limits (SCS with 8 x 256 candidates: ~350 MiB each on the bundled models), forward
     # batches, replies, and what the allocator keeps
     working_mib: int = opt(1024, "RSS growth allowed beyond the decoded-bytes budget")
-    out: str = opt("reports/bench", "where soak.json, soak.png and these options go")
+    out: str = opt("reports/bench", "where soak_<engine>.json and .png and these options go")
     onnx_dir: str = opt("var/onnx", "the cache of exported graphs (`semgen export onnx --cache`)")
     torchserve_dir: str = opt("var/torchserve", "the TorchServe archives (`semgen export mar --store <dir>/store`)")
 
@@ -236,9 +236,11 @@ def bench_soak(opts: SoakBench = SoakBench(), progress: Callable[[str], None] = 
     result["passed"] = all(result["targets"].values())
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.json").write_text(json.dumps({"options": asdict(opts), **result, "samples": samples}, indent=2))
-    plot(result, samples, out / "soak.png")
-    progress(f"wrote {out / 'soak.json'} and {out / 'soak.png'}; passed: {result['passed']}")
+    report = out / f"soak_{opts.engine}"
+    report.with_suffix(".json").write_text(json.dumps({"options": asdict(opts), **result, "samples": samples},
+                                                      indent=2))
+    plot(result, samples, report.with_suffix(".png"))
+    progress(f"wrote {report}.json and .png; passed: {result['passed']}")
     return result
 
 

@@ -35,6 +35,6 @@ def test_soak_leaves_the_server_as_it_found_it(engine, exports, tmp_path):
     assert {"OK", "INVALID_ARGUMENT", "CANCELLED", "DEADLINE_EXCEEDED"} <= set(result["codes"])
     assert result["codes_by_kind"]["garbage"].keys() == {"INVALID_ARGUMENT"}
     assert result["warm_up"]["generate"] == result["warm_up"]["manipulate"] == result["warm_up"]["imagine"] == "OK"
-    report = json.loads((tmp_path / "report" / "soak.json").read_text())
+    report = json.loads((tmp_path / "report" / f"soak_{engine}.json").read_text())
     assert report["rss_mib"]["peak"] >= report["rss_mib"]["start"] > 0 and len(report["samples"]) > 10
-    assert (tmp_path / "report" / "soak.png").stat().st_size > 10_000
+    assert (tmp_path / "report" / f"soak_{engine}.png").stat().st_size > 10_000
