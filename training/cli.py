@@ -74,6 +74,27 @@ def bench_scenes(o: BenchScenes) -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BenchStyleGAN:
+    configs: tuple[str, ...] = opt(("128,128,64,32,16/16,32,64,128,128", "128,128,128,64,32/32,64,128,128,128",
+                                    "256,256,128,64,64/64,64,128,256,256"),
+                                   "G channels/D channels, one pair per value (4 px up / image size down)",
+                                   nargs="+", parse=str)
+    batch_sizes: tuple[int, ...] = opt((16, 32), "images per step")
+    steps: int = opt(4, "timed steps per configuration (the median counts; one warm-up step before)")
+    threads: int = opt(2, "torch threads")
+    report_dir: str = _report_dir("reports/bench")
+    json: bool = _json()
+
+
+def bench_stylegan(o: BenchStyleGAN) -> int:
+    from training.bench import bench_stylegan as bench
+
+    configs = [tuple(c.split("/")) for c in o.configs]
+    return _report(o, bench(configs, o.batch_sizes, o.steps, o.threads, o.report_dir, progress=_log(o.json)),
+                   "stylegan_step")
+
+
+@dataclass(frozen=True, kw_only=True)
 class BenchImagine:
     models: str = _models()
     n: int = opt(12, "held-out references for the quality curve")
@@ -275,6 +296,8 @@ def register(parsers: dict) -> None:
         command(bench.add_parser("scenes", help="scene rendering throughput"), BenchScenes, bench_scenes)
         command(bench.add_parser("imagine", help="IMAGINE seconds per variation and fd_fc7 against iterations"),
                 BenchImagine, bench_imagine)
+        command(bench.add_parser("stylegan", help="images/s of a StyleGAN2 training step by width, batch, bf16 and "
+                                                  "channels_last"), BenchStyleGAN, bench_stylegan)
     for group, commands, run in (("train", TRAIN, _trained), ("eval", EVAL, lambda f: f)):
         if group in parsers:
             sub = subcommands(parsers[group])

@@ -57,6 +57,26 @@ def test_stylegan_training_runs_resumes_and_ships_a_loadable_generator(tmp_path)
         train_stylegan(StyleGANOptions(steps=1, **{**opt, "g_channels": "8,x"}))
 
 
+def test_stylegan_trains_in_bf16_channels_last_from_a_warm_start(tmp_path):
+    opt = dict(image_size=16, g_channels="8,8,8", d_channels="8,8,8", z_dim=8, w_dim=8, batch_size=4, r1_every=2,
+               save_every=1, sample_every=100, threads=1)
+    train_stylegan(StyleGANOptions(steps=2, run_dir=str(tmp_path / "run1"), out=str(tmp_path / "G1"), **opt))
+    warm = load_checkpoint(tmp_path / "G1")
+    fast = dict(opt, bf16=True, channels_last=True, warm_start=str(tmp_path / "G1"), seed=5)
+    train_stylegan(StyleGANOptions(steps=1, run_dir=str(tmp_path / "run2"), out=str(tmp_path / "G2"), **fast))
+    log = [json.loads(line) for line in (tmp_path / "run2" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["g"]) and np.isfinite(r["d"]) for r in log)
+    G2 = load_checkpoint(tmp_path / "G2")
+    # one step from the warm weights stays near them; a fresh start (seed 5) would be far away
+    assert (G2.const - warm.const).abs().max() < 0.05
+    fresh = train_stylegan(StyleGANOptions(steps=1, run_dir=str(tmp_path / "run3"), out=str(tmp_path / "G3"),
+                                           **dict(fast, warm_start="")))
+    assert (load_checkpoint(fresh).const - warm.const).abs().max() > 0.5
+    with pytest.raises(ValueError, match="warm_start"):
+        train_stylegan(StyleGANOptions(steps=1, run_dir=str(tmp_path / "run4"), out=str(tmp_path / "G4"),
+                                       **dict(fast, g_channels="8,8,4")))
+
+
 def test_heads_train_full_and_few_shot_from_a_bundle(tmp_path):
     models = make_random_semantics_bundle(tmp_path / "m")
     paths = train_heads(HeadsOptions(kind="lse,nse2", models=str(models), out_dir=str(tmp_path / "heads"),
