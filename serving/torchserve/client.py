@@ -10,8 +10,9 @@ Metrics use the embedded engine's names: compute time is what the handler measur
 is the rest of the round trip (TorchServe's queue, batching delay and transport), every batch's
 size is counted once, and the queue depth is the calls waiting for TorchServe.
 
-A job the caller leaves stops in the worker at its next event (cancel.py), or at its deadline. Calls
-carry TorchServe's inference token where it asks for one (config.KeyFile).
+A job the caller leaves is skipped by the worker or stops at its next check (cancel.py), or at its
+deadline, which counts the wait in TorchServe's queue (`sent_at`). Calls carry TorchServe's inference
+token where it asks for one (config.KeyFile).
 """
 
 from __future__ import annotations
