@@ -17,6 +17,7 @@ WORDS = {  # first word -> (help, the layer module holding its commands)
     "export": ("convert the models for other runtimes (the build step before serving)", "export.cli"),
     "serve": ("serve the models over gRPC", "serving.cli"),
     "client": ("call a running server", "serving.cli"),
+    "batch": ("a resumable job over many requests: through a server, or on Ray Data", "serving.cli"),
 }
 # commands held by another layer than their first word's
 ELSEWHERE = {("bench", "serve"): "serving.cli", ("bench", "soak"): "serving.cli"}

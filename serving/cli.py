@@ -1,5 +1,5 @@
-"""`semgen serve`, `semgen bench serve|soak` and `semgen client ...`: the serving layer's commands. No torch and
-no semgen.pipelines here: each word's modules are imported when the dispatcher asks for that word, so
+"""`semgen serve`, `semgen batch`, `semgen bench serve|soak` and `semgen client ...`: the serving layer's commands.
+No torch and no semgen.pipelines here: each word's modules are imported when the dispatcher asks for that word, so
 `semgen client` reads its flags with the client modules only (the server loads when `serve` runs)."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def register_clients(client: argparse._SubParsersAction) -> None:
 
 
 def register(parsers: dict) -> None:
-    """`semgen serve`, `semgen bench serve|soak`, `semgen client ...` on those of the dispatcher's parsers it is
+    """`semgen serve`, `semgen batch`, `semgen bench serve|soak`, `semgen client ...` on those of the dispatcher's parsers it is
     given."""
     if "serve" in parsers:
         from serving.options import ServeOptions
@@ -85,5 +85,9 @@ def register(parsers: dict) -> None:
                            ("soak", "a server under mixed load, crafted and malformed calls, cancels and deadlines: "
                                     "codes, RSS, fds, threads and jobs left; exit 1 on a missed target")):
             command(benches.add_parser(name, help=help), bench_options(name), functools.partial(run_bench, name))
+    if "batch" in parsers:
+        from serving.batch.job import BatchOptions, run_batch
+
+        command(parsers["batch"], BatchOptions, run_batch)
     if "client" in parsers:
         register_clients(subcommands(parsers["client"], dest="service"))
