@@ -1,5 +1,5 @@
-"""`semgen serve`, `semgen batch`, `semgen bench serve|soak` and `semgen client ...`: the serving layer's commands.
-No torch and no semgen.pipelines here: each word's modules are imported when the dispatcher asks for that word, so
+"""`semgen serve`, `semgen batch`, `semgen bench serve|soak|batch` and `semgen client ...`: the serving layer's
+commands. No torch and no semgen.pipelines here: each word's modules are imported when the dispatcher asks for that word, so
 `semgen client` reads its flags with the client modules only (the server loads when `serve` runs)."""
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ def bench_options(name: str) -> type:
 
 def _benches() -> dict:
     """name -> (options dataclass, run(options, progress) -> result dict)."""
+    from serving.bench.batch import BatchBench, bench_batch
     from serving.bench.serve import ServeBench, bench_serve
     from serving.bench.soak import SoakBench, bench_soak
 
-    return {"serve": (ServeBench, bench_serve), "soak": (SoakBench, bench_soak)}
+    return {"serve": (ServeBench, bench_serve), "soak": (SoakBench, bench_soak), "batch": (BatchBench, bench_batch)}
 
 
 def run_bench(name: str, o) -> int:
@@ -72,8 +73,8 @@ def register_clients(client: argparse._SubParsersAction) -> None:
 
 
 def register(parsers: dict) -> None:
-    """`semgen serve`, `semgen batch`, `semgen bench serve|soak`, `semgen client ...` on those of the dispatcher's parsers it is
-    given."""
+    """`semgen serve`, `semgen batch`, `semgen bench serve|soak|batch`, `semgen client ...` on those of the
+    dispatcher's parsers it is given."""
     if "serve" in parsers:
         from serving.options import ServeOptions
 
@@ -83,7 +84,10 @@ def register(parsers: dict) -> None:
         for name, help in (("serve", "gRPC throughput and latency against concurrency, against in-process ONNX "
                                      "Runtime and by engine; ONNX Runtime over eager torch"),
                            ("soak", "a server under mixed load, crafted and malformed calls, cancels and deadlines: "
-                                    "codes, RSS, fds, threads and jobs left; exit 1 on a missed target")):
+                                    "codes, RSS, fds, threads and jobs left; exit 1 on a missed target"),
+                           ("batch", "batch jobs of Generate requests online and on Ray Data, images/s against the "
+                                     "in-process limit; a job SIGKILLed 20 times and resumed: lost, duplicated, "
+                                     "mismatched")):
             command(benches.add_parser(name, help=help), bench_options(name), functools.partial(run_bench, name))
     if "batch" in parsers:
         from serving.batch.job import BatchOptions, run_batch

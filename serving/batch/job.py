@@ -94,7 +94,8 @@ def run_batch(o: BatchOptions) -> int:
     folder = JobFolder(o.out)
     write_options(o, o.out, "batch_options")
     todo = [item for item in items if item.key not in folder.done]
-    print(f"{len(items)} requests, {len(items) - len(todo)} done before, {len(todo)} to run", file=sys.stderr)
+    print(f"{len(items)} requests, {len(items) - len(todo)} done before, {len(todo)} to run", file=sys.stderr,
+          flush=True)
     started = time.perf_counter()
     try:
         if o.ray:
@@ -105,7 +106,7 @@ def run_batch(o: BatchOptions) -> int:
             ran, stopped = asyncio.run(_run_online(todo, folder, o))
     finally:
         folder.close()
-    summary = folder.summary(items, time.perf_counter() - started, ran, stopped)
+    summary = folder.summary(items, started, ran, stopped)
     print(json.dumps(summary))
     return 130 if stopped else (0 if summary["failed"] == summary["missing"] == 0 else 1)
 

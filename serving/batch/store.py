@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,7 @@ class JobFolder:
         self.records = self._kept_records()
         self.done = {record["key"] for record in self.records}
         self._lock = threading.Lock()  # executors may write from several threads
+        self.first_write_at: float | None = None  # perf_counter of this run's first record
         self._log = open(self.results, "a")
 
     def _kept_records(self) -> list[dict]:
@@ -161,10 +163,14 @@ class JobFolder:
             os.fsync(self._log.fileno())
             self.records.append(record)
             self.done.add(result.item.key)
+            self.first_write_at = self.first_write_at or time.perf_counter()
         return record
 
-    def summary(self, items: list[Item], elapsed_s: float, ran: int, stopped: bool) -> dict:
-        """summary.json: the counts over every item of the job (this run and earlier ones)."""
+    def summary(self, items: list[Item], started: float, ran: int, stopped: bool) -> dict:
+        """summary.json: the counts over every item of the job (this run and earlier ones); this run's time from
+        `started` (perf_counter), and to its first result (start-up: Ray, models)."""
+        elapsed_s = time.perf_counter() - started
+        first_s = (self.first_write_at or started) - started
         keys = {item.key for item in items}
         records = [r for r in self.records if r["key"] in keys]
         codes: dict[str, int] = {}
@@ -175,6 +181,7 @@ class JobFolder:
             "items": len(items), "done": len(records), "ok": codes.get("OK", 0),
             "failed": len(records) - codes.get("OK", 0), "missing": len(items) - len(records), "codes": codes,
             "outputs": outputs, "this_run": {"items": ran, "elapsed_s": round(elapsed_s, 3),
+                                             "first_result_s": round(first_s, 3),
                                              "items_per_s": round(ran / elapsed_s, 3) if elapsed_s > 0 else 0.0},
             "stopped_early": stopped,
         }

@@ -1,0 +1,186 @@
+"""`semgen bench batch`: batch jobs of Generate requests, (a) through a running server on the embedded engine,
+(b) on Ray Data (and (c) through `semgen serve --engine ray` where it exists), in images/s and as ratios to the
+in-process limit; and the kill test: a job SIGKILLed at random moments and resumed, checked against an
+uninterrupted run for lost, duplicated and mismatched outputs. Writes reports/batch/batch.json and .png.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from semgen.options import opt
+from serving.bench.inprocess import LEVEL  # every request: one sample from the in-process limit's level
+from serving.bench.process import export_onnx, server_process
+
+REFERENCES = 16  # distinct reference scenes the requests cycle through
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchBench:
+    models: str = opt("artifacts", "the model bundle")
+    requests: int = opt(1000, "Generate requests per throughput job")
+    concurrency: int = opt(8, "requests in flight of the online job")
+    ray_actors: tuple[int, ...] = opt((1, 2), "Ray Data actors, one job each (empty: no Ray)")
+    kills: int = opt(20, "SIGKILLs of the kill test")
+    kill_requests: int = opt(500, "requests of the kill test's job")
+    seed: int = opt(0, "seed of the kill moments")
+    out: str = opt("reports/batch", "where batch.json, batch.png and these options go")
+    onnx_dir: str = opt("var/onnx", "the bundle's ONNX export (made when missing)")
+
+
+def write_manifest(folder: Path, requests: int) -> Path:
+    """`requests` Generate lines over REFERENCES rendered scenes (one sample each, seed = the line's index), in
+    `folder`."""
+    from serving.bench.inprocess import reference
+
+    for r in range(REFERENCES):
+        (folder / f"ref{r:02d}.png").write_bytes(reference(r)[0])
+    lines = [{"id": f"g{i:05d}", "rpc": "Generate", "image": f"ref{i % REFERENCES:02d}.png", "level": LEVEL,
+              "num_samples": 1, "seed": i} for i in range(requests)]
+    path = folder / "manifest.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def batch_command(manifest: Path, out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "semgen_cli", "batch", "--manifest", str(manifest), "--out", str(out),
+            "--no-progress", *args]
+
+
+def run_job(cmd: list[str]) -> dict:
+    """Run a batch job to its end; its summary (the last line it prints)."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"{' '.join(cmd[3:])} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def kill_test(cmd: list[str], out: Path, reference: Path, kills: int, work_s: float, rng: random.Random,
+              progress: Callable[[str], None]) -> dict:
+    """Start the job `cmd` (writing to `out`) `kills` times and SIGKILL it at a random moment each time, then let it
+    finish; compare its outputs and records with the uninterrupted run in `reference`, which took `work_s` from
+    its first line to its end. One kill in five lands in the start-up (reading results.jsonl), the others in the
+    work, spread so that the kills cover the job."""
+    landed = 0
+    for k in range(kills):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if rng.random() < 0.2:
+            time.sleep(rng.uniform(0.0, 1.0))
+        else:
+            proc.stderr.readline()  # "N requests, M done before, K to run": the work starts
+            time.sleep(rng.uniform(0.0, 1.5 * work_s / kills))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            landed += 1
+        proc.wait()
+        proc.stderr.close()
+        progress(f"kill {k + 1}/{kills}: {len(_records(out))} items recorded")
+    summary = run_job(cmd)
+    expected = {p.name: p.read_bytes() for p in (reference / "outputs").iterdir()}
+    got = {p.name: p.read_bytes() for p in (out / "outputs").iterdir()}
+    keys = [r["key"] for r in _records(out, all_lines=True)]
+    return {
+        "kills": kills, "kills_mid_job": landed, "items": summary["items"], "outputs": len(got),
+        "lost": len(expected.keys() - got.keys()),
+        "duplicated": (len(keys) - len(set(keys))) + len(got.keys() - expected.keys()),
+        "mismatched": sum(got[name] != data for name, data in expected.items() if name in got),
+        "stray_files": sorted(p.name for p in (out / "outputs").iterdir() if p.name.endswith(".tmp")),
+    }
+
+
+def _records(out: Path, all_lines: bool = False) -> list[dict]:
+    path = out / "results.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records if all_lines else [r for r in records if r.get("status") == "OK"]
+
+
+def images_per_s(summary: dict) -> float:
+    """Outputs per second of a job's run, after its first result (Ray's and the models' start-up left out)."""
+    run = summary["this_run"]
+    return round((summary["outputs"] - 1) / max(1e-9, run["elapsed_s"] - run["first_result_s"]), 2)
+
+
+def bench_batch(opts: BatchBench, progress: Callable[[str], None]) -> dict:
+    from serving.bench.inprocess import inprocess_throughput, load_pipelines, reference
+
+    export_onnx(opts.models, opts.onnx_dir)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"requests": opts.requests, "level": LEVEL, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="semgen-bench-batch-") as tmp:
+        tmp = Path(tmp)
+        manifest = write_manifest(tmp, opts.requests)
+        pipe = load_pipelines(opts.models, opts.onnx_dir, ["generate"])["generate"]
+        limit = inprocess_throughput(pipe, "generate", reference(0)[1], min(opts.requests, 256), 8)
+        del pipe
+        result["inprocess_images_per_s"] = round(limit, 2)
+        progress(f"in-process limit: {limit:.1f} images/s")
+        jobs = {}
+        with server_process(["--models", opts.models, "--onnx-dir", opts.onnx_dir, "--log-level", "WARNING"],
+                            name="server --engine embedded") as server:
+            summary = run_job(batch_command(manifest, tmp / "online", "--address", server.address,
+                                            "--concurrency", str(opts.concurrency)))
+            jobs["online_embedded"] = summary
+            progress(f"online (embedded engine, {opts.concurrency} in flight): {images_per_s(summary)} images/s")
+            if opts.kills:
+                (tmp / "kill").mkdir()
+                small = write_manifest(tmp / "kill", opts.kill_requests)
+                args = ("--address", server.address, "--concurrency", str(opts.concurrency))
+                work_s = run_job(batch_command(small, tmp / "kill-ref", *args))["this_run"]["elapsed_s"]
+                result["kill_test"] = kill_test(batch_command(small, tmp / "kill-job", *args), tmp / "kill-job",
+                                                tmp / "kill-ref", opts.kills, work_s, random.Random(opts.seed),
+                                                progress)
+                progress(f"kill test: {json.dumps(result['kill_test'])}")
+        for actors in opts.ray_actors:
+            summary = run_job(batch_command(manifest, tmp / f"ray{actors}", "--ray", "--models", opts.models,
+                                            "--onnx-dir", opts.onnx_dir, "--concurrency", str(actors)))
+            jobs[f"ray_data_{actors}_actors"] = summary
+            progress(f"Ray Data, {actors} actor(s): {images_per_s(summary)} images/s after "
+                     f"{summary['this_run']['first_result_s']} s of start-up")
+            mismatched = sum((tmp / "online" / "outputs" / p.name).read_bytes() != p.read_bytes()
+                             for p in (tmp / f"ray{actors}" / "outputs").iterdir())
+            summary["mismatched_vs_online"] = mismatched
+    result["jobs"] = {name: {"images_per_s": images_per_s(s), "ratio_to_inprocess": round(images_per_s(s) / limit, 3),
+                             "ok": s["ok"], "failed": s["failed"], "elapsed_s": s["this_run"]["elapsed_s"],
+                             "first_result_s": s["this_run"]["first_result_s"],
+                             **({"mismatched_vs_online": s["mismatched_vs_online"]} if "mismatched_vs_online" in s
+                                else {})}
+                      for name, s in jobs.items()}
+    kill = result.get("kill_test", {})
+    result.update(lost=kill.get("lost"), duplicated=kill.get("duplicated"), mismatched=kill.get("mismatched"))
+    result["passed"] = bool(kill) and kill["lost"] == kill["duplicated"] == kill["mismatched"] == 0 and all(
+        j["failed"] == 0 and j.get("mismatched_vs_online", 0) == 0 for j in result["jobs"].values())
+    (out / "batch.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, out / "batch.png")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    """images/s of each job beside the in-process limit."""
+    from matplotlib.figure import Figure
+
+    names = ["in-process limit", *(name.replace("_", " ") for name in result["jobs"])]
+    values = [result["inprocess_images_per_s"], *(j["images_per_s"] for j in result["jobs"].values())]
+    fig = Figure(figsize=(7, 4), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    bars = ax.bar(names, values, color=["grey", *["tab:blue"] * (len(values) - 1)])
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set(title=f"batch jobs of {result['requests']} Generate requests ({result['cpus']} CPUs)", ylabel="images/s")
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.savefig(path, bbox_inches="tight")
