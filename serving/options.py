@@ -14,6 +14,9 @@ from serving.core.validation import Limits
 MiB = 1024 * 1024
 
 
+ENGINES = ("embedded", "torchserve", "ray")
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     models: str = opt("artifacts", "model bundle folder: classifier/ + pyramid/ and/or stylegan/ (+ segmenter/, "
@@ -39,15 +42,23 @@ class ServeOptions:
     metrics_port: int = opt(9464, "Prometheus /metrics port")
     device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1")
     workers: int = opt(1, "engine threads running the model")
-    engine: str = opt("embedded", "where inference runs: in this process, or on TorchServe (started here on "
+    engine: str = opt("embedded", "where inference runs: in this process; on TorchServe (started here on "
                                   "loopback from the archives of `semgen export mar --store`, or at "
-                                  "--torchserve-address)", choices=("embedded", "torchserve"))
+                                  "--torchserve-address); or on Ray Serve replicas (a local Ray, or --ray-address)",
+                      choices=ENGINES)
     torchserve_address: str = opt("", "inference URL of a running TorchServe with semgen's models (semgen export "
                                       "mar), e.g. http://127.0.0.1:8080; empty: start one")
     torchserve_key_file: str = opt("", "that TorchServe's key_file.json, when it asks for tokens (TorchServe 0.12's "
                                        "default); one we start always does, with its own keys")
     torchserve_dir: str = opt("var/torchserve", "the started TorchServe's model store (<dir>/store, written by "
                                                 "`semgen export mar --store`) and logs")
+    ray_address: str = opt("", "with --engine ray: the cluster to deploy on (auto, ray://host:10001); empty: a "
+                               "local Ray on 127.0.0.1, stopped with the server")
+    ray_replicas: int = opt(1, "with --engine ray: replicas of the forward models (autoscaled from here up to "
+                               "--ray-max-replicas when that is higher)")
+    ray_max_replicas: int = opt(0, "with --engine ray: the most forward replicas autoscaling may run (0: fixed)")
+    ray_job_replicas: int = opt(1, "with --engine ray: replicas for the iterative jobs (--max-jobs each)")
+    ray_replica_cpus: float = opt(1.0, "with --engine ray: CPUs Ray reserves for each replica")
     runtime: str = opt("onnx", "forward-only work (Generate, Repaint, Composite, Sample, Segment) on ONNX Runtime "
                                "with the dynamic batcher, or on eager torch one call at a time",
                        choices=("onnx", "torch"))
@@ -91,8 +102,12 @@ class ServeOptions:
                self.max_candidates, self.max_imagine_iterations, self.max_job_seconds) <= 0:
             raise ValueError("--max-samples, --workers, --max-jobs, --max-iterations, --max-fit-iterations, "
                              "--max-candidates and --max-imagine-iterations must be >= 1, --max-job-seconds > 0")
-        if self.engine not in ("embedded", "torchserve"):
-            raise ValueError(f"--engine must be embedded or torchserve, got {self.engine!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine != "ray" and self.ray_address:
+            raise ValueError("--ray-address goes with --engine ray")
+        if min(self.ray_replicas, self.ray_job_replicas) < 1 or self.ray_replica_cpus <= 0:
+            raise ValueError("--ray-replicas and --ray-job-replicas must be >= 1, --ray-replica-cpus > 0")
         if self.torchserve_address and not self.torchserve_address.startswith("http://"):
             raise ValueError(f"--torchserve-address must be an http:// URL, got {self.torchserve_address!r}")
         if self.torchserve_key_file and not (self.torchserve_address and Path(self.torchserve_key_file).is_file()):
@@ -100,6 +115,9 @@ class ServeOptions:
                              f"got {self.torchserve_key_file!r}")
         if self.engine == "torchserve" and self.runtime != "onnx":
             raise ValueError("--engine torchserve runs the forward work on ONNX Runtime; drop --runtime torch")
+        if self.engine == "torchserve" and (self.classifier or self.imagine_classifier):
+            raise ValueError("--classifier and --imagine-classifier work with --engine embedded or ray only "
+                             "(the .mar archives carry the bundle's own classifier)")
         if self.runtime not in ("onnx", "torch"):
             raise ValueError(f"--runtime must be onnx or torch, got {self.runtime!r}")
         self.batch_policy.check()

@@ -13,7 +13,8 @@ service share one limit, --max-jobs.
 Engines: --engine embedded (default) runs the models here, forward-only work on ONNX Runtime
 through the dynamic batcher (--runtime onnx: the graphs `semgen export onnx` wrote to --onnx-dir) or
 on eager torch (--runtime torch); --engine torchserve forwards to TorchServe
-(serving/torchserve/gateway.py), running the archives `semgen export mar` wrote.
+(serving/torchserve/gateway.py), running the archives `semgen export mar` wrote; --engine ray forwards to Ray
+Serve replicas of the embedded engines (serving/ray/gateway.py).
 On SIGINT/SIGTERM: health NOT_SERVING, stop accepting RPCs, let in-flight ones finish for up to
 --grace-seconds (then running jobs are cancelled), close the engines, exit 0.
 """
@@ -188,6 +189,10 @@ async def serve(opts: ServeOptions,
     started = time.perf_counter()
     if opts.engine == "torchserve" and load_engines is load_embedded:
         load_engines = load_torchserve
+    elif opts.engine == "ray" and load_engines is load_embedded:
+        from serving.ray.gateway import load_ray  # imports Ray: only for this engine
+
+        load_engines = load_ray
     loading = asyncio.ensure_future(asyncio.to_thread(load_engines, opts, metrics))
     stopping = asyncio.ensure_future(stop.wait())
     following = None

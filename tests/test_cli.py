@@ -17,8 +17,8 @@ import semgen_cli
 from semgen.options import REQUIRED, Command, add_options, opt, options_from_args, write_options
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("scenes", "bench", "train", "eval", "export", "serve", "client")
-HEAVY = ("torch", "training", "export", "semgen.pipelines", "serving.server")
+WORDS = ("scenes", "bench", "train", "eval", "export", "serve", "client", "batch")
+HEAVY = ("torch", "training", "export", "semgen.pipelines", "serving.server", "ray")
 
 
 def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -40,7 +40,8 @@ REQUIRED_FLAGS = {
     "--target": ("t.png", "t.png"), "--edit": ("horizon:2", (("horizon", 2.0, None),)), "--handler": ("h.py", "h.py"),
 }
 ONE_OF = {("client", "semantics", "sample"): ("--seeds", "1,2", "seeds", (1, 2)),
-          ("client", "manipulate"): ("--seed", "3", "seeds", (3,))}
+          ("client", "manipulate"): ("--seed", "3", "seeds", (3,)),
+          ("batch",): ("--manifest", "jobs.jsonl", "manifest", "jobs.jsonl")}
 
 
 def test_every_command_is_one_dataclass_whose_flags_give_its_defaults():
@@ -80,6 +81,8 @@ def test_the_first_words_pick_one_layer():
     assert semgen_cli.layers(["serve", "--port", "0"]) == [("serving.cli", "serve")]
     assert semgen_cli.layers(["bench", "serve", "--json"]) == [("serving.cli", "bench")]
     assert semgen_cli.layers(["bench", "soak"]) == [("serving.cli", "bench")]
+    assert semgen_cli.layers(["bench", "batch"]) == [("serving.cli", "bench")]
+    assert semgen_cli.layers(["batch", "--manifest", "m.jsonl"]) == [("serving.cli", "batch")]
     assert semgen_cli.layers(["bench", "scenes"]) == [("training.cli", "bench")]
     assert semgen_cli.layers(["bench"]) == [("training.cli", "bench"), ("serving.cli", "bench")]
     assert semgen_cli.layers(["eval", "pyramid"]) == [("training.cli", "eval")]
@@ -91,7 +94,7 @@ def test_the_first_words_pick_one_layer():
 CLIENT_HELP = """
 import sys, semgen_cli
 for argv in (["client", "pyramid", "generate"], ["client", "semantics", "sample"], ["client", "imagine"],
-             ["client", "manipulate"], ["client", "attributes"], ["client"], ["serve"], []):
+             ["client", "manipulate"], ["client", "attributes"], ["client"], ["serve"], ["batch"], []):
     try:
         semgen_cli.main([*argv, "--help"])
     except SystemExit as e:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from semgen.options import opt, write_options
 from serving.batch.manifest import FOLDER_OPS, Item, ManifestError, folder_items, read_manifest
 from serving.batch.online import Caller, RetryPolicy, open_aio_channel, run_items
+from serving.batch.progress import progress_bar
 from serving.batch.store import JobFolder
 from serving.core.channel import Connection
 
@@ -111,24 +112,6 @@ def run_batch(o: BatchOptions) -> int:
     return 130 if stopped else (0 if summary["failed"] == summary["missing"] == 0 else 1)
 
 
-def progress_bar(o: BatchOptions, total: int):
-    """A tqdm bar over the items (rate, ETA; failed ones counted) with `.done(record)` to advance it."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit="req", desc="batch", disable=not o.progress, file=sys.stderr)
-    failed = 0
-
-    def done(record: dict) -> None:
-        nonlocal failed
-        failed += record["status"] != "OK"
-        bar.update(1)
-        if failed:
-            bar.set_postfix(failed=failed)
-
-    bar.done = done
-    return bar
-
-
 async def _run_online(todo: list[Item], folder: JobFolder, o: BatchOptions) -> tuple[int, bool]:
     """(items finished, whether Ctrl-C stopped the job). The first Ctrl-C lets the items in flight finish."""
     kwargs = o.channel_kwargs()
@@ -142,7 +125,7 @@ async def _run_online(todo: list[Item], folder: JobFolder, o: BatchOptions) -> t
         stop.set()
 
     loop.add_signal_handler(signal.SIGINT, interrupted)
-    bar = progress_bar(o, len(todo))
+    bar = progress_bar(len(todo), o.progress)
     try:
         async with open_aio_channel(o.address, kwargs["credentials"], kwargs["server_name"]) as channel:
             caller = Caller(channel, o.timeout, RetryPolicy(max_attempts=o.max_attempts), kwargs["token"])

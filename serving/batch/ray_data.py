@@ -23,7 +23,9 @@ import ray
 
 from serving.batch.manifest import RPCS, Item
 from serving.batch.online import Caller, RetryPolicy, open_aio_channel
+from serving.batch.progress import progress_bar
 from serving.batch.store import JobFolder, Result
+from serving.ray.cluster import start_ray
 
 ROWS_PER_BATCH = 8  # the actor sends a batch's items at once, so its engine's dynamic batcher can group them
 
@@ -79,17 +81,6 @@ def decode_result(item: Item, cell: bytes) -> Result:
                   header["attempts"])
 
 
-def start_ray(address: str | None) -> bool:
-    """Join `address`, or start a local Ray on loopback; True when we started it (and must stop it)."""
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return False
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
-    return True
-
-
 def quiet_ray_data() -> None:
     """Our progress bar instead of Ray Data's bars and per-stage log lines."""
     context = ray.data.DataContext.get_current()
@@ -100,15 +91,13 @@ def quiet_ray_data() -> None:
 
 def run_on_ray(todo: list[Item], folder: JobFolder, o) -> tuple[int, bool]:
     """(items finished, whether Ctrl-C stopped the job): `todo` mapped on Ray Data by `o.concurrency` actors."""
-    from serving.batch.job import progress_bar
-
     if not todo:
         return 0, False
     models, onnx_dir = str(Path(o.models).resolve()), str(Path(o.onnx_dir).resolve())
     started_here = start_ray(o.ray_address)
     quiet_ray_data()
     by_key = {item.key: item for item in todo}
-    bar = progress_bar(o, len(todo))
+    bar = progress_bar(len(todo), o.progress)
     ran, stopped = 0, False
     try:
         rows = [{"line": item.line, "rpc": item.rpc, "key": item.key, "request": item.request().SerializeToString()}

@@ -71,3 +71,13 @@ class ServingMetrics:
         """Serve /metrics from a daemon thread; returns the WSGI server (port 0 picks one)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server
+
+    def backend_reply(self, model: str, op: str, waited_s: float, reply: dict) -> None:
+        """The first reply of a call to a backend (TorchServe, Ray Serve): the call's time in the backend's queue
+        (the wait less the compute the reply reports), its compute, and the batch size a batch's first reply
+        carries."""
+        compute = float(reply.get("compute_seconds", 0.0))
+        self.engine_queue_latency.labels(op=op).observe(max(0.0, waited_s - compute))
+        self.engine_compute_latency.labels(op=op).observe(compute)
+        if reply.get("batch_size"):
+            self.batch_size.labels(model=model).observe(reply["batch_size"])

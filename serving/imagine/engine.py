@@ -63,6 +63,11 @@ class ImagineJob:
     def total(self) -> int:
         return self.stage1 + self.stage2
 
+    @classmethod
+    def from_fields(cls, fields: dict) -> "ImagineJob":
+        """The job from its fields as they come out of `serving.core.wire` (lists where tuples were)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
 
 @dataclass(frozen=True)
 class StepProgress:

@@ -1,6 +1,6 @@
 """The gateway's HTTP client of one TorchServe running semgen's handler (serving/torchserve/handler.py).
 
-Each call is one HTTP POST to TorchServe's inference API with a `serving.torchserve.wire` message
+Each call is one HTTP POST to TorchServe's inference API with a `serving.core.wire` message
 {"op", "args"}; the reply is a stream of framed messages, one per event (a single one for forward
 work). HTTP runs on a thread pool, so the gRPC event loop never blocks. When TorchServe is down or
 restarting, calls fail with Unavailable (UNAVAILABLE: retry); nothing is kept between calls, so
@@ -29,23 +29,21 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from serving.core.errors import (AlreadyExists, DeadlineExceeded, InvalidInput, NotFound, ResourceExhausted,
-                                 Unavailable, Unsupported)
+from serving.core.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from serving.core.jobs import job_seconds
 from serving.core.metrics import ServingMetrics
-from serving.torchserve import wire
+from serving.core import wire
 from serving.torchserve.cancel import new_marker
 from serving.torchserve.config import KeyFile
 
-# the engine errors a handler reports by name; any other name is a bug there (INTERNAL here)
-_ERRORS = {cls.__name__: cls for cls in (InvalidInput, NotFound, AlreadyExists, ResourceExhausted, DeadlineExceeded,
-                                         Unavailable, Unsupported)}
 _END = object()
 
 
 class TorchServeClient:
     """Calls to the models of one TorchServe, at most `max_in_flight` at once (more are refused
     with ResourceExhausted); `on_close` runs on the first `close` (it stops a TorchServe we started)."""
+
+    backend = "TorchServe"
 
     def __init__(self, inference_url: str, metrics: ServingMetrics | None = None, max_in_flight: int = 64,
                  timeout: float = 600.0, on_close=None, keys: KeyFile | None = None):
@@ -102,14 +100,8 @@ class TorchServeClient:
                 if first:  # the first reply: the call left TorchServe's queue
                     first = False
                     m.engine_queue_depth.dec()
-                    compute = float(item.get("compute_seconds", 0.0))
-                    m.engine_queue_latency.labels(op=op).observe(max(0.0, time.perf_counter() - sent - compute))
-                    m.engine_compute_latency.labels(op=op).observe(compute)
-                    if item.get("batch_size"):
-                        m.batch_size.labels(model=model).observe(item["batch_size"])
-                if "error" in item:
-                    raise _ERRORS.get(item["error"], RuntimeError)(item["message"])
-                yield item["value"]
+                    m.backend_reply(model, op, time.perf_counter() - sent, item)
+                yield wire.value(item)
             marker = None  # the job finished: nothing to cancel
         finally:
             if marker is not None:  # the caller left before the end (cancel, deadline): stop the worker's job

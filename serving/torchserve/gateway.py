@@ -13,12 +13,11 @@ import logging
 import threading
 from pathlib import Path
 
-from semgen.bundle import Bundle, ExportMissing, Service, torchserve_settings
+from semgen.bundle import Bundle, ExportMissing, torchserve_settings
 from serving.core.metrics import ServingMetrics
-from serving.engines import Engines, embedded_higan
+from serving.engines import embedded_higan
+from serving.remote import connect_engines
 from serving.torchserve.client import TorchServeClient
-from serving.torchserve.engine import (TorchServeImagineEngine, TorchServePyramidEngine,
-                                       TorchServeSemanticsEngine)
 from serving.torchserve.config import KeyFile
 from serving.torchserve.process import TorchServeProcess, TorchServeSettings
 
@@ -69,9 +68,6 @@ class Supervisor:
 
 def load_torchserve(opts, metrics: ServingMetrics):
     """Engines for `opts` (a ServeOptions) that forward to TorchServe; blocking (runs in a thread)."""
-    if opts.classifier or opts.imagine_classifier:
-        raise ValueError("--classifier and --imagine-classifier work with --engine embedded only "
-                         "(the .mar archives carry the bundle's own classifier)")
     supervisor = None
     if opts.torchserve_address:
         url = opts.torchserve_address.rstrip("/")
@@ -91,7 +87,7 @@ def load_torchserve(opts, metrics: ServingMetrics):
     client.max_job_seconds = opts.max_job_seconds  # sent with every job: the worker's job stops there
     client.cancel_dir = Path(opts.torchserve_dir) / "cancel" if supervisor else None  # a TorchServe of ours
     try:
-        engines = asyncio.run(_connect(client, Path(opts.models)))
+        engines = asyncio.run(connect_engines(client, opts.models))
         engines.higan = embedded_higan(opts, metrics)
         engines.backend_up = supervisor.up if supervisor else None  # a TorchServe of the operator's: theirs to watch
         if not engines.loaded():
@@ -114,15 +110,3 @@ def model_store(opts) -> Path:
             f"--batch-size {opts.max_batch} --max-batch-delay-ms {opts.max_batch_delay_ms} "
             f"--ort-threads {opts.ort_threads}` first")
     return store
-
-
-async def _connect(client: TorchServeClient, models: Path):
-    bundle = Bundle(models)
-    engines = Engines()
-    if bundle.has("pyramid"):
-        engines.pyramid = await TorchServePyramidEngine.connect(client)
-    if bundle.serves(Service.SEMANTICS):
-        engines.semantics = await TorchServeSemanticsEngine.connect(client)
-    if bundle.serves(Service.IMAGINE):
-        engines.imagine = await TorchServeImagineEngine.connect(client)
-    return engines

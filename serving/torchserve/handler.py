@@ -5,8 +5,8 @@ packed in the .mar (see `semgen export mar`); the `handler:` section of model-co
 service. Forward-only operations (generate, repaint, composite, sample) arrive batched by
 TorchServe (batchSize, maxBatchDelay) and run as one `run_batch` over the engine's pipeline on
 ONNX Runtime. Iterative operations (imagine, edit, sample_conditional) run as the engine's own job
-and stream every event as an intermediate response. Requests and replies are `serving.torchserve.wire`
-messages (serving/torchserve/wire.py), one framed message per event: {"op", "args"} in; {"event": type, "value"} or
+and stream every event as an intermediate response. Requests and replies are `serving.core.wire`
+messages (serving/core/wire.py), one framed message per event: {"op", "args"} in; {"event": type, "value"} or
 {"error": type, "message"} out, with the batch size and compute time for the gateway's metrics.
 
 Nothing here needs TorchServe but `_send_intermediate`, so the class runs on any engine that
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from semgen.pipelines.forward import Op
-from serving.torchserve import wire
-from serving.core.errors import DeadlineExceeded, Unavailable, client_error
+from serving.core import wire
+from serving.core.errors import DeadlineExceeded, Unavailable
 from serving.core.jobs import JobRunner
 from serving.core.metrics import ServingMetrics
 from serving.torchserve.cancel import cancelled
@@ -60,7 +60,7 @@ class SemgenHandler:
                 results[i] = self._one(request, context, i)
         compute = time.perf_counter() - started
         # the first reply of a batch carries its size, so the gateway counts every batch once
-        return [wire.frame(wire.pack({**reply(r), "batch_size": len(data) if i == 0 else 0, "compute_seconds": compute}))
+        return [wire.frame(wire.pack({**wire.reply(r), "batch_size": len(data) if i == 0 else 0, "compute_seconds": compute}))
                 for i, r in enumerate(results)]
 
     def _one(self, request: dict, context, index: int):
@@ -74,8 +74,7 @@ class SemgenHandler:
             if op == "imagine":
                 from serving.imagine.engine import ImagineJob
 
-                args = {**args, "job": ImagineJob(**{k: tuple(v) if isinstance(v, list) else v
-                                                     for k, v in args["job"].items()})}
+                args = {**args, "job": ImagineJob.from_fields(args["job"])}
             marker, sent_at = args.pop("cancel_marker", None), args.pop("sent_at", None)
             if cancelled(marker):  # the caller left while the job waited in TorchServe's queue
                 Path(marker).unlink(missing_ok=True)
@@ -110,11 +109,11 @@ class SemgenHandler:
             async with contextlib.aclosing(getattr(self.engine, op)(**args)) as events:
                 async for event in events:
                     if last is not None:
-                        _send_intermediate(context, index, wire.frame(wire.pack(reply(last))))
+                        _send_intermediate(context, index, wire.frame(wire.pack(wire.reply(last))))
                     last = event
         except Exception:
             if last is not None:
-                _send_intermediate(context, index, wire.frame(wire.pack(reply(last))))
+                _send_intermediate(context, index, wire.frame(wire.pack(wire.reply(last))))
             raise
         finally:
             if watcher is not None:
@@ -136,15 +135,6 @@ def _unpack(row: dict):
         return wire.unpack(row.get("body") or row.get("data"))
     except Exception as e:  # one unreadable body fails alone
         return RuntimeError(f"request: not a semgen wire message ({type(e).__name__})")
-
-
-def reply(result) -> dict:
-    """An event, or an error under the engine's name for it (InvalidInput, NotFound, ...; anything
-    else is a bug the gateway reports as INTERNAL)."""
-    if isinstance(result, Exception):
-        error = client_error(result)
-        return {"error": type(error).__name__, "message": str(error.args[0]) if error.args else str(error)}
-    return {"event": type(result).__name__, "value": result}
 
 
 def load_engine(service: str, bundle: Path, onnx_dir: Path, threads: int, heads_dir: Path,

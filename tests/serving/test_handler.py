@@ -12,7 +12,7 @@ import pytest
 from export.onnx import ensure_exported
 from random_bundles import make_random_bundle, make_random_semantics_bundle
 from semgen.runtime.onnx import OnnxModels
-from serving.torchserve import wire
+from serving.core import wire
 from serving.core.batcher import BatchPolicy
 from serving.pyramid.engine import EmbeddedEngine
 from serving.torchserve.handler import SemgenHandler

@@ -1,4 +1,5 @@
-"""The bytes between the gateway and TorchServe handlers: lossless, no pickle.
+"""The bytes between the gateway and the processes that run its engines (TorchServe handlers, Ray Serve replicas):
+lossless, no pickle.
 
 `pack` turns nested dicts / lists / scalars / numpy arrays into one .npz archive: the arrays as
 its members and the structure as JSON (an array stands there as {"__array__": name}). Dataclasses
@@ -15,7 +16,29 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from serving.core.errors import (AlreadyExists, DeadlineExceeded, InvalidInput, NotFound, ResourceExhausted,
+                                 Unavailable, Unsupported, client_error)
+
 _STRUCTURE = "__structure__"
+# the engine errors a reply names; any other name is a bug over there (INTERNAL here)
+_ERRORS = {cls.__name__: cls for cls in (InvalidInput, NotFound, AlreadyExists, ResourceExhausted, DeadlineExceeded,
+                                         Unavailable, Unsupported)}
+
+
+def reply(result) -> dict:
+    """An engine's event, or an error under the engine's name for it (InvalidInput, NotFound, ...; anything
+    else is a bug the gateway reports as INTERNAL)."""
+    if isinstance(result, Exception):
+        error = client_error(result)
+        return {"error": type(error).__name__, "message": str(error.args[0]) if error.args else str(error)}
+    return {"event": type(result).__name__, "value": result}
+
+
+def value(unpacked: dict):
+    """The event of an unpacked `reply`, or its error raised as the engine's exception."""
+    if "error" in unpacked:
+        raise _ERRORS.get(unpacked["error"], RuntimeError)(unpacked["message"])
+    return unpacked["value"]
 
 
 def pack(obj: Any) -> bytes:

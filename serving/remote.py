@@ -1,32 +1,48 @@
-"""Engines that forward to a TorchServe running semgen's handler, through a TorchServeClient (client.py):
-the pyramid, the semantics (Sample and Segment on the batched "semantics" model, SCS and SIE on
-"semantics_jobs") and IMAGINE.
+"""Engines that forward to a backend running the embedded engines in other processes: TorchServe's workers
+(serving/torchserve) or Ray Serve's replicas (serving/ray). They speak to it through a client with
+`call(model, op, args)`, `stream(model, op, args)` (unpacked `serving.core.wire` events) and `close()`: the
+pyramid, the semantics (Sample and Segment on the batched "semantics" model, SCS and SIE on "semantics_jobs") and
+IMAGINE.
 
-Not supported here: FitHead (a fitted head would live in one worker only; UNIMPLEMENTED).
+Not supported here: FitHead (a fitted head would live in one worker or replica only; UNIMPLEMENTED).
 """
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Protocol
 
 import numpy as np
 
+from semgen.bundle import Bundle, Service
 from semgen.pipelines.forward import Op
+from serving.engines import Engines
 from serving.core.errors import NotFound, Unsupported
 from serving.core.validation import quote
 from serving.imagine.engine import ImagineEngine, ImagineInfo, ImagineJob, StepProgress, Variations
 from serving.pyramid.engine import Engine, Generated, ModelInfo
 from serving.semantics.engine import HeadSummary, Progress, Samples, SemanticsEngine, SemanticsInfo
-from serving.torchserve.client import TorchServeClient
 
 
-class TorchServePyramidEngine(Engine):
-    def __init__(self, client: TorchServeClient, info: dict):
+
+class Client(Protocol):
+    """What the remote engines need of a backend (TorchServeClient, RayServeClient)."""
+
+    backend: str  # its name in messages
+
+    async def call(self, model: str, op: str, args: dict | None = None) -> Any: ...
+
+    def stream(self, model: str, op: str, args: dict | None = None) -> AsyncIterator[Any]: ...
+
+    async def close(self) -> None: ...
+
+
+class RemotePyramidEngine(Engine):
+    def __init__(self, client: Client, info: dict):
         self._client = client
         self.info = ModelInfo(tuple(info["levels"]), tuple(info["class_names"]), int(info["image_size"]))
 
     @classmethod
-    async def connect(cls, client: TorchServeClient) -> "TorchServePyramidEngine":
+    async def connect(cls, client: Client) -> "RemotePyramidEngine":
         return cls(client, await client.call("pyramid", "info"))
 
     async def generate(self, image, levels, num_samples, seed, class_index=None) -> Generated:
@@ -50,17 +66,17 @@ class TorchServePyramidEngine(Engine):
         await self._client.close()
 
 
-class TorchServeSemanticsEngine(SemanticsEngine):
+class RemoteSemanticsEngine(SemanticsEngine):
     """Sample and Segment on the batched "semantics" model; SCS and SIE on "semantics_jobs"."""
 
-    def __init__(self, client: TorchServeClient, info: dict):
+    def __init__(self, client: Client, info: dict):
         self._client = client
         heads = {name: HeadSummary(h["name"], h["kind"], tuple(h["class_names"]), bool(h["bundled"]), int(h["shots"]))
                  for name, h in info["heads"].items()}
         self._info = SemanticsInfo(int(info["image_size"]), tuple(info["latent_shape"]), heads)
 
     @classmethod
-    async def connect(cls, client: TorchServeClient) -> "TorchServeSemanticsEngine":
+    async def connect(cls, client: Client) -> "RemoteSemanticsEngine":
         return cls(client, await client.call("semantics", "info"))
 
     @property
@@ -83,8 +99,8 @@ class TorchServeSemanticsEngine(SemanticsEngine):
         return (await self._client.call("semantics", Op.SAMPLE, dict(latents=latents, predictor=head)))["masks"]
 
     async def fit_head(self, *args, **kwargs) -> HeadSummary:
-        raise Unsupported("FitHead: not served by the TorchServe engine (a fitted head would live in one worker "
-                          "only); fit heads on a server started with --engine embedded")
+        raise Unsupported(f"FitHead: not served by the {self._client.backend} engine (a fitted head would live in one "
+                          "worker only); fit heads on a server started with --engine embedded")
 
     def sample_conditional(self, target_mask, head, num_samples, seed, n_init, iterations, lr, space, psi,
                            preview_every, time_remaining) -> AsyncIterator[Progress | Samples]:
@@ -109,14 +125,14 @@ class TorchServeSemanticsEngine(SemanticsEngine):
         await self._client.close()
 
 
-class TorchServeImagineEngine(ImagineEngine):
-    def __init__(self, client: TorchServeClient, info: dict):
+class RemoteImagineEngine(ImagineEngine):
+    def __init__(self, client: Client, info: dict):
         self._client = client
         self._info = ImagineInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in info.items()})
         self._running = 0
 
     @classmethod
-    async def connect(cls, client: TorchServeClient) -> "TorchServeImagineEngine":
+    async def connect(cls, client: Client) -> "RemoteImagineEngine":
         return cls(client, await client.call("imagine", "info"))
 
     @property
@@ -142,3 +158,16 @@ class TorchServeImagineEngine(ImagineEngine):
 
     async def close(self) -> None:
         await self._client.close()
+
+
+async def connect_engines(client: Client, models: str) -> Engines:
+    """The remote engines of what the bundle serves (HiganService excepted: it stays in the gateway)."""
+    bundle = Bundle(models)
+    engines = Engines()
+    if bundle.has("pyramid"):
+        engines.pyramid = await RemotePyramidEngine.connect(client)
+    if bundle.serves(Service.SEMANTICS):
+        engines.semantics = await RemoteSemanticsEngine.connect(client)
+    if bundle.serves(Service.IMAGINE):
+        engines.imagine = await RemoteImagineEngine.connect(client)
+    return engines

@@ -1,0 +1,93 @@
+"""`semgen serve --engine ray`: the gateway's engines forward to Ray Serve.
+
+Two applications of the same replica class (serving/ray/replica.py) run on a Ray cluster: "semgen-forward" for
+the forward models (Generate, Repaint, Composite, Sample, Segment; `--ray-replicas`, autoscaled up to
+`--ray-max-replicas`) and "semgen-jobs" for the iterative jobs (SampleConditional, EditSemantics, Imagine;
+`--ray-job-replicas`). The gateway stays ours: the same gRPC API, checks and metrics; the engines are
+serving/remote.py's, on a RayServeClient. HiganService stays embedded in the gateway, FitHead is not served (a
+fitted head would live in one replica). With --ray-address the applications join that cluster (and are deleted
+from it at the end); otherwise a local Ray is started on loopback and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+from ray import serve
+
+from semgen.bundle import Bundle
+from serving.core.metrics import ServingMetrics
+from serving.engines import embedded_higan
+from serving.ray.client import RayServeClient
+from serving.ray.cluster import start_ray
+from serving.ray.replica import Replica
+from serving.remote import connect_engines
+
+FORWARD_APP, JOBS_APP = "semgen-forward", "semgen-jobs"
+
+log = logging.getLogger("serving.ray")
+
+
+def replica_options(opts) -> dict:
+    """The ServeOptions a replica loads its embedded engines with: absolute paths (a replica's working folder is
+    Ray's), no ports, the embedded engine."""
+    options = dataclasses.asdict(opts)
+    for name in ("models", "onnx_dir", "heads_dir", "classifier", "imagine_classifier"):
+        if options[name]:
+            options[name] = str(Path(options[name]).resolve())
+    return {**options, "engine": "embedded", "ray_address": "", "port": 0, "metrics_port": 0, "token_file": "",
+            "tls_cert": "", "tls_key": "", "tls_client_ca": ""}
+
+
+def deploy(opts) -> tuple:
+    """Run both applications on the cluster; their handles."""
+    serve.start(http_options={"location": "NoServer"})  # handles only: no HTTP proxy
+    options = replica_options(opts)
+    actor = {"num_cpus": opts.ray_replica_cpus}
+    scaling = ({"autoscaling_config": {"min_replicas": opts.ray_replicas, "max_replicas": opts.ray_max_replicas,
+                                       "target_ongoing_requests": opts.max_batch}}
+               if opts.ray_max_replicas > opts.ray_replicas else {"num_replicas": opts.ray_replicas})
+    forward = serve.deployment(Replica, name="forward").options(
+        ray_actor_options=actor, max_ongoing_requests=2 * opts.max_batch, **scaling)
+    jobs = serve.deployment(Replica, name="jobs").options(
+        ray_actor_options=actor, num_replicas=opts.ray_job_replicas, max_ongoing_requests=opts.max_jobs)
+    handles = []
+    for app, deployment in ((FORWARD_APP, forward), (JOBS_APP, jobs)):
+        handles.append(serve.run(deployment.bind(options, torch.get_num_threads()), name=app, route_prefix=None))
+        log.info("Ray Serve application %s is running", app)
+    return tuple(handles)
+
+
+def load_ray(opts, metrics: ServingMetrics):
+    """Engines for `opts` (a ServeOptions) that forward to Ray Serve; blocking (runs in a thread)."""
+    if opts.runtime == "onnx":
+        Bundle(opts.models).exported_onnx(opts.onnx_dir)  # ExportMissing names the command, before Ray starts
+    # the least the cluster must hold; autoscaling adds forward replicas up to --ray-max-replicas where it can
+    started_here = start_ray(opts.ray_address, opts.ray_replica_cpus * (opts.ray_replicas + opts.ray_job_replicas))
+
+    def stop() -> None:
+        import ray
+
+        for app in (FORWARD_APP, JOBS_APP):
+            serve.delete(app)
+        if started_here:
+            serve.shutdown()
+            ray.shutdown()
+
+    try:
+        forward, jobs = deploy(opts)
+    except BaseException:
+        stop()
+        raise
+    client = RayServeClient(forward, jobs, metrics, opts.max_queue, opts.max_job_seconds, on_close=stop)
+    try:
+        engines = asyncio.run(connect_engines(client, opts.models))
+        engines.higan = embedded_higan(opts, metrics)
+    except BaseException:
+        asyncio.run(client.close())
+        raise
+    return engines
