@@ -1,7 +1,8 @@
-"""`semgen bench batch`: batch jobs of Generate requests, (a) through a running server on the embedded engine,
-(b) on Ray Data (and (c) through `semgen serve --engine ray` where it exists), in images/s and as ratios to the
-in-process limit; and the kill test: a job SIGKILLed at random moments and resumed, checked against an
-uninterrupted run for lost, duplicated and mismatched outputs. Writes reports/batch/batch.json and .png.
+"""`semgen bench batch`: batch jobs of Generate requests (a) through a running server on the embedded engine,
+(b) through `semgen serve --engine ray` with 1 and 2 forward replicas, (c) on Ray Data with 1 and 2 actors, in
+images/s and as ratios to the in-process limit, each job's bytes checked against (a)'s; and the kill test: a job
+SIGKILLed at random moments and resumed, checked against an uninterrupted run for lost, duplicated and mismatched
+outputs. Writes reports/batch/batch.json and .png.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ class BatchBench:
     models: str = opt("artifacts", "the model bundle")
     requests: int = opt(1000, "Generate requests per throughput job")
     concurrency: int = opt(8, "requests in flight of the online job")
-    ray_actors: tuple[int, ...] = opt((1, 2), "Ray Data actors, one job each (empty: no Ray)")
+    ray_actors: tuple[int, ...] = opt((1, 2), "Ray Data actors, one job each (empty: none)")
+    ray_replicas: tuple[int, ...] = opt((1, 2), "forward replicas of `semgen serve --engine ray`, one job each "
+                                                "(empty: none)")
     kills: int = opt(20, "SIGKILLs of the kill test")
     kill_requests: int = opt(500, "requests of the kill test's job")
     seed: int = opt(0, "seed of the kill moments")
@@ -87,8 +90,7 @@ def kill_test(cmd: list[str], out: Path, reference: Path, kills: int, work_s: fl
         proc.stderr.close()
         progress(f"kill {k + 1}/{kills}: {len(_records(out))} items recorded")
     summary = run_job(cmd)
-    expected = {p.name: p.read_bytes() for p in (reference / "outputs").iterdir()}
-    got = {p.name: p.read_bytes() for p in (out / "outputs").iterdir()}
+    expected, got = _outputs(reference), _outputs(out)
     keys = [r["key"] for r in _records(out, all_lines=True)]
     return {
         "kills": kills, "kills_mid_job": landed, "items": summary["items"], "outputs": len(got),
@@ -108,6 +110,16 @@ def _records(out: Path, all_lines: bool = False) -> list[dict]:
         with contextlib.suppress(json.JSONDecodeError):
             records.append(json.loads(line))
     return records if all_lines else [r for r in records if r.get("status") == "OK"]
+
+
+def mismatched_files(reference: Path, job: Path) -> int:
+    """Outputs of `job` missing from `reference`'s or not the same bytes, and outputs of `reference` it lacks."""
+    want, got = (_outputs(reference), _outputs(job))
+    return len(want.keys() ^ got.keys()) + sum(got[name] != data for name, data in want.items() if name in got)
+
+
+def _outputs(job: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (job / "outputs").iterdir()}
 
 
 def images_per_s(summary: dict) -> float:
@@ -147,15 +159,22 @@ def bench_batch(opts: BatchBench, progress: Callable[[str], None]) -> dict:
                                                 tmp / "kill-ref", opts.kills, work_s, random.Random(opts.seed),
                                                 progress)
                 progress(f"kill test: {json.dumps(result['kill_test'])}")
+        for replicas in opts.ray_replicas:
+            with server_process(["--models", opts.models, "--onnx-dir", opts.onnx_dir, "--log-level", "WARNING",
+                                 "--engine", "ray", "--ray-replicas", str(replicas)],
+                                name=f"server --engine ray --ray-replicas {replicas}") as server:
+                summary = run_job(batch_command(manifest, tmp / f"serve{replicas}", "--address", server.address,
+                                                "--concurrency", str(opts.concurrency)))
+            jobs[f"ray_serve_{replicas}_replicas"] = summary
+            progress(f"online (--engine ray, {replicas} replica(s)): {images_per_s(summary)} images/s")
+            summary["mismatched_vs_online"] = mismatched_files(tmp / "online", tmp / f"serve{replicas}")
         for actors in opts.ray_actors:
             summary = run_job(batch_command(manifest, tmp / f"ray{actors}", "--ray", "--models", opts.models,
                                             "--onnx-dir", opts.onnx_dir, "--concurrency", str(actors)))
             jobs[f"ray_data_{actors}_actors"] = summary
             progress(f"Ray Data, {actors} actor(s): {images_per_s(summary)} images/s after "
                      f"{summary['this_run']['first_result_s']} s of start-up")
-            mismatched = sum((tmp / "online" / "outputs" / p.name).read_bytes() != p.read_bytes()
-                             for p in (tmp / f"ray{actors}" / "outputs").iterdir())
-            summary["mismatched_vs_online"] = mismatched
+            summary["mismatched_vs_online"] = mismatched_files(tmp / "online", tmp / f"ray{actors}")
     result["jobs"] = {name: {"images_per_s": images_per_s(s), "ratio_to_inprocess": round(images_per_s(s) / limit, 3),
                              "ok": s["ok"], "failed": s["failed"], "elapsed_s": s["this_run"]["elapsed_s"],
                              "first_result_s": s["this_run"]["first_result_s"],
