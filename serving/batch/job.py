@@ -105,6 +105,9 @@ def run_batch(o: BatchOptions) -> int:
             ran, stopped = run_on_ray(todo, folder, o)
         else:
             ran, stopped = asyncio.run(_run_online(todo, folder, o))
+    except (OSError, ValueError) as e:  # no export of the bundle (it names the command), a cluster too small
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         folder.close()
     summary = folder.summary(items, started, ran, stopped)

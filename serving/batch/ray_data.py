@@ -21,6 +21,7 @@ from pathlib import Path
 
 import ray
 
+from semgen.bundle import Bundle
 from serving.batch.manifest import RPCS, Item
 from serving.batch.online import Caller, RetryPolicy, open_aio_channel
 from serving.batch.progress import progress_bar
@@ -94,6 +95,7 @@ def run_on_ray(todo: list[Item], folder: JobFolder, o) -> tuple[int, bool]:
     if not todo:
         return 0, False
     models, onnx_dir = str(Path(o.models).resolve()), str(Path(o.onnx_dir).resolve())
+    Bundle(models).exported_onnx(onnx_dir)  # ExportMissing names the command, before Ray starts
     started_here = start_ray(o.ray_address)
     quiet_ray_data()
     by_key = {item.key: item for item in todo}

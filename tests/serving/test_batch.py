@@ -305,3 +305,10 @@ def test_bench_batch_kills_a_job_at_random_moments_and_loses_nothing(onnx_dir, t
     assert result["jobs"]["online_embedded"]["ok"] == 40 and result["jobs"]["online_embedded"]["images_per_s"] > 0
     assert json.loads((tmp_path / "report" / "batch.json").read_text())["kill_test"] == result["kill_test"]
     assert (tmp_path / "report" / "batch.png").stat().st_size > 5_000
+
+
+def test_a_ray_job_without_the_bundles_export_names_the_command_before_ray_starts(tmp_path):
+    manifest = generate_manifest(tmp_path, 1)
+    done = batch("--manifest", str(manifest), "--out", str(tmp_path / "out"), "--ray", "--models", str(MODELS),
+                 "--onnx-dir", str(tmp_path / "no-export"))
+    assert done.returncode == 2 and "run `semgen export onnx --models" in done.stderr
