@@ -108,6 +108,9 @@ def run_batch(o: BatchOptions) -> int:
     except (OSError, ValueError) as e:  # no export of the bundle (it names the command), a cluster too small
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the second Ctrl-C: what was recorded stays; the same command resumes
+        print("abandoned the requests in flight; run the same command to finish the job", file=sys.stderr)
+        return 130
     finally:
         folder.close()
     summary = folder.summary(items, started, ran, stopped)
