@@ -4,11 +4,14 @@
 pyramid, the semantics (Sample and Segment on the batched "semantics" model, SCS and SIE on "semantics_jobs") and
 IMAGINE.
 
-Not supported here: FitHead (a fitted head would live in one worker or replica only; UNIMPLEMENTED).
+FitHead runs where the backend's replicas share the heads folder (Ray Serve: the jobs replica fits and saves, the
+others take the head in on their next call); on TorchServe it is UNIMPLEMENTED (a fitted head would live in one
+worker only).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, AsyncIterator, Protocol
 
 import numpy as np
@@ -28,6 +31,7 @@ class Client(Protocol):
     """What the remote engines need of a backend (TorchServeClient, RayServeClient)."""
 
     backend: str  # its name in messages
+    fits_heads: bool  # whether its replicas share a heads folder, so that FitHead can be served
 
     async def call(self, model: str, op: str, args: dict | None = None) -> Any: ...
 
@@ -98,9 +102,18 @@ class RemoteSemanticsEngine(SemanticsEngine):
         self._classes(head)
         return (await self._client.call("semantics", Op.SAMPLE, dict(latents=latents, predictor=head)))["masks"]
 
-    async def fit_head(self, *args, **kwargs) -> HeadSummary:
-        raise Unsupported(f"FitHead: not served by the {self._client.backend} engine (a fitted head would live in one "
-                          "worker only); fit heads on a server started with --engine embedded")
+    async def fit_head(self, name, latents, masks, class_names, seed, iterations, replace,
+                       time_remaining) -> HeadSummary:
+        if not self._client.fits_heads:
+            raise Unsupported(f"FitHead: not served by the {self._client.backend} engine (a fitted head would live in "
+                              "one worker only); fit heads on a server started with --engine embedded or ray")
+        v = await self._client.call("semantics_jobs", "fit_head", dict(
+            name=name, latents=latents, masks=masks, class_names=list(class_names), seed=seed, iterations=iterations,
+            replace=replace, time_remaining=time_remaining))
+        head = HeadSummary(v["name"], v["kind"], tuple(v["class_names"]), bool(v["bundled"]), int(v["shots"]))
+        # the backend's replicas take the head in from the shared heads folder; the gateway's list learns it here
+        self._info = dataclasses.replace(self._info, heads={**self._info.heads, name: head})
+        return head
 
     def sample_conditional(self, target_mask, head, num_samples, seed, n_init, iterations, lr, space, psi,
                            preview_every, time_remaining) -> AsyncIterator[Progress | Samples]:

@@ -24,6 +24,7 @@ FORWARD_MODELS = ("pyramid", "semantics")
 
 class RayServeClient:
     backend = "Ray Serve"
+    fits_heads = True  # the replicas share the heads folder (the gateway's --heads-dir, by absolute path)
 
     def __init__(self, forward, jobs, metrics: ServingMetrics | None = None, max_in_flight: int = 64,
                  max_job_seconds: float | None = None, on_close=None):

@@ -2,15 +2,18 @@
 
 One class, deployed twice by serving/ray/gateway.py: "semgen-forward" answers `call` (Generate, Repaint, Composite,
 Sample, Segment, batched by Ray Serve's own `@serve.batch` into one `run_batch` per model, and `info`);
-"semgen-jobs" answers `stream` (SampleConditional, EditSemantics, Imagine: every event as it comes). Requests and
-replies are `serving.core.wire` messages, as with the TorchServe handler, so the gateway's remote engines
-(serving/remote.py) read both backends alike. An engine error travels as a reply; a cancelled stream stops its job.
+"semgen-jobs" answers `stream` (SampleConditional, EditSemantics, Imagine: every event as it comes; FitHead: its
+result). The replicas share the heads folder: one fits and saves a head, the others take it in on their next call.
+Requests and replies are `serving.core.wire` messages, as with the TorchServe handler, so the gateway's remote
+engines (serving/remote.py) read both backends alike. An engine error travels as a reply; a cancelled stream stops
+its job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 
 from ray import serve
@@ -21,7 +24,8 @@ from serving.core.errors import DeadlineExceeded, InvalidInput
 
 FORWARD_OPS = tuple(Op)
 SLOT_WAIT_S = 30.0  # the longest a job waits on its replica for a cancelled job's slot
-JOB_OPS = {"sample_conditional": "semantics_jobs", "edit": "semantics_jobs", "imagine": "imagine"}
+JOB_OPS = {"sample_conditional": "semantics_jobs", "edit": "semantics_jobs", "fit_head": "semantics_jobs",
+           "imagine": "imagine"}
 
 
 class Replica:
@@ -46,6 +50,8 @@ class Replica:
                   "semantics_jobs": self.engines.semantics, "imagine": self.engines.imagine}.get(model)
         if engine is None:
             raise InvalidInput(f"model: {model!r} is not served by this replica")
+        if engine is self.engines.semantics:
+            engine.take_in_saved_heads()  # heads another replica fitted since
         return engine
 
     async def call(self, model: str, message: bytes) -> bytes:
@@ -95,7 +101,11 @@ class Replica:
                     raise DeadlineExceeded("deadline: passed while the job waited for a Ray Serve replica")
             engine = self._engine(model)
             await self._until_a_slot_is_free(engine, args.get("time_remaining"))
-            async with contextlib.aclosing(getattr(engine, op)(**args)) as events:
+            job = getattr(engine, op)(**args)
+            if inspect.iscoroutine(job):  # FitHead: one result, no progress
+                yield wire.pack(wire.reply(await job))
+                return
+            async with contextlib.aclosing(job) as events:
                 async for event in events:
                     yield wire.pack(wire.reply(event))
         except Exception as e:

@@ -118,6 +118,7 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
         # with a BatchPolicy, Sample and Segment share graph runs (the pipeline's prepare/run)
         self._batcher = None if policy is None else DynamicBatcher(pipeline, "semantics", policy, self._metrics)
         self._jobs = jobs or JobRunner(max_jobs, self._metrics)
+        self._heads_stamp = self._folder_stamp()
 
     @classmethod
     def from_dir(cls, models_dir: str | Path, heads_dir: str | Path, device: str = "auto", workers: int = 1,
@@ -248,6 +249,21 @@ class EmbeddedSemanticsEngine(SemanticsEngine):
     def running_jobs(self) -> int:
         """Iterative jobs holding a slot now."""
         return self._jobs.running
+
+    def take_in_saved_heads(self) -> None:
+        """Load the user heads another process saved in the heads folder since this engine last looked (a Ray Serve
+        replica beside the one that fitted them); a stat of the folder when nothing changed."""
+        stamp = self._folder_stamp()  # before the scan: a save that lands during it changes the stamp again
+        if stamp == self._heads_stamp:
+            return
+        self._heads_stamp = stamp
+        self._heads.rescan()
+        for name, head in self._heads.load():
+            self._pipeline.add_head(name, head)
+
+    def _folder_stamp(self) -> int | None:
+        folder = self._heads.folder
+        return folder.stat().st_mtime_ns if folder.is_dir() else None
 
     def run_batch(self, requests: list[tuple[str, dict]]) -> list:
         """Forward requests [(op, args)] run together on this thread, as TorchServe hands the handler a batch;

@@ -44,6 +44,7 @@ class TorchServeClient:
     with ResourceExhausted); `on_close` runs on the first `close` (it stops a TorchServe we started)."""
 
     backend = "TorchServe"
+    fits_heads = False  # a fitted head would live in one worker only
 
     def __init__(self, inference_url: str, metrics: ServingMetrics | None = None, max_in_flight: int = 64,
                  timeout: float = 600.0, on_close=None, keys: KeyFile | None = None):

@@ -1,5 +1,5 @@
-"""`semgen serve --engine ray` on a local Ray: a cancelled job stops on its replica; a replica that dies fails only
-the calls it had, the next ones succeed on the other, and the batch metrics keep the embedded engine's names. (The
+"""`semgen serve --engine ray` on a local Ray: a cancelled job stops on its replica; a head fitted on the jobs
+replica serves on every forward replica; a replica that dies fails only the calls it had, the next ones succeed on the other, and the batch metrics keep the embedded engine's names. (The
 bytes of every RPC against the embedded engine's: tests/serving/test_golden.py.)"""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from serving.core.healthcheck import check as health_check
 from serving.core.protos import pyramid_pb2, pyramid_pb2_grpc
 from serving.bench.catalogue import png
 from serving.options import ServeOptions
-from serving.semantics.client import SemanticsClient
+from serving.semantics.client import SemanticsClient, mask_array
 from servingkit import serve_subprocess
 
 SIZE = 32
@@ -69,6 +69,23 @@ def test_a_cancelled_job_stops_on_its_replica(server):
         waited = small()
     left = per_iteration * (500 - seen)  # what the replica would still run uncancelled
     assert left > 5 and waited < 2 * alone + 2, (alone, left, waited)
+
+
+def test_a_head_fitted_on_the_jobs_replica_serves_on_every_forward_replica(server):
+    with SemanticsClient(server.address, timeout=120) as client:
+        shots = client.sample(seeds=[7, 8], head="lse")
+        masks = [mask_array(png) % 3 for png in shots.masks]
+        info = client.fit_head("water-3", shots.latents, masks, ["a", "b", "c"], seed=1, iterations=4)
+        assert (info.name, info.kind, tuple(info.class_names), info.bundled, info.shots) == \
+            ("water-3", "lse", ("a", "b", "c"), False, 2)
+        # Ray spreads the calls over both forward replicas: each takes the head in from the shared folder
+        first = [client.segment(shots.latents, "water-3") for _ in range(8)]
+        assert all(r.masks == first[0].masks and tuple(r.class_names) == ("a", "b", "c") for r in first)
+        assert {h.name: h.shots for h in client.list_heads()}["water-3"] == 2
+        client.fit_head("water-3", shots.latents, masks, ["a", "b", "c", "d"], iterations=1, replace=True)
+        second = [client.segment(shots.latents, "water-3") for _ in range(8)]
+    assert all(r.masks == second[0].masks and tuple(r.class_names) == tuple("abcd") for r in second)
+    assert second[0].masks != first[0].masks  # no replica kept the replaced head
 
 
 def forward_replicas(server_pid: int) -> list[psutil.Process]:

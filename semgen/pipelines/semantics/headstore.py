@@ -77,6 +77,16 @@ class HeadStore:
         bundle = {p.name for p in head_folders(Path(models_dir) / "heads")} if models_dir else set()
         return cls(folder, bundle - set(user), user, {p.name: folder_bytes(p) for p in paths}, max_heads, max_bytes)
 
+    def rescan(self) -> None:
+        """Take in what the folder holds now: heads another process saved since (a Ray Serve replica beside the one
+        that fitted them). Fits under way keep their names."""
+        paths = head_folders(self.folder)
+        user = {p.name: int(read_config(p).get("training", {}).get("shots", 0)) for p in paths}
+        sizes = {p.name: folder_bytes(p) for p in paths}
+        with self._lock:
+            self.bundled = self.bundled - set(user)
+            self._user, self._bytes = user, sizes
+
     # ---- listing ------------------------------------------------------------------------
 
     def names(self) -> list[str]:
