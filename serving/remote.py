@@ -75,8 +75,7 @@ class RemoteSemanticsEngine(SemanticsEngine):
 
     def __init__(self, client: Client, info: dict):
         self._client = client
-        heads = {name: HeadSummary(h["name"], h["kind"], tuple(h["class_names"]), bool(h["bundled"]), int(h["shots"]))
-                 for name, h in info["heads"].items()}
+        heads = {name: _head_summary(h) for name, h in info["heads"].items()}
         self._info = SemanticsInfo(int(info["image_size"]), tuple(info["latent_shape"]), heads)
 
     @classmethod
@@ -110,7 +109,7 @@ class RemoteSemanticsEngine(SemanticsEngine):
         v = await self._client.call("semantics_jobs", "fit_head", dict(
             name=name, latents=latents, masks=masks, class_names=list(class_names), seed=seed, iterations=iterations,
             replace=replace, time_remaining=time_remaining))
-        head = HeadSummary(v["name"], v["kind"], tuple(v["class_names"]), bool(v["bundled"]), int(v["shots"]))
+        head = _head_summary(v)
         # the backend's replicas take the head in from the shared heads folder; the gateway's list learns it here
         self._info = dataclasses.replace(self._info, heads={**self._info.heads, name: head})
         return head
@@ -136,6 +135,12 @@ class RemoteSemanticsEngine(SemanticsEngine):
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _head_summary(fields: dict) -> HeadSummary:
+    """A HeadSummary from its fields as they come out of `serving.core.wire`."""
+    return HeadSummary(fields["name"], fields["kind"], tuple(fields["class_names"]), bool(fields["bundled"]),
+                       int(fields["shots"]))
 
 
 class RemoteImagineEngine(ImagineEngine):

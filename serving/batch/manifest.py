@@ -88,25 +88,27 @@ class Item:
 
 
 def build_request(cls: type, fields: dict):
-    return json_format.ParseDict(_with_file_contents(cls.DESCRIPTOR, fields), cls())
+    return json_format.ParseDict(_map_paths(cls.DESCRIPTOR, fields, _read_b64), cls())
 
 
-def _with_file_contents(descriptor, fields: dict) -> dict:
-    """The fields with each bytes field's path replaced by the file's contents (base64, as the JSON mapping wants)."""
-    out = {}
+def _map_paths(descriptor, fields: dict, leaf, prefix: str = "") -> dict:
+    """The fields with `leaf(path, field name)` in place of every bytes field's path, nested messages included;
+    ValueError naming a field the message does not have."""
+    out = dict(fields)
     for name, value in fields.items():
         field = descriptor.fields_by_name.get(name) or _by_json_name(descriptor, name)
         if field is None:
-            out[name] = value  # json_format names the unknown field
-        elif field.type == FieldDescriptor.TYPE_BYTES:
-            out[name] = [_read_b64(v, name) for v in value] if isinstance(value, list) else _read_b64(value, name)
+            raise ValueError(f"{prefix}{name}: no such field in {descriptor.name}; expected one of "
+                             f"{', '.join(f.name for f in descriptor.fields)}")
+        if field.type == FieldDescriptor.TYPE_BYTES:
+            out[name] = [leaf(v, name) for v in value] if isinstance(value, list) else leaf(value, name)
         elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
             sub = field.message_type
-            out[name] = ([_with_file_contents(sub, v) if isinstance(v, dict) else v for v in value]
-                         if isinstance(value, list) else
-                         _with_file_contents(sub, value) if isinstance(value, dict) else value)
-        else:
-            out[name] = value
+            if isinstance(value, list):
+                out[name] = [_map_paths(sub, v, leaf, f"{prefix}{name}[{i}].") if isinstance(v, dict) else v
+                             for i, v in enumerate(value)]
+            elif isinstance(value, dict):
+                out[name] = _map_paths(sub, value, leaf, f"{prefix}{name}.")
     return out
 
 
@@ -115,6 +117,7 @@ def _by_json_name(descriptor, name: str):
 
 
 def _read_b64(path, field: str) -> str:
+    """A bytes field's file, as the JSON mapping wants it (base64)."""
     if not isinstance(path, str):
         raise ValueError(f"{field}: expected a file path, got {type(path).__name__}")
     try:
@@ -123,25 +126,8 @@ def _read_b64(path, field: str) -> str:
         raise ValueError(f"{field}: cannot read {path!r}: {e.strerror or e}") from None
 
 
-def _resolve_paths(descriptor, fields: dict, base: Path, prefix: str = "") -> dict:
-    """The fields with every bytes field's path made absolute against `base` (the manifest's folder)."""
-    out = dict(fields)
-    for name, value in fields.items():
-        field = descriptor.fields_by_name.get(name) or _by_json_name(descriptor, name)
-        if field is None:
-            raise ValueError(f"{prefix}{name}: no such field in {descriptor.name}; expected one of "
-                             f"{', '.join(f.name for f in descriptor.fields)}")
-        if field.type == FieldDescriptor.TYPE_BYTES:
-            out[name] = [_absolute(v, base) for v in value] if isinstance(value, list) else _absolute(value, base)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
-            sub = field.message_type
-            out[name] = ([_resolve_paths(sub, v, base, f"{prefix}{name}[{i}].") if isinstance(v, dict) else v
-                          for i, v in enumerate(value)] if isinstance(value, list) else
-                         _resolve_paths(sub, value, base, f"{prefix}{name}.") if isinstance(value, dict) else value)
-    return out
-
-
 def _absolute(path, base: Path):
+    """A path relative to the manifest's folder, made absolute."""
     return str((base / path).resolve()) if isinstance(path, str) else path
 
 
@@ -163,7 +149,7 @@ def _item(line: int, record, base: Path) -> Item:
     if item_id is not None and not (isinstance(item_id, str) and _ID.fullmatch(item_id)):
         raise ValueError(f"id: {item_id!r} is not a name of 1-128 letters, digits, '.', '_' or '-' "
                          "(it names the output files)")
-    fields = _resolve_paths(RPCS[rpc].request.DESCRIPTOR, fields, base)
+    fields = _map_paths(RPCS[rpc].request.DESCRIPTOR, fields, lambda path, _field: _absolute(path, base))
     try:
         request = build_request(RPCS[rpc].request, fields)
     except json_format.ParseError as e:
