@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from semgen.bundle import Bundle, Service
+from semgen.bundle import SERVICE_FOLDERS, Bundle, Service
 from serving.core.jobs import JobRunner
 from serving.core.metrics import ServingMetrics
 from serving.higan.engine import EmbeddedHiganEngine, HiganEngine
@@ -82,3 +82,21 @@ def exported_models(opts: ServeOptions):
     folder = Bundle(opts.models).exported_onnx(opts.onnx_dir)
     log.info("ONNX graphs of %s in %s", opts.models, folder)
     return OnnxModels(folder, opts.ort_threads, opts.device), opts.batch_policy
+
+
+def describe_models(metrics: ServingMetrics, engines: Engines, tensor_models, opts: ServeOptions) -> None:
+    """semgen_model_info, one series per model: each exported graph served by tensor (its .onnx file's fingerprint),
+    and each service that runs no such graph (the fingerprint of its bundle folders), with where it runs."""
+    bundle = Bundle(opts.models)
+    forward = opts.engine if opts.engine != "embedded" else "onnxruntime" if opts.runtime == "onnx" else "torch"
+    for service, engine in ((Service.PYRAMID, engines.pyramid), (Service.SEMANTICS, engines.semantics),
+                            (Service.IMAGINE, engines.imagine), (Service.HIGAN, engines.higan)):
+        if engine is not None and not getattr(engine, "graphs", None):  # else: its graphs, below
+            # IMAGINE and HiGAN are iterative: eager torch (on the engine's nodes)
+            runtime = forward if service in (Service.PYRAMID, Service.SEMANTICS) else \
+                "torch" if opts.engine == "embedded" or service == Service.HIGAN else opts.engine
+            folders = tuple(f for f in SERVICE_FOLDERS[service] if (bundle.root / f).exists())
+            metrics.model_info.labels(model=service.value, fingerprint=bundle.fingerprint(folders)[:16],
+                                      runtime=runtime).set(1)
+    for model in tensor_models.models():
+        metrics.model_info.labels(model=model.spec.name, fingerprint=model.version, runtime="onnxruntime").set(1)

@@ -39,7 +39,11 @@ class ServeOptions:
                                 "can call every RPC)")
     metrics_host: str = opt("", "address to bind the plaintext, unauthenticated /metrics on; empty: --host")
     port: int = opt(50051, "gRPC port; 0 picks a free one")
-    metrics_port: int = opt(9464, "Prometheus /metrics port")
+    metrics_port: int = opt(9464, "Prometheus /metrics port (it answers /metrics only)")
+    http_port: int = opt(8000, "HTTP port: the Open Inference Protocol's REST API (/v2/...), /healthz and /readyz; "
+                               "-1: off")
+    http_host: str = opt("127.0.0.1", "address to bind the HTTP port on (TLS and the token as for gRPC); one that is "
+                                      "not loopback needs TLS or a token, or --insecure")
     device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1")
     workers: int = opt(1, "engine threads running the model")
     engine: str = opt("embedded", "where inference runs: in this process; on TorchServe (started here on "
@@ -98,6 +102,9 @@ class ServeOptions:
 
     def check(self) -> None:
         check_exposure(self.host, self.tls_cert, self.tls_key, self.tls_client_ca, self.token, self.insecure)
+        if self.http_port >= 0:
+            check_exposure(self.http_host, self.tls_cert, self.tls_key, self.tls_client_ca, self.token, self.insecure,
+                           flag="--http-host")
         if min(self.max_samples, self.workers, self.max_jobs, self.max_iterations, self.max_fit_iterations,
                self.max_candidates, self.max_imagine_iterations, self.max_job_seconds) <= 0:
             raise ValueError("--max-samples, --workers, --max-jobs, --max-iterations, --max-fit-iterations, "
@@ -143,6 +150,19 @@ class ServeOptions:
     def token(self) -> str:
         """The bearer token (--token-file, else $SEMGEN_TOKEN); "" for none."""
         return read_token(self.token_file)
+
+    def http_tls_context(self):
+        """The HTTP port's TLS: the gRPC port's certificate (and client CA); None without --tls-cert."""
+        if not self.tls_cert:
+            return None
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_client_ca:
+            context.load_verify_locations(self.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     @property
     def batch_policy(self) -> BatchPolicy:

@@ -29,7 +29,6 @@ import json
 import logging
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +45,13 @@ from serving.core.auth import BearerTokenInterceptor
 from serving.core.interceptors import TelemetryInterceptor
 from serving.core.servicer import add_lenient_servicer
 from serving.core.metrics import ServingMetrics
-from serving.core.protos import HIGAN_SERVICE, IMAGINE_SERVICE, PYRAMID_SERVICE, SEMANTICS_SERVICE
-from serving.engines import Engines, load_embedded
+from serving.core.protos import HIGAN_SERVICE, IMAGINE_SERVICE, OIP_SERVICE, PYRAMID_SERVICE, SEMANTICS_SERVICE
+from serving.engines import Engines, describe_models, load_embedded
 from serving.higan.servicer import HiganServicer, add_higan_servicer
 from serving.imagine.servicer import ImagineServicer, add_imagine_servicer
+from serving.oip.http import create_app, start_http
+from serving.oip.models import TensorModels
+from serving.oip.servicer import InferenceServicer, add_inference_servicer
 from serving.options import ServeOptions, add_arguments
 from serving.pyramid.servicer import PyramidServicer, add_pyramid_servicer
 from serving.semantics.servicer import SemanticsServicer, add_semantics_servicer
@@ -72,9 +74,10 @@ class Gateway:
     semantics: SemanticsServicer
     imagine: ImagineServicer
     higan: HiganServicer
+    tensor_models: TensorModels  # the Open Inference Protocol's models, over gRPC and HTTP
 
 
-SERVICES = (PYRAMID_SERVICE, SEMANTICS_SERVICE, IMAGINE_SERVICE, HIGAN_SERVICE)
+SERVICES = (PYRAMID_SERVICE, SEMANTICS_SERVICE, IMAGINE_SERVICE, HIGAN_SERVICE, OIP_SERVICE)
 
 
 async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
@@ -98,6 +101,8 @@ async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
     add_imagine_servicer(server, imagine)
     higan = HiganServicer(opts.limits, admission=admission)
     add_higan_servicer(server, higan)
+    tensor_models = TensorModels(opts.limits, admission)
+    add_inference_servicer(server, InferenceServicer(tensor_models))
     health = health_aio.HealthServicer()
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
     add_lenient_servicer(server, health_service, health)
@@ -105,7 +110,7 @@ async def create_server(opts: ServeOptions, metrics: ServingMetrics) -> Gateway:
     add_lenient_servicer(server, reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
                          reflection.aio.ReflectionServicer(names))
     await set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)  # the default is SERVING
-    return Gateway(server, health, pyramid, semantics, imagine, higan)
+    return Gateway(server, health, pyramid, semantics, imagine, higan, tensor_models)
 
 
 def add_port(server: grpc.aio.Server, opts: ServeOptions, address: str) -> int:
@@ -139,6 +144,8 @@ async def attach_engines(gateway: Gateway, engines: Engines, models: str) -> Non
         else:
             servicer.attach(engine)
             served.append(service)
+    gateway.tensor_models.attach(engines.loaded(), engines.backend_up)
+    served.append(OIP_SERVICE)
     await set_health(gateway.health, health_pb2.HealthCheckResponse.SERVING, served)
 
 
@@ -178,6 +185,13 @@ async def serve(opts: ServeOptions,
                 f"{'bearer token' if opts.token else 'no token'}")
     print(f"gRPC listening on {_hostport(opts.host, port)} ({security})", flush=True)
     print(f"metrics on http://{_hostport(metrics_host, metrics_http.server_port)}/metrics", flush=True)
+    metrics.describe_build(opts.engine, opts.runtime)
+    http = None
+    if opts.http_port >= 0:
+        http, http_port = await start_http(create_app(gateway.tensor_models, metrics, opts.token, opts.max_message_bytes),
+                                           opts.http_host, opts.http_port, opts.http_tls_context())
+        print(f"HTTP (Open Inference Protocol /v2, /healthz, /readyz) on {'https' if opts.tls_cert else 'http'}://"
+              f"{_hostport(opts.http_host, http_port)}", flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -201,6 +215,7 @@ async def serve(opts: ServeOptions,
         if loading.done():
             engines = loading.result()  # a load error propagates to the except below
             await attach_engines(gateway, engines, opts.models)
+            describe_models(metrics, engines, gateway.tensor_models, opts)
             if engines.backend_up is not None:
                 following = asyncio.ensure_future(follow_backend(health, engines))
             served = [name for name, e in (("pyramid", engines.pyramid), ("semantics", engines.semantics),
@@ -228,47 +243,10 @@ async def serve(opts: ServeOptions,
         for engine in engines.loaded():
             await engine.close()
         metrics_http.shutdown()
+        if http is not None:
+            await http.cleanup()
     print("stopped", flush=True)
     return code
-
-
-class ServerThread:
-    """The gateway and the embedded engines in a background thread of this process, listening on `address` only
-    (a unix socket): for an executor that hosts its own models (a Ray Data actor). Same servicers, same bytes as
-    `semgen serve`."""
-
-    def __init__(self, opts: ServeOptions, address: str):
-        opts.check()
-        self.address = address
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="semgen-server", daemon=True)
-        self._thread.start()
-        self._engines = Engines()
-        try:
-            asyncio.run_coroutine_threadsafe(self._start(opts), self._loop).result()
-        except BaseException:
-            self.close()
-            raise
-
-    async def _start(self, opts: ServeOptions) -> None:
-        metrics = ServingMetrics()
-        self._gateway = await create_server(opts, metrics)
-        self._gateway.server.add_insecure_port(self.address)
-        await self._gateway.server.start()
-        self._engines = await asyncio.to_thread(load_embedded, opts, metrics)
-        await attach_engines(self._gateway, self._engines, opts.models)
-
-    async def _stop(self) -> None:
-        if hasattr(self, "_gateway"):
-            await self._gateway.server.stop(None)
-        for engine in self._engines.loaded():
-            await engine.close()
-
-    def close(self) -> None:
-        if self._loop.is_running():
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result()
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
 
 
 def run(opts: ServeOptions) -> int:

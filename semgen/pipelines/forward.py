@@ -30,6 +30,7 @@ class Op(enum.StrEnum):
     REPAINT = "repaint"  # PyramidPipeline
     COMPOSITE = "composite"  # PyramidPipeline
     SAMPLE = "sample"  # SemanticsPipeline (Segment runs as a sample with a predictor)
+    GRAPH = "graph"  # both: one exported graph called by tensor (semgen.pipelines.graphs)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from semgen.checkpoints import load_checkpoint, load_classifier
 from semgen.data.loaders import center_square, square_resize, to_tensor, to_uint8
 from semgen.networks.classifier import LEVELS, SPATIAL_LEVELS
 from semgen.pipelines.forward import Op, Prepared, Rows, complete
+from semgen.pipelines.graphs import GRAPH_KEY, graph_specs, prepare_graph, run_graph
 from semgen.pipelines.masks import check_levels, level_masks
 
 __all__ = ["LEVELS", "GenerateResult", "PyramidPipeline", "check_pair", "paste_box"]
@@ -46,7 +47,7 @@ class PyramidPipeline:
     into `prepare(op, args)` and `run(key, rows)` (semgen.pipelines.forward) for batching.
     """
 
-    OPS = (Op.GENERATE, Op.REPAINT, Op.COMPOSITE)
+    OPS = (Op.GENERATE, Op.REPAINT, Op.COMPOSITE, Op.GRAPH)
 
     def __init__(self, classifier, generator, device: str = "cpu", onnx=None):
         check_pair(classifier, generator)
@@ -57,6 +58,8 @@ class PyramidPipeline:
         self.image_size = classifier.image_size
         self.class_names = tuple(generator.class_names) or tuple(str(i) for i in range(generator.num_classes))
         self.level_shapes = classifier.level_shapes()
+        # the exported graphs a client may call by tensor (Op.GRAPH)
+        self.graphs = graph_specs(onnx, ("classifier", "pyramid")) if onnx is not None else {}
 
     @classmethod
     def from_dir(cls, models_dir: str | Path, device: str = "cpu", classifier: str | None = None,
@@ -91,14 +94,20 @@ class PyramidPipeline:
     # ---- prepare / run: the batching interface --------------------------------------------
 
     def prepare(self, op: Op | str, args: dict) -> Prepared:
-        """`op` is generate, repaint or composite; `args` are that method's keyword arguments."""
+        """`op` is generate, repaint or composite, and `args` are that method's keyword arguments; or graph
+        (semgen.pipelines.graphs.prepare_graph)."""
         if op not in self.OPS:
             raise ValueError(f"op: unknown operation {op!r}; expected one of {', '.join(self.OPS)}")
+        if op == Op.GRAPH:
+            return prepare_graph(self.graphs, args)
         return getattr(self, f"_prepare_{op}")(**args)
 
     @torch.no_grad()
     def run(self, key: str, rows: Rows) -> Rows:
-        """The generator over a batch of rows: z, labels, then <level>_features and <level>_mask."""
+        """The generator over a batch of rows: z, labels, then <level>_features and <level>_mask (or the
+        graph that a "graph:<name>" key names)."""
+        if key.startswith(GRAPH_KEY):
+            return run_graph(self.onnx, key, rows)
         if self.onnx is not None:
             return self.onnx.run("pyramid", rows)
         t = {k: torch.from_numpy(v).to(self.device) for k, v in rows.items()}

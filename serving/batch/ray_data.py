@@ -36,7 +36,7 @@ class BatchActor:
 
     def __init__(self, models: str, onnx_dir: str, timeout_s: float, max_attempts: int):
         from serving.options import ServeOptions  # the engines load in the actor, never on the driver
-        from serving.server import ServerThread
+        from serving.server_thread import ServerThread
 
         self._socket_dir = tempfile.mkdtemp(prefix="semgen-actor-")
         opts = ServeOptions(models=models, onnx_dir=onnx_dir, port=0, metrics_port=0, log_level="WARNING",

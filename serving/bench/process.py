@@ -30,14 +30,15 @@ class ServerProcess:
     address: str  # gRPC host:port
     metrics_url: str
     pid: int
+    http_url: str = ""  # the HTTP port (Open Inference Protocol, /healthz): http://host:port
 
 
 @contextlib.contextmanager
 def server_process(args: list[str], name: str = "server"):
-    """`semgen serve --port 0 --metrics-port 0 ARGS` in its own process group; yields a
+    """`semgen serve --port 0 --metrics-port 0 --http-port 0 ARGS` in its own process group; yields a
     ServerProcess once it says health SERVING (ServerFailed otherwise) and always stops it:
     SIGTERM, SIGKILL after STOP_GRACE_S."""
-    cmd = [sys.executable, "-m", "serving.server", "--port", "0", "--metrics-port", "0", *args]
+    cmd = [sys.executable, "-m", "serving.server", "--port", "0", "--metrics-port", "0", "--http-port", "0", *args]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     output, seen, done = collections.deque(maxlen=200), {}, threading.Event()
@@ -45,7 +46,8 @@ def server_process(args: list[str], name: str = "server"):
     def read():  # drains the pipe (a full one would block the server) and watches for its lines
         for line in proc.stdout:
             output.append(line.rstrip())
-            for key, pattern in (("address", r"gRPC listening on (\S+)"), ("metrics_url", r"metrics on (\S+)")):
+            for key, pattern in (("address", r"gRPC listening on (\S+)"), ("metrics_url", r"metrics on (\S+)"),
+                                 ("http_url", r"/readyz\) on (\S+)")):
                 if match := re.search(pattern, line):
                     seen[key] = match.group(1)
             if "health SERVING" in line:
@@ -59,7 +61,7 @@ def server_process(args: list[str], name: str = "server"):
             raise ServerFailed(f"{name} not SERVING in {START_TIMEOUT_S} s", list(output)[-20:])
         if "serving" not in seen:
             raise ServerFailed(f"{name} exited with code {proc.wait(5)}", list(output)[-20:])
-        yield ServerProcess(seen["address"], seen["metrics_url"], proc.pid)
+        yield ServerProcess(seen["address"], seen["metrics_url"], proc.pid, seen.get("http_url", ""))
     finally:
         if proc.poll() is None:
             proc.terminate()  # SIGTERM: the server drains and closes its engines (TorchServe too)

@@ -64,14 +64,20 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         for key, value in handler_call_details.invocation_metadata or ():
             if key == AUTH_KEY and isinstance(value, str):
                 given = value
-        if given is None:
-            return _denied(handler, "this server needs a token: send metadata 'authorization: Bearer <token>' "
-                                    "(semgen client: --token-file or $SEMGEN_TOKEN)")
-        if not given[:len(SCHEME)].lower() == SCHEME:
-            return _denied(handler, "authorization metadata must be 'Bearer <token>'")
-        if not hmac.compare_digest(given[len(SCHEME):].strip().encode(), self._token):
-            return _denied(handler, "invalid token")
-        return handler
+        refused = token_refused(given, self._token)
+        return handler if refused is None else _denied(handler, refused)
+
+
+def token_refused(given: str | None, token: bytes) -> str | None:
+    """Why an `authorization` value (None: absent) does not carry `token`; None when it does."""
+    if given is None:
+        return ("this server needs a token: send 'authorization: Bearer <token>' "
+                "(semgen client: --token-file or $SEMGEN_TOKEN)")
+    if not given[:len(SCHEME)].lower() == SCHEME:
+        return "authorization must be 'Bearer <token>'"
+    if not hmac.compare_digest(given[len(SCHEME):].strip().encode(), token):
+        return "invalid token"
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -83,7 +89,8 @@ def is_loopback(host: str) -> bool:
         return False  # a host name (or 0.0.0.0, ::): may resolve to anything
 
 
-def check_exposure(host: str, tls_cert: str, tls_key: str, tls_client_ca: str, token: str, insecure: bool) -> None:
+def check_exposure(host: str, tls_cert: str, tls_key: str, tls_client_ca: str, token: str, insecure: bool,
+                   flag: str = "--host") -> None:
     """`semgen serve`'s TLS and token flags: consistent, and a non-loopback --host only with TLS or a token,
     or with --insecure said out loud. Raises ValueError naming the flags."""
     if bool(tls_cert) != bool(tls_key):
@@ -94,7 +101,7 @@ def check_exposure(host: str, tls_cert: str, tls_key: str, tls_client_ca: str, t
         if path and not Path(path).is_file():
             raise ValueError(f"{flag}: no such file {path!r}")
     if not (is_loopback(host) or tls_cert or token or insecure):
-        raise ValueError(f"--host {host} is reachable from other machines, and this server has neither TLS "
+        raise ValueError(f"{flag} {host} is reachable from other machines, and this server has neither TLS "
                          f"(--tls-cert/--tls-key) nor a token (--token-file or ${TOKEN_ENV}): anyone who reaches "
                          f"the port could call every RPC. Add TLS and/or a token, or pass --insecure to serve it "
                          f"open anyway (e.g. on a private network)")

@@ -50,6 +50,7 @@ class DynamicBatcher:
         policy.check()
         self._ops, self.name, self.policy = ops, name, policy
         self._metrics = metrics or ServingMetrics()
+        self._metrics.engine_queue_limit.inc(policy.max_queue)
         self._queue: collections.deque[_Waiting] = collections.deque()
         self._arrived: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None

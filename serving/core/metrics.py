@@ -6,8 +6,18 @@ servers (or a server and a test) in one process never share or collide on counte
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import start_http_server
+import platform
+import socket
+import sys
+import threading
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 # 1 ms .. 60 s: a health check is ~1 ms, a large CPU generation can take tens of seconds.
 LATENCY_BUCKETS = (
@@ -22,6 +32,16 @@ class ServingMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # process_* (CPU, RSS, open fds, start time), python_info, python_gc_*: what every exporter has
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        r.register(_GpuCollector())
+        self.build = Info("semgen_build", "The running semgen: version, Python, engine and runtime.", registry=r)
+        self.model_info = Gauge(
+            "semgen_model_info", "1 for every model served: its weights fingerprint and where it runs.",
+            ["model", "fingerprint", "runtime"], registry=r,
+        )
         # End-to-end, as the server sees an RPC: from handler entry to the final status.
         self.request_latency = Histogram(
             "semgen_request_latency_seconds", "gRPC request latency by method and final status code.",
@@ -29,6 +49,12 @@ class ServingMetrics:
         )
         self.requests = Counter(  # exported as semgen_requests_total
             "semgen_requests", "gRPC requests finished, by method and final status code.",
+            ["method", "code"], registry=r,
+        )
+        # liveness/readiness probes and reflection: polled by machines, kept out of the request series
+        # (a reflection stream ends CANCELLED, and would read as an error)
+        self.probes = Counter(  # exported as semgen_probes_total
+            "semgen_probes", "Health, readiness and reflection calls, by method and final status code.",
             ["method", "code"], registry=r,
         )
         self.in_flight = Gauge(
@@ -50,6 +76,10 @@ class ServingMetrics:
         self.engine_queue_depth = Gauge(
             "semgen_engine_queue_depth", "Engine calls waiting for a worker or a batch.", registry=r,
         )
+        self.engine_queue_limit = Gauge(
+            "semgen_engine_queue_limit", "Engine calls that may wait before more are refused (RESOURCE_EXHAUSTED), "
+            "summed over the engine's queues.", registry=r,
+        )
         # Iterative jobs (head fitting, SCS, SIE): how many run now, and how each ended
         # (ok, cancelled, deadline, invalid, error; rejected = over the running-jobs limit).
         self.jobs_running = Gauge(
@@ -60,16 +90,33 @@ class ServingMetrics:
         )
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
+        if is_probe(method):
+            self.probes.labels(method=method, code=code).inc()
+            return
         self.request_latency.labels(method=method, code=code).observe(seconds)
         self.requests.labels(method=method, code=code).inc()
+
+    def describe_build(self, engine: str, runtime: str) -> None:
+        self.build.info({"version": semgen_version(), "python": platform.python_version(), "engine": engine,
+                         "runtime": runtime})
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
         return generate_latest(self.registry)
 
     def serve_http(self, host: str, port: int):
-        """Serve /metrics from a daemon thread; returns the WSGI server (port 0 picks one)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Serve /metrics (and nothing else: 404) from a daemon thread; returns the WSGI server (port 0 picks one)."""
+        exposition = make_wsgi_app(self.registry)
+
+        def only_metrics(environ, start_response):
+            if environ.get("PATH_INFO") == "/metrics":
+                return exposition(environ, start_response)
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: this port serves /metrics only (health: /healthz on the HTTP port)\n"]
+
+        server_class = _MetricsServer6 if ":" in host else _MetricsServer
+        server = make_server(host, port, only_metrics, server_class, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="semgen-metrics", daemon=True).start()
         return server
 
     def backend_reply(self, model: str, op: str, waited_s: float, reply: dict) -> None:
@@ -81,3 +128,53 @@ class ServingMetrics:
         self.engine_compute_latency.labels(op=op).observe(compute)
         if reply.get("batch_size"):
             self.batch_size.labels(model=model).observe(reply["batch_size"])
+
+
+PROBE_METHODS = ("grpc.health.", "grpc.reflection.", "inference.GRPCInferenceService/ServerLive",
+                 "inference.GRPCInferenceService/ServerReady", "inference.GRPCInferenceService/ModelReady",
+                 "http/health")
+
+
+def is_probe(method: str) -> bool:
+    return method.startswith(PROBE_METHODS)
+
+
+def semgen_version() -> str:
+    """The installed package's version ("0+unknown" when run from a checkout that was not installed)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("semgen")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class _GpuCollector:
+    """semgen_gpu_memory_{allocated,reserved,total}_bytes{device} per CUDA device, when this process runs torch on
+    one (nothing otherwise: torch is never imported for this)."""
+
+    def collect(self):
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_initialized():
+            return
+        families = {name: GaugeMetricFamily(f"semgen_gpu_memory_{name}_bytes", f"CUDA memory {name}, by device.",
+                                            labels=["device"]) for name in ("allocated", "reserved", "total")}
+        for i in range(torch.cuda.device_count()):
+            device = str(i)
+            families["allocated"].add_metric([device], torch.cuda.memory_allocated(i))
+            families["reserved"].add_metric([device], torch.cuda.memory_reserved(i))
+            families["total"].add_metric([device], torch.cuda.get_device_properties(i).total_memory)
+        yield from families.values()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # scrapes every few seconds: no access log
+        pass
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _MetricsServer6(_MetricsServer):
+    address_family = socket.AF_INET6

@@ -16,6 +16,7 @@ import numpy as np
 
 from semgen.pipelines.forward import Op, run_batch
 from serving.core.batcher import DynamicBatcher
+from serving.core.graphs import GraphCalls
 from serving.core.metrics import ServingMetrics
 from serving.core.workers import WorkerPool
 
@@ -59,7 +60,7 @@ class Engine(abc.ABC):
         """Finish running work and release resources."""
 
 
-class EmbeddedEngine(Engine):
+class EmbeddedEngine(GraphCalls, Engine):
     """Runs a `PyramidPipeline`-like object in-process.
 
     With a batch `policy`, calls go through a `DynamicBatcher` (the pipeline's prepare/run);

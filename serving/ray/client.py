@@ -31,6 +31,7 @@ class RayServeClient:
         self._forward, self._jobs = forward, jobs.options(stream=True)  # DeploymentHandles
         self._metrics = metrics or ServingMetrics()
         self._max_in_flight, self._in_flight = max_in_flight, 0
+        self._metrics.engine_queue_limit.inc(max_in_flight)
         self._max_job_seconds = max_job_seconds
         self._on_close, self._closed = on_close, False
 

@@ -24,6 +24,7 @@ import numpy as np
 from semgen.pipelines.forward import Op, run_batch
 from serving.core.batcher import DynamicBatcher
 from serving.core.errors import AlreadyExists, ResourceExhausted, not_found_errors
+from serving.core.graphs import GraphCalls
 from serving.core.workers import WorkerPool
 from serving.core.jobs import JobControl, JobRunner
 from serving.core.metrics import ServingMetrics
@@ -104,7 +105,7 @@ class SemanticsEngine(abc.ABC):
         """Stop running jobs and release resources."""
 
 
-class EmbeddedSemanticsEngine(SemanticsEngine):
+class EmbeddedSemanticsEngine(GraphCalls, SemanticsEngine):
     """Runs a `SemanticsPipeline` in-process; `heads` (a HeadStore) owns the user heads FitHead saves."""
 
     def __init__(self, pipeline, heads, workers: int = 1, max_jobs: int = 2,

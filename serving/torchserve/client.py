@@ -52,6 +52,7 @@ class TorchServeClient:
         self.url, self._host, self._port = inference_url, url.hostname, url.port or 80
         self._metrics = metrics or ServingMetrics()
         self._max_in_flight = max_in_flight
+        self._metrics.engine_queue_limit.inc(max_in_flight)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_in_flight, thread_name_prefix="semgen-torchserve")
         self._in_flight = 0  # calls sent and not finished (event-loop side)
         self._connections: set[http.client.HTTPConnection] = set()  # open now; close() cuts them

@@ -199,7 +199,7 @@ def onnx_dir(tmp_path_factory) -> Path:
 def server(onnx_dir, tmp_path_factory):
     """The bundled models served in this process, on a unix socket."""
     from serving.options import ServeOptions
-    from serving.server import ServerThread
+    from serving.server_thread import ServerThread
 
     folder = tmp_path_factory.mktemp("server")
     thread = ServerThread(ServeOptions(models=str(MODELS), onnx_dir=str(onnx_dir), port=0, metrics_port=0,

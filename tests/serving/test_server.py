@@ -41,7 +41,7 @@ def server(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "semgen_cli", "export", "onnx", "--models", str(bundle), "--cache", str(onnx)],
                    cwd=ROOT, env=env, check=True, capture_output=True)
     command = [sys.executable, "-m", "semgen_cli", "serve", "--models", str(bundle), "--onnx-dir", str(onnx),
-               "--port", str(port), "--metrics-port", str(metrics_port), "--device", "cpu",
+               "--port", str(port), "--metrics-port", str(metrics_port), "--http-port", str(free_port()), "--device", "cpu",
                "--max-image-bytes", str(MAX_IMAGE_BYTES), "--max-image-pixels", str(MAX_IMAGE_PIXELS),
                "--grace-seconds", "5"]
     with open(log_path, "w") as log:

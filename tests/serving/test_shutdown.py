@@ -28,7 +28,7 @@ async def wait_serving(address: str, timeout: float = 10.0) -> None:
 def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(capsys):
     pipeline = FakePipeline()
     pipeline.gate = threading.Event()
-    opts = ServeOptions(port=free_port(), metrics_port=free_port(), grace_seconds=5)
+    opts = ServeOptions(port=free_port(), metrics_port=free_port(), http_port=free_port(), grace_seconds=5)
     address = f"127.0.0.1:{opts.port}"
     request = pb.GenerateRequest(image=png_bytes(), level="conv1", num_samples=2, seed=3)
 

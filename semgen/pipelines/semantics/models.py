@@ -43,6 +43,7 @@ class SemanticModels:
         self.onnx = onnx
         self.onnx_heads: set[str] = set()
         self.onnx_synthesis: str | None = None
+        self.graphs: dict = {}  # name -> GraphSpec: the exported graphs called by tensor (from_dir sets them)
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         self.segmenter = None if segmenter is None else segmenter.to(self.device).eval().requires_grad_(False)
         self.heads: dict[str, SemanticHead] = {}

@@ -12,6 +12,7 @@ import torch
 from semgen.checkpoints import load_checkpoint, save_checkpoint
 from semgen.networks.heads import SemanticHead
 from semgen.pipelines.forward import Op, Prepared, Rows
+from semgen.pipelines.graphs import GRAPH_KEY, graph_specs, prepare_graph, run_graph
 import semgen.pipelines.semantics.fewshot as fewshot
 import semgen.pipelines.semantics.sampling as sampling
 import semgen.pipelines.semantics.scs as scs
@@ -39,6 +40,8 @@ class SemanticsPipeline(SemanticModels):
         if onnx is not None:
             pipe.onnx_heads = {name for name in pipe.heads if onnx.has(f"synthesis_{name}")}
             pipe.onnx_synthesis = f"synthesis_{min(pipe.onnx_heads)}" if pipe.onnx_heads else None
+            # the exported graphs a client may call by tensor (Op.GRAPH)
+            pipe.graphs = graph_specs(onnx, ["mapping", *(f"synthesis_{h}" for h in sorted(pipe.onnx_heads))])
         for name, head in load_heads(extra_heads_dir) if extra_heads_dir else []:
             pipe.add_head(name, head)
         return pipe
@@ -55,12 +58,17 @@ class SemanticsPipeline(SemanticModels):
         return sampling.segment(self, latents, predictor)
 
     def prepare(self, op: Op | str, args: dict) -> Prepared:
-        """The batching interface (semgen.pipelines.forward): `op` is Op.SAMPLE; `args` are
-        `sample`'s keyword arguments (but batch_size)."""
+        """The batching interface (semgen.pipelines.forward): `op` is Op.SAMPLE, and `args` are
+        `sample`'s keyword arguments (but batch_size); or Op.GRAPH (semgen.pipelines.graphs.prepare_graph)."""
+        if op == Op.GRAPH:
+            return prepare_graph(self.graphs, args)
         return sampling.prepare(self, op, args)
 
     def run(self, key: str, rows: Rows) -> Rows:
-        """Synthesis (+ the predictor's masks) over a batch of w+ rows; key = "synthesis:<predictor>"."""
+        """Synthesis (+ the predictor's masks) over a batch of w+ rows, key = "synthesis:<predictor>"; or the
+        graph that a "graph:<name>" key names."""
+        if key.startswith(GRAPH_KEY):
+            return run_graph(self.onnx, key, rows)
         return sampling.run(self, key, rows)
 
     # ---- few-shot heads -----------------------------------------------------------------
