@@ -1,8 +1,8 @@
 """A client we did not write: tritonclient (the common Open Inference Protocol / KServe v2 client) against a semgen
-server. Run in its own process (its protobuf definitions of package `inference` would clash with the server's
-stubs in one process):
+server. Run in its own process, from its own venv (.venv-oip: tritonclient wants protobuf < 7, the server runs 7,
+and its definitions of package `inference` would clash with the server's stubs in one process):
 
-    python oip_client.py grpc|http HOST:PORT INPUTS.npz OUT_DIR
+    .venv-oip/bin/python oip_client.py grpc|http HOST:PORT INPUTS.npz OUT_DIR
 
 INPUTS.npz holds the pyramid graph's inputs (their own names) and `classifier.image`. Writes OUT_DIR/outputs.npz
 (pyramid.image, classifier.<level>) and OUT_DIR/results.json (health, metadata, the errors bad calls got).

@@ -7,7 +7,6 @@ import dataclasses
 import io
 import json
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,6 +30,7 @@ from servingkit import serve_subprocess
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "artifacts"
 CLIENT = Path(__file__).with_name("oip_client.py")
+CLIENT_PYTHON = ROOT / ".venv-oip" / "bin" / "python"  # tritonclient in its own venv (`make test-setup`)
 LEVEL, SAMPLES, SEED = "conv4", 2, 7
 
 
@@ -62,7 +62,8 @@ def generated(server, tmp_path_factory):
 
 
 def run_client(protocol: str, url: str, inputs: Path, out: Path) -> tuple[dict, dict]:
-    done = subprocess.run([sys.executable, str(CLIENT), protocol, url, str(inputs), str(out)],
+    assert CLIENT_PYTHON.exists(), f"{CLIENT_PYTHON} is missing: run `make test-setup` (tritonclient in its own venv)"
+    done = subprocess.run([str(CLIENT_PYTHON), str(CLIENT), protocol, url, str(inputs), str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "results.json").read_text()), dict(np.load(out / "outputs.npz"))
