@@ -1,7 +1,8 @@
-# semgen GPU serving image: `semgen serve` on 0.0.0.0:50051 (gRPC) and :9464 (/metrics).
+# semgen GPU serving image: `semgen serve` on 0.0.0.0:50051 (gRPC), :8000 (HTTP: the Open Inference Protocol,
+# /healthz, /readyz) and :9464 (/metrics). deploy/compose.yaml runs it with Prometheus and Grafana.
 #
 #   docker build -t semgen .
-#   docker run --gpus all -p 50051:50051 -p 9464:9464 -e SEMGEN_TOKEN="$(cat token)" semgen
+#   docker run --gpus all -p 50051:50051 -p 8000:8000 -p 9464:9464 -e SEMGEN_TOKEN="$(cat token)" semgen
 #   docker run --gpus all -v /path/to/bundle:/models -v /path/to/secrets:/secrets:ro semgen \
 #       semgen serve --models /models --host 0.0.0.0 --device cuda --token-file /secrets/token \
 #       --tls-cert /secrets/cert.pem --tls-key /secrets/key.pem     # other models or flags
@@ -59,7 +60,7 @@ RUN useradd --create-home --uid 10001 semgen \
 VOLUME /app/var/heads
 USER semgen
 
-EXPOSE 50051 9464
+EXPOSE 50051 8000 9464
 
 # SERVING only once the model is loaded; the start period covers loading it.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
@@ -69,4 +70,5 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
 # The grace period stays below `docker stop`'s default 10 s; raise both together (docker stop -t).
 STOPSIGNAL SIGTERM
 CMD ["semgen", "serve", "--models", "/app/artifacts", "--heads-dir", "/app/var/heads", "--host", "0.0.0.0", \
-     "--port", "50051", "--metrics-port", "9464", "--device", "cuda", "--grace-seconds", "8"]
+     "--port", "50051", "--metrics-port", "9464", "--http-host", "0.0.0.0", "--http-port", "8000", \
+     "--device", "cuda", "--grace-seconds", "8"]
