@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ import pytest
 from google.protobuf import descriptor_pool, message_factory
 
 from serving.bench.catalogue import valid_calls
+from serving.core.metrics import ServingMetrics
 from servingkit import serve_subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +76,8 @@ def test_every_rpc_gives_the_recorded_bytes(engine, tmp_path):
             "--torchserve-dir", str(tmp_path / "ts"), "--max-batch", "4", *ENGINES[engine]]
     with serve_subprocess(args) as server:
         got = responses(server.address)
+        with urllib.request.urlopen(server.metrics_url, timeout=30) as reply:
+            exposition = reply.read().decode()
     golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
     if os.environ.get("SEMGEN_WRITE_GOLDEN") and RECORD[engine] == engine:
         golden[engine] = got
@@ -83,3 +87,14 @@ def test_every_rpc_gives_the_recorded_bytes(engine, tmp_path):
     # what the calls show, so that a golden file full of errors cannot pass unnoticed
     assert got["generate"]["code"] == "OK" and got["generate_bad_level"]["code"] == "INVALID_ARGUMENT"
     assert got["imagine"]["code"] == "OK" and got["manipulate"]["code"] == "OK"
+    # the same metric names on every engine, and the engine's own series filled in (queue, compute, batch size)
+    assert families(exposition) == families(ServingMetrics().render().decode())
+    for name in ("semgen_engine_compute_seconds_count", "semgen_engine_queue_seconds_count", "semgen_batch_size_count",
+                 "semgen_model_info", "semgen_build_info"):
+        assert any(line.startswith(name + "{") for line in exposition.splitlines()), name
+
+
+def families(exposition: str) -> set[str]:
+    """The semgen_ metric families (not the _created gauges prometheus_client adds once a series has a sample)."""
+    names = {line.split()[2] for line in exposition.splitlines() if line.startswith("# TYPE semgen_")}
+    return {name for name in names if not name.endswith("_created")}

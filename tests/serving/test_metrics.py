@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import urllib.error
 import urllib.request
 
 import grpc
@@ -50,8 +51,23 @@ def test_metrics_are_served_as_prometheus_text():
         server.shutdown()
     assert content_type.startswith("text/plain")
     assert 'semgen_requests_total{code="OK",method="svc/A"} 1.0' in text
+    assert "process_resident_memory_bytes " in text and "process_start_time_seconds " in text
     assert "# TYPE semgen_request_latency_seconds histogram" in text
     assert "# TYPE semgen_requests_in_flight gauge" in text
+
+
+def test_the_metrics_port_answers_metrics_only():
+    m = ServingMetrics()
+    server = m.serve_http("127.0.0.1", 0)
+    try:
+        for path in ("/", "/healthz", "/metrics/x", "/favicon.ico"):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}{path}", timeout=5)
+                raise AssertionError(f"{path} answered")
+            except urllib.error.HTTPError as e:
+                assert e.code == 404 and b"serves /metrics only" in e.read()
+    finally:
+        server.shutdown()
 
 
 def test_interceptor_records_every_rpc_with_its_final_code():
@@ -70,7 +86,9 @@ def test_interceptor_records_every_rpc_with_its_final_code():
     assert sample_value(m, "semgen_requests_total", method=GEN, code="OK") == 2
     assert sample_value(m, "semgen_requests_total", method=GEN, code="INVALID_ARGUMENT") == 2
     assert sample_value(m, "semgen_requests_total", method=GEN, code="INTERNAL") == 1
-    assert sample_value(m, "semgen_requests_total", method="grpc.health.v1.Health/Check", code="OK") == 1
+    # health checks are probes, kept out of the request series (and its error ratio)
+    assert sample_value(m, "semgen_probes_total", method="grpc.health.v1.Health/Check", code="OK") == 1
+    assert sample_value(m, "semgen_requests_total", method="grpc.health.v1.Health/Check", code="OK") == 0
     assert sample_value(m, "semgen_request_latency_seconds_count", method=GEN, code="OK") == 2
     assert sample_value(m, "semgen_requests_in_flight", method=GEN) == 0
     # Three calls reached the engine (two OK, one that raised); it timed all three.
