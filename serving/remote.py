@@ -20,6 +20,7 @@ from semgen.bundle import Bundle, Service
 from semgen.pipelines.forward import Op
 from serving.engines import Engines
 from serving.core.errors import NotFound, Unsupported
+from serving.core.graphs import graph_specs_of
 from serving.core.validation import quote
 from serving.imagine.engine import ImagineEngine, ImagineInfo, ImagineJob, StepProgress, Variations
 from serving.pyramid.engine import Engine, Generated, ModelInfo
@@ -40,14 +41,33 @@ class Client(Protocol):
     async def close(self) -> None: ...
 
 
-class RemotePyramidEngine(Engine):
+class RemoteGraphCalls:
+    """The exported graphs of the backend's batched model `_model`, called by tensor (the Open Inference Protocol's
+    models): op "graph", batched over there with the domain calls, as on the embedded engine."""
+
+    _client: Client
+    _model: str
+    graphs: dict = {}  # name -> GraphSpec
+
+    async def _learn_graphs(self) -> None:
+        self.graphs = graph_specs_of(await self._client.call(self._model, "graphs"))
+
+    async def infer(self, graph: str, inputs: dict[str, np.ndarray], max_rows: int) -> dict[str, np.ndarray]:
+        return await self._client.call(self._model, Op.GRAPH, dict(graph=graph, inputs=inputs, max_rows=max_rows))
+
+
+class RemotePyramidEngine(RemoteGraphCalls, Engine):
+    _model = "pyramid"
+
     def __init__(self, client: Client, info: dict):
         self._client = client
         self.info = ModelInfo(tuple(info["levels"]), tuple(info["class_names"]), int(info["image_size"]))
 
     @classmethod
     async def connect(cls, client: Client) -> "RemotePyramidEngine":
-        return cls(client, await client.call("pyramid", "info"))
+        engine = cls(client, await client.call("pyramid", "info"))
+        await engine._learn_graphs()
+        return engine
 
     async def generate(self, image, levels, num_samples, seed, class_index=None) -> Generated:
         return await self._generated(Op.GENERATE, dict(image=image, levels=dict(levels), num_samples=num_samples,
@@ -70,8 +90,10 @@ class RemotePyramidEngine(Engine):
         await self._client.close()
 
 
-class RemoteSemanticsEngine(SemanticsEngine):
+class RemoteSemanticsEngine(RemoteGraphCalls, SemanticsEngine):
     """Sample and Segment on the batched "semantics" model; SCS and SIE on "semantics_jobs"."""
+
+    _model = "semantics"
 
     def __init__(self, client: Client, info: dict):
         self._client = client
@@ -80,7 +102,9 @@ class RemoteSemanticsEngine(SemanticsEngine):
 
     @classmethod
     async def connect(cls, client: Client) -> "RemoteSemanticsEngine":
-        return cls(client, await client.call("semantics", "info"))
+        engine = cls(client, await client.call("semantics", "info"))
+        await engine._learn_graphs()
+        return engine
 
     @property
     def info(self) -> SemanticsInfo:

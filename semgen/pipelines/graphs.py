@@ -50,6 +50,17 @@ class GraphSpec:
     def output_bytes_per_row(self) -> int:
         return sum(int(np.prod(t.shape[1:], dtype=np.int64)) * t.dtype.itemsize for t in self.outputs)
 
+    def to_dict(self) -> dict:
+        tensors = lambda specs: [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in specs]
+        return {"name": self.name, "inputs": tensors(self.inputs), "outputs": tensors(self.outputs),
+                "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GraphSpec":
+        tensors = lambda specs: tuple(TensorSpec(t["name"], t["datatype"], tuple(int(x) for x in t["shape"]))
+                                      for t in specs)
+        return cls(d["name"], tensors(d["inputs"]), tensors(d["outputs"]), d["fingerprint"])
+
 
 def graph_specs(onnx, names) -> dict[str, GraphSpec]:
     """The specs of the graphs `names` that `onnx` (an OnnxModels) has."""

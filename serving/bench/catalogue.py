@@ -9,10 +9,11 @@ import random
 import numpy as np
 from PIL import Image
 
-from serving.core.protos import higan_pb2, imagine_pb2, pyramid_pb2, semantics_pb2
+from serving.core.protos import higan_pb2, imagine_pb2, oip_pb2, pyramid_pb2, semantics_pb2
 
 P, S, I, H = ("/semgen.v1.PyramidService/", "/semgen.v1.SemanticsService/", "/semgen.v1.ImagineService/",
               "/semgen.v1.HiganService/")
+O = "/inference.GRPCInferenceService/"  # the Open Inference Protocol
 LEVELS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc7", "fc8")  # the pyramid's
 Call = tuple[str, str, bool, bytes]  # (name, method path, server-streaming, request bytes)
 
@@ -38,13 +39,25 @@ def class_mask(top_class: int, size: int = 64) -> bytes:
     return encoded(mask)
 
 
+def infer(model: str, name: str, values: np.ndarray, raw: bool = True) -> oip_pb2.ModelInferRequest:
+    """A ModelInfer of one FP32 input: raw little-endian bytes, or typed contents."""
+    tensor = oip_pb2.ModelInferRequest.InferInputTensor(name=name, datatype="FP32", shape=list(values.shape))
+    if not raw:
+        tensor.contents.fp32_contents.extend(values.ravel().tolist())
+    return oip_pb2.ModelInferRequest(model_name=model, inputs=[tensor],
+                                     raw_input_contents=[values.astype("<f4").tobytes()] if raw else [])
+
+
 def serialized(requests: list) -> list[Call]:
     return [(name, method, stream, request.SerializeToString()) for name, method, stream, request in requests]
 
 
 def valid_calls(latent_shape: tuple[int, int]) -> list[Call]:
-    """One or more calls of each of the 13 RPCs on the bundled models (heads lse, lse-8shot, nse1), in the order
-    the golden test sends them; `latent_shape` is the generator's w+ (layers, width)."""
+    """One or more calls of each of the 13 RPCs on the bundled models (heads lse, lse-8shot, nse1), and of the
+    Open Inference Protocol's, in the order the golden test sends them; `latent_shape` is the generator's w+
+    (layers, width; the width is also z's)."""
+    z = np.random.default_rng(14).normal(size=(2, latent_shape[1])).astype(np.float32)
+    ws = np.random.default_rng(15).normal(0, 0.5, (1, *latent_shape)).astype(np.float32)
     half = pyramid_pb2.Mask(array=pyramid_pb2.MaskArray(width=64, height=64, values=[1.0] * 2048 + [0.0] * 2048))
     return serialized([
         ("generate", P + "Generate", False,
@@ -85,6 +98,10 @@ def valid_calls(latent_shape: tuple[int, int]) -> list[Call]:
         ("manipulate", H + "Manipulate", False, higan_pb2.ManipulateRequest(
             seeds=higan_pb2.ManipulateRequest.Seeds(values=[1, 2]),
             edits=[higan_pb2.ManipulateRequest.Edit(attribute="horizon", strength=1.0)], sweep=[-1, 0, 1])),
+        ("oip_metadata", O + "ModelMetadata", False, oip_pb2.ModelMetadataRequest(name="pyramid")),
+        ("oip_mapping", O + "ModelInfer", False, infer("mapping", "z", z)),
+        ("oip_synthesis", O + "ModelInfer", False, infer("synthesis_lse", "ws", ws, raw=False)),
+        ("oip_bad_shape", O + "ModelInfer", False, infer("mapping", "z", z[:, :3])),
     ])
 
 

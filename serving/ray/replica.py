@@ -21,6 +21,7 @@ from ray import serve
 from semgen.pipelines.forward import Op
 from serving.core import wire
 from serving.core.errors import DeadlineExceeded, InvalidInput
+from serving.core.graphs import graph_table
 
 FORWARD_OPS = tuple(Op)
 SLOT_WAIT_S = 30.0  # the longest a job waits on its replica for a cancelled job's slot
@@ -55,13 +56,15 @@ class Replica:
         return engine
 
     async def call(self, model: str, message: bytes) -> bytes:
-        """A forward op (batched with the replica's other calls) or `info`: one wire reply."""
+        """A forward op (batched with the replica's other calls), `info` or `graphs`: one wire reply."""
         request = wire.unpack(message)
         op, args = request.get("op"), request.get("args", {})
         size, compute = 0, 0.0
         try:
             if op == "info":
                 result = self._engine(model).info
+            elif op == "graphs":
+                result = graph_table(self._engine(model))
             elif op in FORWARD_OPS:
                 result, size, compute = await self._forward((self._engine(model), op, args))
             else:

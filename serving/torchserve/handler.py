@@ -23,6 +23,7 @@ from pathlib import Path
 from semgen.pipelines.forward import Op
 from serving.core import wire
 from serving.core.errors import DeadlineExceeded, Unavailable
+from serving.core.graphs import graph_table
 from serving.core.jobs import JobRunner
 from serving.core.metrics import ServingMetrics
 from serving.torchserve.cancel import cancelled
@@ -64,11 +65,13 @@ class SemgenHandler:
                 for i, r in enumerate(results)]
 
     def _one(self, request: dict, context, index: int):
-        """An info request or an iterative job (their models run batches of one)."""
+        """An info or graphs request, or an iterative job (their models run batches of one)."""
         op, args = request.get("op"), request.get("args", {})
         try:
             if op == "info":
                 return self.engine.info
+            if op == "graphs":
+                return graph_table(self.engine)
             if op not in JOB_OPS:
                 raise ValueError(f"op: {op!r} is not served by this model")
             if op == "imagine":

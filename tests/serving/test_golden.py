@@ -87,6 +87,9 @@ def test_every_rpc_gives_the_recorded_bytes(engine, tmp_path):
     # what the calls show, so that a golden file full of errors cannot pass unnoticed
     assert got["generate"]["code"] == "OK" and got["generate_bad_level"]["code"] == "INVALID_ARGUMENT"
     assert got["imagine"]["code"] == "OK" and got["manipulate"]["code"] == "OK"
+    # the Open Inference Protocol gives the embedded engine's bytes on every engine (TorchServe's too)
+    for name in ("oip_metadata", "oip_mapping", "oip_synthesis", "oip_bad_shape"):
+        assert got[name] == golden["embedded"][name] and got[name]["code"] in ("OK", "INVALID_ARGUMENT")
     # the same metric names on every engine, and the engine's own series filled in (queue, compute, batch size)
     assert families(exposition) == families(ServingMetrics().render().decode())
     for name in ("semgen_engine_compute_seconds_count", "semgen_engine_queue_seconds_count", "semgen_batch_size_count",
