@@ -3,6 +3,7 @@ of the Grafana dashboard is valid PromQL over metrics a live server exposes; the
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -20,6 +21,8 @@ DEPLOY = ROOT / "deploy"
 RULES = DEPLOY / "prometheus" / "rules.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "semgen.json"
 sys.path.insert(0, str(ROOT / "tests" / "serving"))
+
+from serving.options import ServeOptions, add_arguments  # noqa: E402
 
 
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -143,3 +146,28 @@ def test_the_compose_file_mounts_files_of_this_repo_and_scrapes_the_metrics_port
     assert checked.returncode == 0, checked.stdout + checked.stderr
     provisioned = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
     assert provisioned["datasources"][0]["uid"] == json.loads(DASHBOARD.read_text())["panels"][0]["datasource"]["uid"]
+
+
+def test_the_kubernetes_probes_ports_and_flags_agree(monkeypatch):
+    deployment, service = yaml.safe_load_all((DEPLOY / "kubernetes.yaml").read_text())
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    command = container["command"]
+    flag = lambda name: command[command.index(name) + 1]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": int(flag("--port")), "http": int(flag("--http-port")), "metrics": int(flag("--metrics-port"))}
+    # the kubelet probes the pod's IP: the HTTP port must not be on loopback, and the health paths need no token
+    assert flag("--http-host") == "0.0.0.0" and container["env"][0]["name"] == "SEMGEN_TOKEN"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == flag("--metrics-port")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
+    # the flags are `semgen serve`'s: they parse, and the exposure check passes with the token
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    opts = ServeOptions.from_args(parser.parse_args(command[2:]))
+    monkeypatch.setenv("SEMGEN_TOKEN", "a-token")
+    opts.check()
+    monkeypatch.delenv("SEMGEN_TOKEN")
+    with pytest.raises(ValueError, match="--host 0.0.0.0 is reachable from other machines"):
+        opts.check()
