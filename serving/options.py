@@ -104,7 +104,7 @@ class ServeOptions:
         check_exposure(self.host, self.tls_cert, self.tls_key, self.tls_client_ca, self.token, self.insecure)
         if self.http_port >= 0:
             check_exposure(self.http_host, self.tls_cert, self.tls_key, self.tls_client_ca, self.token, self.insecure,
-                           flag="--http-host")
+                           host_flag="--http-host")
         if min(self.max_samples, self.workers, self.max_jobs, self.max_iterations, self.max_fit_iterations,
                self.max_candidates, self.max_imagine_iterations, self.max_job_seconds) <= 0:
             raise ValueError("--max-samples, --workers, --max-jobs, --max-iterations, --max-fit-iterations, "

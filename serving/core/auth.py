@@ -90,7 +90,7 @@ def is_loopback(host: str) -> bool:
 
 
 def check_exposure(host: str, tls_cert: str, tls_key: str, tls_client_ca: str, token: str, insecure: bool,
-                   flag: str = "--host") -> None:
+                   host_flag: str = "--host") -> None:
     """`semgen serve`'s TLS and token flags: consistent, and a non-loopback --host only with TLS or a token,
     or with --insecure said out loud. Raises ValueError naming the flags."""
     if bool(tls_cert) != bool(tls_key):
@@ -101,7 +101,7 @@ def check_exposure(host: str, tls_cert: str, tls_key: str, tls_client_ca: str, t
         if path and not Path(path).is_file():
             raise ValueError(f"{flag}: no such file {path!r}")
     if not (is_loopback(host) or tls_cert or token or insecure):
-        raise ValueError(f"{flag} {host} is reachable from other machines, and this server has neither TLS "
+        raise ValueError(f"{host_flag} {host} is reachable from other machines, and this server has neither TLS "
                          f"(--tls-cert/--tls-key) nor a token (--token-file or ${TOKEN_ENV}): anyone who reaches "
                          f"the port could call every RPC. Add TLS and/or a token, or pass --insecure to serve it "
                          f"open anyway (e.g. on a private network)")
