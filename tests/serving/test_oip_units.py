@@ -145,3 +145,13 @@ def test_not_ready_until_attached():
                 (await client.get("/v2/models/double")).status)
 
     assert http_calls(m, "", calls) == (503, 400, 503)
+
+
+def test_a_non_loopback_http_host_needs_a_token_tls_or_insecure(monkeypatch):
+    from serving.options import ServeOptions
+
+    monkeypatch.delenv("SEMGEN_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="--http-host 0.0.0.0 is reachable from other machines"):
+        ServeOptions(http_host="0.0.0.0").check()
+    ServeOptions(http_host="0.0.0.0", insecure=True).check()
+    ServeOptions(http_host="0.0.0.0", http_port=-1).check()  # HTTP off: nothing exposed
