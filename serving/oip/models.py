@@ -33,9 +33,9 @@ class TensorModel:
         return self.spec.fingerprint[:16]
 
     def metadata(self) -> dict:
-        tensors = lambda specs: [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in specs]
-        return {"name": self.spec.name, "versions": [self.version], "platform": PLATFORM,
-                "inputs": tensors(self.spec.inputs), "outputs": tensors(self.spec.outputs)}
+        spec = self.spec.to_dict()
+        return {"name": spec["name"], "versions": [self.version], "platform": PLATFORM,
+                "inputs": spec["inputs"], "outputs": spec["outputs"]}
 
 
 class TensorModels:
