@@ -10,7 +10,7 @@ import importlib
 import sys
 
 WORDS = {  # first word -> (help, the layer module holding its commands)
-    "scenes": ("the procedural scene world", "training.cli"),
+    "scenes": ("the procedural scene world", "training.scenes_cli"),
     "bench": ("speed measurements", "training.cli"),
     "train": ("train the default models", "training.cli"),
     "eval": ("evaluate models, write reports/", "training.cli"),

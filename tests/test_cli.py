@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import semgen_cli
@@ -87,7 +88,9 @@ def test_the_first_words_pick_one_layer():
     assert semgen_cli.layers(["bench"]) == [("training.cli", "bench"), ("serving.cli", "bench")]
     assert semgen_cli.layers(["eval", "pyramid"]) == [("training.cli", "eval")]
     assert semgen_cli.layers(["export", "mar"]) == [("export.cli", "export")]
-    assert {m for m, _ in semgen_cli.layers(None)} == {"training.cli", "export.cli", "serving.cli"}
+    assert semgen_cli.layers(["scenes", "render"]) == [("training.scenes_cli", "scenes")]
+    assert {m for m, _ in semgen_cli.layers(None)} == {"training.cli", "training.scenes_cli", "export.cli",
+                                                       "serving.cli"}
     assert {w for _, w in semgen_cli.layers(None)} == set(WORDS)
 
 
@@ -157,13 +160,42 @@ def test_serve_flags_stay_as_they_were():
 
 
 def test_scenes_preview_writes_its_options_beside_the_picture(tmp_path, capsys):
-    from training.cli import ScenesPreview
+    from training.scenes_cli import ScenesPreview
 
     with pytest.raises(SystemExit) as done:
         semgen_cli.main(["scenes", "preview", "--out", str(tmp_path / "p.png"), "--n", "2", "--size", "16"])
     assert done.value.code == 0 and (tmp_path / "p.png").is_file()
     written = json.loads((tmp_path / "p_options.json").read_text())
     assert ScenesPreview(**written) == ScenesPreview(out=str(tmp_path / "p.png"), n=2, size=16)
+
+
+SCENE = """
+import sys, semgen_cli
+try:
+    semgen_cli.main(["scenes", "render", "--seed", "3", "--category", "beach", "--size", "96", "--out", sys.argv[1],
+                     "--labels", sys.argv[2]])
+except SystemExit as e:
+    assert e.code == 0
+print("IMPORTED", sorted(m for m in ("torch", "semgen.pipelines", "serving") if m in sys.modules))
+"""
+
+
+def test_scenes_render_writes_one_scene_without_torch(tmp_path):
+    from PIL import Image
+
+    from semgen.data.scenes import CLASSES, render_scene
+
+    done = subprocess.run([sys.executable, "-c", SCENE, str(tmp_path / "s.png"), str(tmp_path / "l.png")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"wrote {tmp_path / 's.png'} (96x96 photo, beach, seed 3)", "IMPORTED []"]
+    image, labels = np.asarray(Image.open(tmp_path / "s.png")), np.asarray(Image.open(tmp_path / "l.png"))
+    scene = render_scene(3, 96, "beach")
+    assert np.array_equal(image, scene.image) and np.array_equal(labels, scene.labels)
+    assert image.shape == (96, 96, 3) and labels.max() < len(CLASSES) and len(np.unique(labels)) > 2
+    bad = subprocess.run([sys.executable, "-m", "semgen_cli", "scenes", "render", "--category", "moon"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--category must be random or one of beach" in bad.stderr
 
 
 # ---- the generator ----------------------------------------------------------------------------

@@ -43,22 +43,6 @@ def _report(o, result: dict, name: str) -> int:
 # ---- scenes, bench ---------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
-class ScenesPreview:
-    out: str = opt("reports/scenes.png", "the picture (its options go beside it)")
-    n: int = opt(8, "scenes")
-    size: int = opt(64, "pixels")
-
-
-def scenes_preview(o: ScenesPreview) -> int:
-    from semgen.data.preview import write_preview
-
-    path = write_preview(o.out, n=o.n, size=o.size)
-    write_options(o, path.parent, f"{path.stem}_options")
-    print(f"wrote {path}")
-    return 0
-
-
-@dataclass(frozen=True, kw_only=True)
 class BenchScenes:
     n: int = opt(1000, "scenes per run")
     size: int = opt(64, "pixels")
@@ -287,10 +271,7 @@ EVAL = {  # command -> (options, function, help)
 
 
 def register(parsers: dict) -> None:
-    """`semgen scenes|bench|train|eval ...` on those of the dispatcher's parsers it is given (semgen_cli.py)."""
-    if "scenes" in parsers:
-        command(subcommands(parsers["scenes"]).add_parser("preview", help="grid of scenes, label maps and renditions"),
-                ScenesPreview, scenes_preview)
+    """`semgen bench|train|eval ...` on those of the dispatcher's parsers it is given (semgen_cli.py)."""
     if "bench" in parsers:
         bench = subcommands(parsers["bench"])
         command(bench.add_parser("scenes", help="scene rendering throughput"), BenchScenes, bench_scenes)
