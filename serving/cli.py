@@ -70,6 +70,10 @@ def register_clients(client: argparse._SubParsersAction) -> None:
         "attributes", help="HiganService: the attribute boundaries, their levels and default layers"))
     add_manipulate_command(client.add_parser(
         "manipulate", help="HiganService: edit seeds or latents along attribute boundaries on chosen layers"))
+    from serving.core.healthcheck import HealthOptions, client_health
+
+    command(client.add_parser("health", help="grpc.health.v1: the server's status and each service's (exit 0: "
+                                             "SERVING)"), HealthOptions, client_health)
 
 
 def register(parsers: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +52,19 @@ def follow_job(events, desc: str, show):
         bar.close()
 
 
+ADDRESS_ENV = "SEMGEN_ADDRESS"  # where `semgen client ...` and the Python clients go when no address is given
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def default_address() -> str:
+    return os.environ.get(ADDRESS_ENV, "").strip() or DEFAULT_ADDRESS
+
+
 @dataclass(frozen=True, kw_only=True)
 class Connection:
     """How a client reaches the server: every `semgen client ...` command's options include these."""
 
-    address: str = opt("127.0.0.1:50051", "the server")
+    address: str = opt("", f"the server's host:port (default: ${ADDRESS_ENV} if set, else {DEFAULT_ADDRESS})")
     token_file: str | None = opt(None, f"file holding the server's bearer token (default: ${TOKEN_ENV} if set); "
                                        "sent as 'authorization: Bearer <token>'")
     tls: bool = opt(False, "TLS, the server's certificate checked against the system's CAs (implied by --tls-ca)")
@@ -64,6 +73,10 @@ class Connection:
     tls_key: str | None = opt(None, "the client certificate's private key PEM")
     tls_server_name: str | None = opt(None, "the name the server's certificate must carry, if not the host of "
                                             "--address")
+
+    def __post_init__(self):
+        if not self.address:  # a frozen dataclass: set once, here
+            object.__setattr__(self, "address", default_address())
 
     def channel_kwargs(self) -> dict:
         """ChannelClient's keyword arguments: token, credentials (None: plaintext), server_name."""
@@ -122,17 +135,18 @@ def open_channel(address: str, options=(), token: str | None = None,
 
 
 class ChannelClient:
-    """One gRPC channel with the server's message limits; closes as a context manager.
+    """One gRPC channel with the server's message limits; closes as a context manager. `address`: host:port
+    (None: $SEMGEN_ADDRESS if set, else 127.0.0.1:50051).
     `token`: the server's bearer token; `credentials`: TLS (`tls_credentials(...)`), None for plaintext;
     `Connection(...).channel_kwargs()` gives both from a command's flags."""
 
-    def __init__(self, address: str, timeout: float = 60.0,
+    def __init__(self, address: str | None = None, timeout: float = 60.0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, wait_for_ready: bool = False, *,
                  token: str | None = None, credentials: grpc.ChannelCredentials | None = None,
                  server_name: str | None = None):
         self.timeout = timeout
         self.wait_for_ready = wait_for_ready
-        self._channel = open_channel(address, [
+        self._channel = open_channel(address or default_address(), [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),

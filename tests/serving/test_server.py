@@ -222,6 +222,20 @@ def test_client_command_writes_pngs(server, tmp_path):
     assert bad.returncode == 1 and "INVALID_ARGUMENT: level: unknown level 'x'" in bad.stderr
 
 
+def test_client_health_and_the_address_from_the_environment(server):
+    env = {**os.environ, "SEMGEN_ADDRESS": server.address}
+    done = subprocess.run([sys.executable, "-m", "semgen_cli", "client", "health"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split() for line in done.stdout.splitlines())
+    # the random bundle has the pyramid only: the other services are not served
+    assert lines["server"] == "SERVING" and lines["semgen.v1.PyramidService"] == "SERVING"
+    assert lines["semgen.v1.SemanticsService"] == "NOT_SERVING" and lines["inference.GRPCInferenceService"] == "SERVING"
+    wrong = subprocess.run([sys.executable, "-m", "semgen_cli", "client", "health", "--timeout", "1"], cwd=ROOT,
+                           env={**env, "SEMGEN_ADDRESS": "127.0.0.1:1"}, capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and "server                           UNAVAILABLE" in wrong.stdout
+
+
 def test_sigint_stops_cleanly(server):  # keep last: it stops the module's server
     server.proc.send_signal(signal.SIGINT)
     assert server.proc.wait(timeout=30) == 0
