@@ -53,11 +53,27 @@ def check_image_bytes(data: bytes, field: str, limits: Limits, errors: list) -> 
         errors.append(f"{field}: {len(data)} bytes is over the limit of {limits.max_image_bytes} bytes")
 
 
+# The one rule for defaults, in every service: a number left at 0 (proto3's "unset") takes the default its .proto
+# comment names ("0 = 1"); a number for which 0 is itself a meaningful value is `optional` in the .proto, and only
+# leaving it unset takes the default (`optional_count`).
+DEFAULT_NUM_SAMPLES = 1  # num_samples of Generate, Repaint, Composite and SampleConditional
+
+
 def default_count(value: int, field: str, default: int, limit: int, errors: list) -> int:
-    """A count where 0 means `default` (capped at `limit`); above `limit` is an error."""
+    """A count where 0 means `default` (capped at `limit`); below 0 or above `limit` is an error."""
     if not 0 <= value <= limit:
         errors.append(f"{field}: must be between 1 and {limit} (0 = {min(default, limit)}), got {value}")
     return value or min(default, limit)
+
+
+def optional_count(request, field: str, default: int, limit: int, errors: list) -> int:
+    """An `optional` count where 0 is meaningful: unset means `default` (capped at `limit`)."""
+    if not request.HasField(field):
+        return min(default, limit)
+    value = getattr(request, field)
+    if not 0 <= value <= limit:
+        errors.append(f"{field}: must be between 0 and {limit} (unset = {min(default, limit)}), got {value}")
+    return value
 
 
 MAX_PROBLEMS = 8  # reported per request: a list field with a bad value in every element is one line per element

@@ -69,15 +69,16 @@ class ImagineClient(ChannelClient):
         return self._stub.GetImagineInfo(pb.GetImagineInfoRequest(), timeout=timeout or self.timeout,
                                          metadata=metadata, wait_for_ready=self.wait_for_ready)
 
-    def imagine(self, reference, num_variations: int = 0, seed: int = 0, layers=(), stage1_iterations: int = 0,
-                stage2_iterations: int = 0, preview_every: int = 0, position=None, shape=None, shape_layers=(),
+    def imagine(self, reference, num_variations: int = 0, seed: int = 0, layers=(), stage1_iterations: int | None = None,
+                stage2_iterations: int | None = None, preview_every: int = 0, position=None, shape=None, shape_layers=(),
                 style_content=None, query=None, query_region=None, reference_region=None,
                 timeout: float | None = None, metadata=None):
         """The ImagineEvent stream (iterate it, or pass it to `job_result`; `.cancel()` stops the job).
 
         position: (x, y) or (x, y, sigma), fractions of the image. Give at most one of `shape`
         (an image), `style_content` (an image) and `query` (an image, with `query_region` and
-        `reference_region`). Zeros mean the server's documented defaults.
+        `reference_region`). Zeros mean the server's documented defaults; stage iterations left at None take the
+        default schedule's, 0 skips that stage.
         """
         request = pb.ImagineRequest(reference_png=image_png(reference), num_variations=num_variations, seed=seed,
                                     layers=list(layers), stage1_iterations=stage1_iterations,
@@ -131,8 +132,9 @@ class ImagineCommand(Connection):
     query: str | None = opt(None, "counterfactual: the image whose --query-region is replaced")
     query_region: str | None = opt(None, "counterfactual: mask PNG of --query (nonzero = replace)")
     reference_region: str | None = opt(None, "counterfactual: mask PNG of --reference (nonzero = take)")
-    stage1: int = opt(0, "stage-1 iterations (0 = the server's default)")
-    stage2: int = opt(0, "stage-2 iterations (0 = the server's default)")
+    stage1: int | None = opt(None, "stage-1 iterations (0: skip stage 1; default: the server's schedule, see "
+                                   "`semgen client imagine info`)")
+    stage2: int | None = opt(None, "stage-2 iterations (0: skip stage 2; default: the server's schedule)")
     preview_every: int = opt(0, "write previews of all variations every N iterations")
     preview_dir: str | None = opt(None, "where previews go (default: OUT_DIR/previews)")
     out_dir: str = opt("imagine", "where the variations (and these options) go")

@@ -14,7 +14,9 @@ import math
 from dataclasses import dataclass
 
 from serving.imagine.engine import ImagineInfo
-from serving.core.validation import Limits, check_image_bytes, choices, default_count, quote, raise_invalid
+from serving.core.validation import (
+    Limits, check_image_bytes, choices, default_count, optional_count, quote, raise_invalid,
+)
 
 DEFAULT_VARIATIONS = 4
 DEFAULT_SIGMA = 0.15
@@ -55,8 +57,11 @@ def check_imagine(request, info: ImagineInfo, limits: Limits) -> ImagineArgs:
                       f"(variation k uses seed + k), got {request.seed}")
     layers = _check_layers(request.layers, "layers", info, errors)
     limit = limits.max_imagine_iterations
-    stage1 = default_count(request.stage1_iterations, "stage1_iterations", info.default_stage1, limit, errors)
-    stage2 = default_count(request.stage2_iterations, "stage2_iterations", info.default_stage2, limit, errors)
+    stage1 = optional_count(request, "stage1_iterations", info.default_stage1, limit, errors)
+    stage2 = optional_count(request, "stage2_iterations", info.default_stage2, limit, errors)
+    if stage1 + stage2 == 0:
+        errors.append("stage2_iterations: stage1_iterations and stage2_iterations are both 0; run at least one "
+                      "iteration")
     position = _check_position(request, errors) if request.HasField("position") else None
     given = [name for name in CONTROLS if request.HasField(name)]
     if len(given) > 1:

@@ -1,7 +1,8 @@
 """PyramidService request checks that need no decoding: levels, samples, class overrides, boxes.
 
 Every failure message starts with the proto field name and says why, so a client can act on
-it ("num_samples: must be between 1 and 16, got 0"). Nothing is clamped or defaulted.
+it ("num_samples: must be between 1 and 16 (0 = 1), got 17"). Nothing is clamped; a field left at 0 takes its
+documented default (the one rule of every service: serving/core/validation.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serving.core.errors import InvalidInput
-from serving.core.validation import Limits, check_image_bytes, choices, quote, raise_invalid
+from serving.core.validation import (
+    DEFAULT_NUM_SAMPLES, Limits, check_image_bytes, choices, default_count, quote, raise_invalid,
+)
 from serving.pyramid.engine import ModelInfo
 
 
@@ -105,8 +108,7 @@ def _check_level(level: str, field: str, info: ModelInfo, errors: list) -> bool:
 
 def _check_sample_fields(request, info: ModelInfo, limits: Limits, errors: list) -> dict:
     """num_samples, seed and the class_override oneof, shared by every generating request."""
-    if not 1 <= request.num_samples <= limits.max_samples:
-        errors.append(f"num_samples: must be between 1 and {limits.max_samples}, got {request.num_samples}")
+    num_samples = default_count(request.num_samples, "num_samples", DEFAULT_NUM_SAMPLES, limits.max_samples, errors)
     class_index = None
     which = request.WhichOneof("class_override")
     n = len(info.class_names)
@@ -121,4 +123,4 @@ def _check_sample_fields(request, info: ModelInfo, limits: Limits, errors: list)
             errors.append(
                 f"class_name: unknown class {quote(request.class_name)}; expected one of {choices(info.class_names)}"
             )
-    return dict(num_samples=request.num_samples, seed=request.seed, class_index=class_index)
+    return dict(num_samples=num_samples, seed=request.seed, class_index=class_index)

@@ -16,8 +16,8 @@ import numpy as np
 
 from serving.core.errors import NotFound
 from serving.semantics.engine import SEGMENTER, SemanticsInfo
-from serving.core.validation import (Limits, check_image_bytes, check_latents, choices, default_count, quote,
-                                     raise_invalid)
+from serving.core.validation import (DEFAULT_NUM_SAMPLES, Limits, check_image_bytes, check_latents, choices,
+                                     default_count, quote, raise_invalid)
 
 MAX_SHOTS = 16  # few-shot heads: the paper fits from 1 to 16 samples
 MAX_CLASSES = 256  # masks are 8-bit
@@ -175,8 +175,7 @@ def _cut(value: str) -> str:
 def check_sample_conditional(request, info: SemanticsInfo, limits: Limits) -> ConditionalArgs:
     errors = []
     check_image_bytes(request.target_mask, "target_mask", limits, errors)
-    if not 1 <= request.num_samples <= limits.max_samples:
-        errors.append(f"num_samples: must be between 1 and {limits.max_samples}, got {request.num_samples}")
+    num_samples = default_count(request.num_samples, "num_samples", DEFAULT_NUM_SAMPLES, limits.max_samples, errors)
     if request.seed >= MAX_SCS_SEED:
         errors.append(f"seed: must be below {MAX_SCS_SEED} for SampleConditional, got {request.seed}")
     n_init = default_count(request.n_init, "n_init", DEFAULT_N_INIT, limits.max_candidates, errors)
@@ -184,7 +183,7 @@ def check_sample_conditional(request, info: SemanticsInfo, limits: Limits) -> Co
     psi = _check_psi(request, errors)
     raise_invalid(errors)
     _known_head(request.head, info)
-    return ConditionalArgs(**optimise, num_samples=request.num_samples, seed=request.seed, n_init=n_init, psi=psi)
+    return ConditionalArgs(**optimise, num_samples=num_samples, seed=request.seed, n_init=n_init, psi=psi)
 
 
 def check_edit(request, info: SemanticsInfo, limits: Limits) -> EditArgs:

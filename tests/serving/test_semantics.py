@@ -249,7 +249,7 @@ BAD_INPUTS = {
     "mask-rgb": ("edit", dict(target_mask=mask(mode="RGB")), INVALID, "target_mask: mode RGB; send a single-channel"),
     "mask-jpeg": ("edit", dict(target_mask=mask(fmt="JPEG")), INVALID, "target_mask: JPEG is lossy"),
     "scs-limits": ("sample_conditional", dict(num_samples=17, n_init=300, space="z", learning_rate=-1.0), INVALID,
-                   "num_samples: must be between 1 and 16, got 17; n_init: must be between 1 and 256 (0 = 100), "
+                   "num_samples: must be between 1 and 16 (0 = 1), got 17; n_init: must be between 1 and 256 (0 = 100), "
                    "got 300; learning_rate: must be in (0, 1] (0 = 0.01), got -1; space: must be 'w' or 'w+'"),
     "scs-seed": ("sample_conditional", dict(seed=2**32), INVALID, "seed: must be below 4294967296"),
     "scs-unknown-head": ("sample_conditional", dict(head="nope"), NOT_FOUND, "head: no head named 'nope'"),

@@ -120,8 +120,8 @@ BAD_INPUTS = {
     "image-too-small": (dict(image_bytes=png_bytes(4, 4)), "image: too small"),  # the pipeline's own check
     "unknown-level": (dict(level="conv9"), "level: unknown level 'conv9'; expected one of conv1"),
     "missing-level": (dict(level=""), "level: missing"),
-    "zero-samples": (dict(num_samples=0), "num_samples: must be between 1 and 16, got 0"),
-    "too-many-samples": (dict(num_samples=17), "num_samples: must be between 1 and 16, got 17"),
+    "negative-samples": (dict(num_samples=-1), "num_samples: must be between 1 and 16 (0 = 1), got -1"),
+    "too-many-samples": (dict(num_samples=17), "num_samples: must be between 1 and 16 (0 = 1), got 17"),
     "class-index-out-of-range": (dict(class_index=8), "class_index: 8 is out of range; the model has 8 classes"),
     "unknown-class-name": (dict(class_name="unicorn"), "class_name: unknown class 'unicorn'"),
 }

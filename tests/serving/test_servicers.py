@@ -130,7 +130,7 @@ def test_server_limits_come_from_options():
             return too_many, too_big
 
     (_, too_many), (_, too_big) = run(scenario())
-    assert too_many.details() == "num_samples: must be between 1 and 2, got 3"
+    assert too_many.details() == "num_samples: must be between 1 and 2 (0 = 1), got 3"
     assert too_big.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "image:" in too_big.details() and "over the limit of 500 bytes" in too_big.details()
 

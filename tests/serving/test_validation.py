@@ -42,9 +42,8 @@ def test_class_override_by_index_and_by_name():
     (dict(level=""), "level: missing; expected one of conv1"),
     (dict(level="conv9"), "level: unknown level 'conv9'; expected one of conv1, conv2"),
     (dict(level="CONV1"), "level: unknown level 'CONV1'"),
-    (dict(num_samples=0), "num_samples: must be between 1 and 16, got 0"),
-    (dict(num_samples=-3), "num_samples: must be between 1 and 16, got -3"),
-    (dict(num_samples=17), "num_samples: must be between 1 and 16, got 17"),
+    (dict(num_samples=-3), "num_samples: must be between 1 and 16 (0 = 1), got -3"),
+    (dict(num_samples=17), "num_samples: must be between 1 and 16 (0 = 1), got 17"),
     (dict(class_index=-1), "class_index: -1 is out of range; the model has 3 classes (0..2)"),
     (dict(class_index=3), "class_index: 3 is out of range"),
     (dict(class_name="Forest"), "class_name: unknown class 'Forest'; expected one of beach, lake, forest"),
@@ -57,9 +56,13 @@ def test_bad_field_is_named_with_reason(fields, message):
 
 def test_all_bad_fields_are_reported_at_once():
     with pytest.raises(InvalidInput) as e:
-        check_generate(request(image=b"", level="x", num_samples=0, class_index=9), INFO, LIMITS)
+        check_generate(request(image=b"", level="x", num_samples=-1, class_index=9), INFO, LIMITS)
     fields = [part.split(":")[0] for part in str(e.value).split("; ") if ":" in part]
     assert fields == ["image", "level", "num_samples", "class_index"]
+
+
+def test_num_samples_left_at_zero_is_one():
+    assert check_generate(request(num_samples=0), INFO, LIMITS).num_samples == 1
 
 
 def test_decode_png_and_jpeg_to_rgb_arrays():
