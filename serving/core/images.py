@@ -30,6 +30,16 @@ async def off_loop(fn, *args, size: int):
 _SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that transpose the image (exif_transpose swaps width and height)
 
 
+def pil_images(pngs) -> list[Image.Image]:
+    """A reply's PNG bytes (`client.generate(...)`, `reply.images`, `reply.images_png`, ...) as PIL images."""
+    images = []
+    for data in pngs:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        images.append(image)
+    return images
+
+
 def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) as `_open` will return the image (EXIF orientation applied), read from the header
     without decoding the pixels; None when the data is not an accepted image (decoding raises its error)."""

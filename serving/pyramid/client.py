@@ -24,9 +24,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from PIL import Image
 
 from semgen.options import REQUIRED, command, opt, subcommands, write_options
 from serving.core.channel import ChannelClient, Connection
+from serving.core.images import pil_images
 from serving.core.protos import pyramid_pb2 as pb, pyramid_pb2_grpc
 
 def mask_message(mask) -> pb.Mask:
@@ -64,6 +66,11 @@ class SemgenClient(ChannelClient):
         """Generated images as PNG bytes, in sample order."""
         reply = self.generate_response(image_bytes, level, num_samples, seed, class_index, class_name, level_masks)
         return list(reply.images)
+
+    def generate_images(self, image_bytes: bytes, level: str | None = None, num_samples: int = 1, seed: int = 0,
+                        **options) -> list[Image.Image]:
+        """`generate`'s images decoded (PIL, RGB, the model's size)."""
+        return pil_images(self.generate(image_bytes, level, num_samples, seed, **options))
 
     def repaint(self, image_bytes: bytes, region, level: str = "conv5", num_samples: int = 1, seed: int = 0,
                 class_index: int | None = None, class_name: str | None = None, metadata=None) -> pb.GenerateResponse:
