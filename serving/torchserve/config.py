@@ -22,6 +22,8 @@ SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 107 bytes; keep a margin f
 TOKEN_MINUTES = 10 * 365 * 24 * 60  # TorchServe's keys expire (default 60 min); ours live as long as the process
 
 
+HEADS_ENV = "SEMGEN_HEADS_DIR"  # where the handler finds the user heads (what FitHead saved on another engine)
+
 @dataclass
 class TorchServeSettings:
     model_store: Path

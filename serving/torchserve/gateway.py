@@ -78,7 +78,8 @@ def load_torchserve(opts, metrics: ServingMetrics):
         # a request's body: its decoded images and masks plus the rest of the message
         body = opts.max_request_decoded_bytes + opts.max_message_bytes
         process = TorchServeProcess(TorchServeSettings(model_store=store, job_queue_size=opts.max_queue,
-                                                       default_response_timeout=600, max_body_bytes=body), root / "run")
+                                                       default_response_timeout=600, max_body_bytes=body), root / "run",
+                                     heads_dir=Path(opts.heads_dir))
         supervisor = Supervisor(process).start()
         url, keys = process.base_url, process.keys
         log.info("TorchServe started at %s (logs in %s)", url, process.log_dir)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from serving.core.graphs import graph_table
 from serving.core.jobs import JobRunner
 from serving.core.metrics import ServingMetrics
 from serving.torchserve.cancel import cancelled
+from serving.torchserve.config import HEADS_ENV
 
 FORWARD_OPS = tuple(Op)
 JOB_OPS = ("imagine", "edit", "sample_conditional")
@@ -42,14 +44,18 @@ class SemgenHandler:
         model_dir = Path(context.system_properties["model_dir"])
         settings = handler_settings(context)
         self.jobs = JobRunner(1, ServingMetrics())  # one job at a time; stopped from here when cancelled
+        # the user heads: the folder the other engines' FitHead saves into, when the gateway gave it (HEADS_ENV)
+        heads = Path(os.environ.get(HEADS_ENV) or model_dir / "heads")
         self.engine = load_engine(settings["service"], model_dir / "bundle", model_dir / "onnx",
-                                  int(settings.get("ort_threads", 2)), model_dir / "heads", self.jobs)
+                                  int(settings.get("ort_threads", 2)), heads, self.jobs)
         self.loop = asyncio.new_event_loop()  # the embedded engines are asyncio objects
         self.initialized = True
 
     def handle(self, data: list[dict], context) -> list[bytes]:
         started = time.perf_counter()
         requests = [_unpack(row) for row in data]
+        if hasattr(self.engine, "take_in_saved_heads"):
+            self.engine.take_in_saved_heads()  # heads FitHead saved (on another engine) since the last batch
         forward = [i for i, r in enumerate(requests) if isinstance(r, dict) and r.get("op") in FORWARD_OPS]
         results: list = list(requests)  # a body that did not unpack keeps its error
         if forward:  # the forward models' engines run batches; the job models' engines have none

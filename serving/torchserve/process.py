@@ -53,7 +53,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from serving.torchserve.config import (SOCKET_PATH_MAX, KeyFile, TorchServeAddress, TorchServeSettings,
+from serving.torchserve.config import (HEADS_ENV, SOCKET_PATH_MAX, KeyFile, TorchServeAddress, TorchServeSettings,
                                        java_available, port_open, write_config)
 
 def stop_orphan(pidfile: Path) -> None:
@@ -73,8 +73,9 @@ def stop_orphan(pidfile: Path) -> None:
 class TorchServeProcess:
     """A TorchServe we start and own: `with TorchServeProcess(settings, folder) as ts: ...`."""
 
-    def __init__(self, settings: TorchServeSettings, folder: Path):
+    def __init__(self, settings: TorchServeSettings, folder: Path, heads_dir: Path | None = None):
         self.settings = settings.with_free_ports()
+        self.heads_dir = heads_dir  # the user heads its workers serve (HEADS_ENV), the other engines' folder
         self.folder = Path(folder).resolve()
         self.log_dir = Path(settings.log_dir or self.folder / "logs").resolve()
         self.console_log = self.log_dir / "console.log"
@@ -124,6 +125,8 @@ class TorchServeProcess:
         env = {k: v for k, v in os.environ.items() if k != "TS_CONFIG_FILE"}
         env.update(LOG_LOCATION=str(self.log_dir), METRICS_LOCATION=str(self.log_dir),
                    TMPDIR=str(self._tmpdir))
+        if self.heads_dir is not None:
+            env[HEADS_ENV] = str(Path(self.heads_dir).resolve())
         cmd = [sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
                "--model-store", str(Path(self.settings.model_store).resolve()),
                "--ts-config", str(config)]

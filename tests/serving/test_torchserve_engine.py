@@ -69,6 +69,27 @@ def requests(address):
     return generated, sampled, edited, variations
 
 
+def fit_and_use_a_head(address) -> tuple:
+    with SemanticsClient(address, timeout=120) as semantics:
+        latents = latents_array(semantics.sample(seeds=[1, 2]).latents)
+        masks = [np.eye(32, dtype=np.uint8)[::-1] * 1, np.tril(np.ones((32, 32), np.uint8))]
+        semantics.fit_head("mine", latents, [encoded(m) for m in masks], ["ground", "sky"], iterations=3)
+    return use_the_head(address)
+
+
+def use_the_head(address) -> tuple:
+    with SemanticsClient(address, timeout=120) as semantics:
+        heads = {h.name: h.shots for h in semantics.list_heads()}
+        reply = semantics.sample(seeds=[9], head="mine")
+    return heads.get("mine"), list(reply.masks)
+
+
+def encoded(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def health_statuses(address: str, service: str, until: str, seconds: float) -> list[str]:
     """The service's health polled every 0.2 s: the distinct statuses seen, from the first change on, until `until`."""
     seen, deadline = [], time.monotonic() + seconds
@@ -88,6 +109,7 @@ def test_same_bytes_through_torchserve_and_recovery(bundle):
               "--max-batch", "4", "--max-batch-delay-ms", "50"]
     with serve_subprocess(common) as embedded:
         expected = requests(embedded.address)
+        fitted = fit_and_use_a_head(embedded.address)
     with serve_subprocess([*common, "--engine", "torchserve", "--torchserve-dir", str(root / "ts")]) as ts:
         got = requests(ts.address)
         for e, g in zip(expected[0], got[0]):
@@ -99,6 +121,8 @@ def test_same_bytes_through_torchserve_and_recovery(bundle):
         assert re.search(r'semgen_batch_size_count\{model="pyramid"\} [1-9]', metrics)
         assert re.search(r'semgen_engine_compute_seconds_count\{op="generate"\} 4', metrics)
         assert re.search(r'semgen_engine_queue_seconds_count\{op="sample"\} 1', metrics)
+        # the head FitHead saved on the embedded engine follows the user: TorchServe's workers read the same folder
+        assert use_the_head(ts.address) == fitted and fitted[0] == 2
 
         # TorchServe dies: health goes NOT_SERVING, calls get UNAVAILABLE, then the supervisor brings it back,
         # health is SERVING again and calls succeed again
