@@ -256,3 +256,10 @@ def test_a_field_without_a_flag_type_is_refused():
 
     with pytest.raises(TypeError, match="no flag"):
         add_options(argparse.ArgumentParser(), Bad)
+
+
+def test_every_flag_of_every_command_says_what_it_is():
+    for words, parser in ALL.items():
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and len(action.help) >= 10, (words, action.option_strings)

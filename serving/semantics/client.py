@@ -176,7 +176,8 @@ class Optimise(SemanticsCall):  # sample-conditional and edit
     target: str = opt(REQUIRED, "target mask: PNG of class indices")
     iterations: int = opt(0, "0 = 50")
     lr: float = opt(0.0, "0 = 0.01")
-    space: str = opt("", "'' = w+", choices=("", "w", "w+"))
+    space: str = opt("", "latent space optimised: w (one latent for all layers) or w+ (one per layer; '' = w+)",
+                     choices=("", "w", "w+"))
     preview_every: int = opt(0, "write a preview every N iterations")
     out: str = opt("samples", OUT_HELP)
 
