@@ -145,6 +145,30 @@ def test_every_semgen_command_in_the_readme_parses():
             pytest.fail(f"`semgen {command}` does not parse (exit {e.code})")
 
 
+def test_every_other_readme_python_block_runs(served, tmp_path):
+    """Outside the quick start: the pyramid client's tour and the tritonclient example (in .venv-oip), in a folder
+    with the quick start's scene.png, against the served bundle."""
+    (tmp_path / "scene.png").write_bytes(render_scene_png())
+    blocks = [code for lang, code in readme_blocks() if lang == "python"][1:]  # the first is the quick start's
+    assert len(blocks) == 2
+    for code in blocks:
+        python = ROOT / ".venv-oip" / "bin" / "python" if "tritonclient" in code else Path(sys.executable)
+        done = subprocess.run([str(python), "-c", localize(code, served)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip() in ("1 1 1", "(2, 128)"), done.stdout
+
+
+def render_scene_png() -> bytes:
+    import io
+
+    from semgen.data.scenes import render_scene
+
+    buf = io.BytesIO()
+    Image.fromarray(render_scene(3, 128, "beach").image).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def test_every_readme_python_block_compiles_and_its_imports_exist():
     import importlib
 
