@@ -21,8 +21,8 @@ _PORT_FIELDS = ("inference_port", "management_port", "metrics_port",
 SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 107 bytes; keep a margin for ".ts.sock.NNNN"
 TOKEN_MINUTES = 10 * 365 * 24 * 60  # TorchServe's keys expire (default 60 min); ours live as long as the process
 
-
 HEADS_ENV = "SEMGEN_HEADS_DIR"  # where the handler finds the user heads (what FitHead saved on another engine)
+
 
 @dataclass
 class TorchServeSettings:
