@@ -89,8 +89,11 @@ def run_prepared(ops: ForwardOps, prepared: list[Any]) -> list[Any]:
             for i, p, rows in zip(members, parts, split_rows(outputs, [len(p) for p in parts])):
                 results[i] = p.finish(rows)
         except Exception as e:  # a failed graph fails the requests in it, not the batch's others
-            for i in members:
-                results[i] = GraphFailed(f"{key}: {type(e).__name__}: {e}")
+            if len(members) > 1:  # one request's inputs (an out-of-range label) can fail the run: each alone
+                for i in members:
+                    results[i] = run_prepared(ops, [prepared[i]])[0]
+            else:
+                results[members[0]] = GraphFailed(f"{key}: {type(e).__name__}: {e}")
     return results
 
 

@@ -63,15 +63,18 @@ class GraphSpec:
 
 
 def graph_specs(onnx, names) -> dict[str, GraphSpec]:
-    """The specs of the graphs `names` that `onnx` (an OnnxModels) has."""
+    """The specs of the graphs `names` that `onnx` (an OnnxModels) has, but those whose outputs have a free size
+    other than the batch."""
     specs = {}
     for name in names:
         if not onnx.has(name):
             continue
         session = onnx.session(name)
-        specs[name] = GraphSpec(name, tuple(_tensor(t) for t in session.get_inputs()),
-                                tuple(_tensor(t) for t in session.get_outputs()),
-                                _sha256(onnx.folder / f"{name}.onnx"))
+        spec = GraphSpec(name, tuple(_tensor(t) for t in session.get_inputs()),
+                         tuple(_tensor(t) for t in session.get_outputs()), _sha256(onnx.folder / f"{name}.onnx"))
+        if any(-1 in t.shape[1:] for t in spec.outputs):
+            continue  # outputs of a size known only once it ran: no bound on a call before the work starts
+        specs[name] = spec
     return specs
 
 

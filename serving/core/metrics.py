@@ -132,7 +132,7 @@ class ServingMetrics:
 
 PROBE_METHODS = ("grpc.health.", "grpc.reflection.", "inference.GRPCInferenceService/ServerLive",
                  "inference.GRPCInferenceService/ServerReady", "inference.GRPCInferenceService/ModelReady",
-                 "http/health")
+                 "http/health", "http/ModelReady")
 
 
 def is_probe(method: str) -> bool:

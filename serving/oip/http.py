@@ -16,8 +16,10 @@ calls as probes).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 import time
 
 from aiohttp import web
@@ -37,6 +39,8 @@ _STATUSES = (  # error -> (HTTP status, the gRPC code name counted in the metric
     (DeadlineExceeded, 504, "DEADLINE_EXCEEDED"), (Unsupported, 501, "UNIMPLEMENTED"),
 )
 EXTENSIONS = ["binary_tensor_data"]
+OPEN_ROUTES = {"health_live", "health_ready", "health_v2_live", "health_v2_ready"}  # no token: probes
+MAX_JSON_BYTES = 8 << 20  # the JSON part of a request, and the outputs a reply sends as JSON
 
 
 def create_app(models: TensorModels, metrics: ServingMetrics, token: str = "", max_body_bytes: int = 64 << 20):
@@ -51,7 +55,7 @@ def create_app(models: TensorModels, metrics: ServingMetrics, token: str = "", m
     for path in (model, versioned):
         suffix = "_v" if path is versioned else ""
         app.router.add_get(path, _model_metadata(models), name="ModelMetadata" + suffix)
-        app.router.add_get(path + "/ready", _model_ready(models), name="health_model_ready" + suffix)
+        app.router.add_get(path + "/ready", _model_ready(models), name="ModelReady" + suffix)
         app.router.add_post(path + "/infer", _infer(models), name="ModelInfer" + suffix)
     return app
 
@@ -100,34 +104,63 @@ def _model_ready(models: TensorModels):
 def _infer(models: TensorModels):
     async def handle(request):
         body = await request.read()
-        header, blobs = _split_binary(body, request.headers.get(BINARY_HEADER))
-        inputs = _decode_inputs(header, blobs)
+        # JSON is parsed off the event loop (the gRPC calls share it), and its part of the body is bounded:
+        # parsed, a JSON number takes ~5x its text
+        header, inputs = await asyncio.to_thread(_decode_request, body, request.headers.get(BINARY_HEADER))
         wanted = header.get("outputs") or []
         if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
             raise InvalidInput('outputs: must be a list of {"name": ...}')
-        model, outputs = await models.infer(request.match_info["name"], request.match_info.get("version", ""),
-                                            inputs, [o["name"] for o in wanted])
-        binary_all = bool((header.get("parameters") or {}).get("binary_data_output"))
-        binary = {o["name"] for o in wanted if (o.get("parameters") or {}).get("binary_data")}
-        reply = {"model_name": model.spec.name, "model_version": model.version, "outputs": []}
-        if "id" in header:
-            reply["id"] = header["id"]
-        tail = []
-        for name, array in outputs.items():
-            tensor = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
-            if binary_all or name in binary:
-                tail.append(to_raw(array))
-                tensor["parameters"] = {"binary_data_size": len(tail[-1])}
-            else:
-                tensor["data"] = array.ravel().tolist()
-            reply["outputs"].append(tensor)
+        binary_all = bool(_parameters(header, "parameters").get("binary_data_output"))
+        binary = {o["name"]: bool(_parameters(o, f"outputs[{o['name']}].parameters").get("binary_data", binary_all))
+                  for o in wanted}
+        model = models.model(request.match_info["name"], request.match_info.get("version", ""))
+        _check_json_reply(model.spec, inputs, binary, binary_all)
+        model, outputs = await models.infer(model.spec.name, model.version, inputs, list(binary))
+        head, tail = await asyncio.to_thread(_encode_reply, model, header.get("id"), outputs, binary, binary_all)
         if not tail:
-            return web.json_response(reply)
-        head = json.dumps(reply).encode()
-        return web.Response(body=head + b"".join(tail), content_type="application/octet-stream",
+            return web.Response(body=head, content_type="application/json")
+        return web.Response(body=head + tail, content_type="application/octet-stream",
                             headers={BINARY_HEADER: str(len(head))})
 
     return handle
+
+
+def _decode_request(body: bytes, header_length: str | None) -> tuple[dict, dict]:
+    header, blobs = _split_binary(body, header_length)
+    return header, _decode_inputs(header, blobs)
+
+
+def _check_json_reply(spec, inputs: dict, binary: dict, binary_all: bool) -> None:
+    """Refuse, before any work, outputs too large to send as JSON (they can come as binary data)."""
+    rows = len(next(iter(inputs.values()))) if inputs else 0
+    as_json = [t for t in spec.outputs if not binary.get(t.name, binary_all) and (not binary or t.name in binary)]
+    nbytes = rows * sum(math.prod(t.shape[1:]) * t.dtype.itemsize for t in as_json)
+    if nbytes > MAX_JSON_BYTES:
+        raise InvalidInput(f"outputs: {nbytes} bytes of outputs as JSON is over the limit of {MAX_JSON_BYTES}; ask "
+                           'for binary data ("parameters": {"binary_data_output": true}) or for fewer rows')
+
+
+def _encode_reply(model, request_id, outputs: dict, binary: dict, binary_all: bool) -> tuple[bytes, bytes]:
+    reply = {"model_name": model.spec.name, "model_version": model.version, "outputs": []}
+    if request_id is not None:
+        reply["id"] = request_id
+    tail = []
+    for name, array in outputs.items():
+        tensor = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        if binary.get(name, binary_all):
+            tail.append(to_raw(array))
+            tensor["parameters"] = {"binary_data_size": len(tail[-1])}
+        else:
+            tensor["data"] = array.ravel().tolist()
+        reply["outputs"].append(tensor)
+    return json.dumps(reply).encode(), b"".join(tail)
+
+
+def _parameters(entry: dict, field: str) -> dict:
+    parameters = entry.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"{field}: must be a JSON object")
+    return parameters
 
 
 def _split_binary(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -135,13 +168,16 @@ def _split_binary(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     if header_length is None:
         json_part, blobs = body, b""
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise InvalidInput(f"{BINARY_HEADER}: {header_length!r} is not a length within the body")
+        if not (header_length.isascii() and header_length.isdigit() and int(header_length) <= len(body)):
+            raise InvalidInput(f"{BINARY_HEADER}: {header_length[:20]!r} is not a length within the body")
         json_part, blobs = body[:int(header_length)], body[int(header_length):]
+    if len(json_part) > MAX_JSON_BYTES:
+        raise InvalidInput(f"body: {len(json_part)} bytes of JSON is over the limit of {MAX_JSON_BYTES}; send "
+                           f"large tensors as binary data ({BINARY_HEADER})")
     try:
         header = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidInput(f"body: not JSON ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise InvalidInput(f"body: not JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
         raise InvalidInput('body: must be a JSON object {"inputs": [...]}')
     return header, blobs
@@ -162,7 +198,7 @@ def _decode_inputs(header: dict, blobs: bytes) -> dict:
             raise InvalidInput(f"{field}: given twice")
         if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape) or not isinstance(datatype, str):
             raise InvalidInput(f"{field}: needs shape (a list of integers) and datatype (a string)")
-        size = (entry.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(entry, f"{field}.parameters").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(blobs):
                 raise InvalidInput(f"{field}: binary_data_size {size!r} runs past the binary data")
@@ -186,7 +222,7 @@ def _middleware(metrics: ServingMetrics, token: str):
         method = f"http/{route.removesuffix('_v')}" if route else "http/unknown"
         start, code = time.perf_counter(), "OK"
         try:
-            refused = None if not secret or method.startswith("http/health") else \
+            refused = None if not secret or route in OPEN_ROUTES else \
                 token_refused(request.headers.get("Authorization"), secret)
             if refused is not None:
                 code = "UNAUTHENTICATED"

@@ -4,6 +4,8 @@ blobs) and JSON (flat or nested "data"). Every error names the tensor: "inputs[z
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from semgen.pipelines.graphs import NUMPY_TYPES
@@ -16,6 +18,7 @@ CONTENTS_FIELD = {
     "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
 }
 MAX_DIMS = 8
+MAX_DIM = 1 << 31  # a larger size is no tensor anyone sends; it would also overflow the products below
 
 
 def dtype_of(datatype: str, field: str) -> np.dtype:
@@ -27,15 +30,16 @@ def dtype_of(datatype: str, field: str) -> np.dtype:
 
 def checked_shape(shape, field: str) -> tuple[int, ...]:
     shape = tuple(int(d) for d in shape)
-    if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
-        raise InvalidInput(f"{field}: shape {list(shape)} must have at most {MAX_DIMS} dimensions, none negative")
+    if len(shape) > MAX_DIMS or any(not 0 <= d < MAX_DIM for d in shape):
+        raise InvalidInput(f"{field}: shape {list(shape)} must have at most {MAX_DIMS} dimensions, each in "
+                           f"0..{MAX_DIM - 1}")
     return shape
 
 
 def from_raw(raw: bytes, datatype: str, shape, field: str) -> np.ndarray:
     """A raw blob (little-endian, row-major) as an array of `shape`."""
     dtype, shape = dtype_of(datatype, field), checked_shape(shape, field)
-    want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    want = math.prod(shape) * dtype.itemsize
     if len(raw) != want:
         raise InvalidInput(f"{field}: {len(raw)} raw bytes, but {datatype} {list(shape)} takes {want}")
     return np.frombuffer(raw, dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
@@ -48,9 +52,8 @@ def from_values(values, datatype: str, shape, field: str) -> np.ndarray:
         array = np.asarray(values, dtype=dtype.newbyteorder("="))
     except (TypeError, ValueError, OverflowError):
         raise InvalidInput(f"{field}: data must be {datatype} numbers") from None
-    if array.size != int(np.prod(shape, dtype=np.int64)):
-        raise InvalidInput(f"{field}: {array.size} values, but shape {list(shape)} holds "
-                           f"{int(np.prod(shape, dtype=np.int64))}")
+    if array.size != math.prod(shape):
+        raise InvalidInput(f"{field}: {array.size} values, but shape {list(shape)} holds {math.prod(shape)}")
     return array.reshape(shape)
 
 
@@ -91,7 +94,7 @@ def encode_grpc_outputs(response, outputs: dict[str, np.ndarray], raw: bool) -> 
     """Fill a ModelInferResponse with `outputs`: raw blobs (`raw`) or typed contents."""
     for name, array in outputs.items():
         tensor = response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        if raw:
+        if raw or tensor.datatype not in CONTENTS_FIELD:  # FP16 has no typed contents: raw only
             response.raw_output_contents.append(to_raw(array))
         else:
             getattr(tensor.contents, CONTENTS_FIELD[tensor.datatype]).extend(array.ravel().tolist())

@@ -197,3 +197,27 @@ def test_requests_on_eager_torch_never_share_a_batch(bundle):
     # images without masks still run the exported synthesis graph, batched
     assert {pipe.prepare("sample", dict(seeds=[s])).key for s in range(3)} == {"synthesis:"}
     assert pipe.onnx_graph(None) == "synthesis_lse"
+
+
+def test_a_request_that_fails_its_batch_fails_alone():
+    """One request's inputs can make the graph run fail (an out-of-range label): the batch's other requests are run
+    again without it and get their results, the same as alone."""
+    import numpy as np
+
+    from semgen.pipelines.forward import GraphFailed, Prepared, run_prepared
+
+    class Doubling:
+        def __init__(self):
+            self.runs = []
+
+        def run(self, key, rows):
+            self.runs.append(len(rows["x"]))
+            if (rows["x"] < 0).any():
+                raise IndexError("index -1 is out of bounds")
+            return {"y": rows["x"] * 2}
+
+    ops = Doubling()
+    prepared = [Prepared("k", {"x": np.array([v])}, lambda out: int(out["y"][0])) for v in (1, -1, 3)]
+    results = run_prepared(ops, prepared)
+    assert results[0] == 2 and results[2] == 6 and isinstance(results[1], GraphFailed)
+    assert ops.runs == [3, 1, 1, 1]  # the batch, then each of its requests alone

@@ -155,3 +155,55 @@ def test_a_non_loopback_http_host_needs_a_token_tls_or_insecure(monkeypatch):
         ServeOptions(http_host="0.0.0.0").check()
     ServeOptions(http_host="0.0.0.0", insecure=True).check()
     ServeOptions(http_host="0.0.0.0", http_port=-1).check()  # HTTP off: nothing exposed
+
+
+def test_http_malformed_requests_are_400_and_model_ready_needs_the_token():
+    engine = DoublingEngine()
+    m = models(engine, max_samples=2_000_000)
+    auth = {"Authorization": "Bearer s3cret"}
+    rows = 1_100_000  # 8.8 MB of FP32 outputs: too many for JSON, fine as binary data
+    x = np.ones((rows, 2), np.float32)
+    header = {"inputs": [{"name": "x", "shape": [rows, 2], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}]}
+
+    def binary_body(head):
+        data = json.dumps(head).encode()
+        return data + x.tobytes(), {**auth, BINARY_HEADER: str(len(data))}
+
+    async def calls(client):
+        out = {}
+        out["ready_open"] = (await client.get("/v2/models/double/ready")).status
+        out["v2_health_open"] = (await client.get("/v2/health/live")).status
+        for case, body in (("parameters", {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
+                                                       "data": [1, 2], "parameters": "x"}]}),
+                           ("huge_shape", {"inputs": [{"name": "x", "shape": [2 ** 32, 2 ** 32], "datatype": "FP32",
+                                                       "data": []}]}),
+                           ("nested", None)):
+            data = json.dumps(body).encode() if body else b"[" * 100_000 + b"]" * 100_000
+            reply = await client.post("/v2/models/double/infer", data=data, headers=auth)
+            out[case] = (reply.status, (await reply.json())["error"])
+        reply = await client.post("/v2/models/double/infer", data=b"{}", headers={**auth, BINARY_HEADER: "²"})
+        out["header_length"] = reply.status
+        data, headers = binary_body(header)
+        reply = await client.post("/v2/models/double/infer", data=data, headers=headers)
+        out["json_too_large"] = (reply.status, (await reply.json())["error"])
+        data, headers = binary_body({**header, "parameters": {"binary_data_output": True},
+                                     "outputs": [{"name": "y", "parameters": {"binary_data": False}}]})
+        reply = await client.post("/v2/models/double/infer", data=data, headers=headers)
+        out["per_output_wins"] = reply.status
+        data, headers = binary_body({**header, "parameters": {"binary_data_output": True}})
+        reply = await client.post("/v2/models/double/infer", data=data, headers=headers)
+        body = await reply.read()
+        out["binary_ok"] = (reply.status, len(body) - int(reply.headers[BINARY_HEADER]))
+        return out
+
+    out = http_calls(m, "s3cret", calls)
+    assert out["ready_open"] == 401 and out["v2_health_open"] == 200  # model readiness lists models: token
+    assert out["parameters"] == (400, "inputs[x].parameters: must be a JSON object")
+    assert out["huge_shape"][0] == 400 and out["huge_shape"][1].startswith("inputs[x]: shape [4294967296, 4294967296]")
+    assert out["nested"] == (400, "body: not JSON (RecursionError)")
+    assert out["header_length"] == 400
+    assert out["json_too_large"] == (400, "outputs: 8800000 bytes of outputs as JSON is over the limit of 8388608; "
+                                          'ask for binary data ("parameters": {"binary_data_output": true}) or for '
+                                          "fewer rows")
+    assert out["per_output_wins"] == 400  # binary_data false on y: JSON, too large again
+    assert out["binary_ok"] == (200, 8_800_000) and engine.calls == 1  # only the binary call ran
