@@ -10,7 +10,12 @@ Per level (conv1 … fc8), over n held-out reference scenes with `samples` sampl
   pixel_l1         mean |sample − reference| in [0, 1];
   class_agreement  share of samples the classifier puts in the reference's category;
   diversity        mean L1 between samples of one reference (pixels, [0, 1]);
-  diversity_features  the same in features of the generating level, normalised like fidelity.
+  diversity_features  the same in features of the generating level, normalised like fidelity;
+  grid_artifact    how much the samples' spectrum peaks at the periods of the generator's ×2
+                   upsampling and of the classifier's pooled grids (2 … 32 px at 64 px), relative
+                   to real scenes (1.0 = like real; training/grid.py); grid_by_period per period;
+  layout_diversity share of pixels the segmenter labels differently between two samples of one
+                   reference; layout_diversity_real is the same between real scenes of one category.
 Then the operations of §4 on the same model: repaint, composite, relabel, unnatural references.
 Pictures go to report_dir; the JSON summary is returned and written as pyramid.json.
 """
@@ -23,11 +28,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from semgen.checkpoints import load_checkpoint
 from semgen.data.scenes import HELDOUT_SEED_OFFSET, RENDITIONS, render_batch
 from semgen.networks.classifier import LEVELS
 from semgen.pipelines.pyramid import PyramidPipeline
 from semgen.reports import image_grid
 from training.fd import classifier_outputs, frechet_distance
+from training.grid import grid_artifact, grid_periods
+from training.layout import same_class_disagreement, sample_disagreement, segment_labels
 
 REAL_SEEDS = HELDOUT_SEED_OFFSET + 500_000  # real scenes for fd_fc7, apart from the references
 REPAINT_LEVELS = ("conv3", "conv5", "fc8")
@@ -44,10 +52,13 @@ def eval_pyramid(models: str = "artifacts", n: int = 200, samples: int = 2, ops_
     if n < 2 or samples < 2 or ops_n < 2:
         raise ValueError(f"n, samples and ops_n must be >= 2 (distances need pairs), got {n}, {samples}, {ops_n}")
     pipe = PyramidPipeline.from_dir(models)
+    if not (Path(models) / "segmenter").is_dir():
+        raise ValueError(f"models: no segmenter in {models} (layout_diversity needs it); run `semgen train segmenter`")
+    segmenter = load_checkpoint(Path(models) / "segmenter")
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     refs, _, cats, _ = render_batch(HELDOUT_SEED_OFFSET + np.arange(n), pipe.image_size)
-    real, _, _, _ = render_batch(REAL_SEEDS + np.arange(max(1000, n * samples)), pipe.image_size)
+    real, _, real_cats, _ = render_batch(REAL_SEEDS + np.arange(max(1000, n * samples)), pipe.image_size)
     real_fc7 = classifier_outputs(pipe.classifier, real)["fc7"]
     ref_feats = classifier_outputs(pipe.classifier, refs)
 
@@ -56,15 +67,22 @@ def eval_pyramid(models: str = "artifacts", n: int = 200, samples: int = 2, ops_
     floor, _, _, _ = render_batch(REAL_SEEDS + 100_000 + np.arange(n * samples), pipe.image_size)
     floor_fc7 = classifier_outputs(pipe.classifier, floor)["fc7"]
     result["fd_fc7_real"] = round(frechet_distance(floor_fc7, real_fc7), 3)
+    result["layout_diversity_real"] = round(same_class_disagreement(segment_labels(segmenter, real), real_cats), 4)
+    periods = grid_periods(pipe.image_size, pipe.image_size // 32)  # down to conv5's 2×2 grid at 64 px
+    result["grid_artifact_real"] = grid_artifact(floor, real, periods)["grid_artifact"]  # sampling noise around 1
     figure = [[r] for r in refs[:6]]
     for level in LEVELS:
         progress(f"eval pyramid: level {level}")
         gen = np.stack([pipe.generate(refs[i], level, samples, seed=i).images for i in range(n)])  # [n, k, S, S, 3]
         result["levels"][level] = _level_metrics(pipe, level, refs, ref_feats, cats, gen, real_fc7)
+        grid = grid_artifact(gen.reshape(-1, *gen.shape[2:]), real, periods)
+        labels = segment_labels(segmenter, gen.reshape(-1, *gen.shape[2:])).reshape(gen.shape[:2] + gen.shape[2:4])
+        result["levels"][level].update(grid_artifact=grid["grid_artifact"], grid_by_period=grid["by_period"],
+                                       layout_diversity=round(sample_disagreement(labels), 4))
         for i in range(min(6, n)):
             figure[i].extend(gen[i, :2])
     image_grid(figure, scale=2).save(out / "levels.png")  # like the paper's Fig. 2: reference, 2 samples per level
-    result["shape"] = _shape(result["levels"])
+    result["shape"] = _shape(result["levels"], result["layout_diversity_real"])
 
     m = min(ops_n, n)
     progress("eval pyramid: repaint")
@@ -98,7 +116,7 @@ def _level_metrics(pipe, level, refs, ref_feats, cats, gen, real_fc7) -> dict:
     }
 
 
-def _shape(levels: dict) -> dict:
+def _shape(levels: dict, layout_real: float) -> dict:
     """The paper's shape: deeper = further from the reference and more diverse."""
     def inversions(key):
         values = [levels[lv][key] for lv in LEVELS]
@@ -113,6 +131,10 @@ def _shape(levels: dict) -> dict:
         "fd_fc7_inversions": inversions("fd_fc7"),
         "class_agreement_min_conv1_to_conv5": agreement,
         "diversity_fc8_over_conv1": round(ratio, 3),
+        "layout_diversity_inversions": inversions("layout_diversity"),
+        # the paper's Fig. 2: fc-level samples are different scenes of the kind (1 = as varied as real pairs)
+        "layout_diversity_fc8_over_real": round(levels["fc8"]["layout_diversity"] / max(layout_real, 1e-9), 3),
+        "grid_artifact_max": max(levels[lv]["grid_artifact"] for lv in LEVELS),
     }
     # the hard requirements; inversions are listed above for the reader to weigh
     shape["holds"] = bool(agreement >= 0.8 and ratio >= 2)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from semgen.pipelines.semantics import SEGMENTER, Samples, SemanticsPipeline
 from semgen.reports import image_grid, label_colors
 from training.iou import image_miou
+from training.layout import segment_labels
 
 TARGET_SEED_OFFSET = 7_000_000
 POOL_SEED = 8
@@ -36,10 +37,8 @@ EDITS = ("grow", "shrink", "remove", "add")
 PREDICTORS = {"lse_8shot": "lse-8shot", "lse_full": "lse", "segmenter": SEGMENTER}
 
 
-@torch.no_grad()
 def segment_images(pipe: SemanticsPipeline, images_uint8: np.ndarray) -> torch.Tensor:
-    x = torch.as_tensor(images_uint8).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return torch.cat([pipe.segmenter(c).argmax(1) for c in x.split(64)])
+    return torch.as_tensor(segment_labels(pipe.segmenter, images_uint8))
 
 
 def eval_scs(models: str = "artifacts", targets: int = 50, samples: int = 5, n_init: int = 100,
