@@ -13,14 +13,19 @@ from semgen.networks.classifier import Classifier
 from semgen.networks.pyramid import PyramidGenerator
 
 
-def make_random_bundle(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
-    """An untrained, tiny bundle with the real layout: for tests that must not need artifacts/."""
+def make_random_bundle(path: str | Path, image_size: int = 32, seed: int = 0, **generator_options) -> Path:
+    """An untrained, tiny bundle with the real layout: for tests that must not need artifacts/.
+    generator_options: PyramidGenerator version-2 options (upsample, noise)."""
     path = Path(path)
     torch.manual_seed(seed)
     classifier = Classifier(image_size=image_size, num_classes=len(CATEGORIES), stage_channels=(4, 8, 8, 8, 8),
                             convs_per_stage=(1, 1, 1, 1, 1), fc_dim=16, class_names=CATEGORIES)
     generator = PyramidGenerator.mirroring(classifier, z_dim=8, embed_dim=8, hidden_dim=16,
-                                           gen_channels=(8, 8, 8, 8, 8, 8), class_names=CATEGORIES)
+                                           gen_channels=(8, 8, 8, 8, 8, 8), class_names=CATEGORIES,
+                                           **generator_options)
+    if generator_options.get("noise"):  # the noise scales start at 0; make the noise show
+        for block in generator.blocks:
+            block.noise_scale.data.fill_(0.5)
     save_checkpoint(path / "classifier", classifier.eval(), classifier.config)
     save_checkpoint(path / "pyramid", generator.eval(), generator.config)
     return path

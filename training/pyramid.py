@@ -5,7 +5,9 @@ and class but not noise, and optimises
     LSGAN adversarial + rec_weight · reconstruction + div_weight · diversity
 where reconstruction is an L1 between 2×2 max-pooled classifier features of the reference and
 of the generated image on the levels that were passed (normalised together), and diversity is
-‖z1 − z2‖₁ / (‖G(z1) − G(z2)‖₁ + ε) over the pairs.
+‖z1 − z2‖₁ / (‖G(z1) − G(z2)‖₁ + ε) over the pairs; with --div-level the distance between the two
+images is taken in the classifier's features at that level (normalised per channel) instead of pixels,
+so that changing colour alone no longer counts as diverse.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class PyramidOptions:
     p_crop: float = opt(0.3, "share of training masks that are random crops")
     ema: float = opt(0.999, "EMA decay of the generator that serving loads")
     z_dim: int = opt(64, "for a new generator; a warm start keeps its own")
+    upsample: str = opt("bilinear", "for a new generator: 'bilinear' or 'nearest' (version 1; grid texture)")
+    noise: bool = opt(True, "for a new generator: a per-block noise map derived from z (version 2)")
+    div_level: str = opt("", "diversity measured in this classifier level's features (e.g. conv3); "
+                             "empty: in pixels, as the paper")
     save_every: int = opt(100, "steps between resumable saves")
     sample_every: int = opt(250, "picture of EMA samples by level in run_dir/samples/")
     threads: int = opt(2, "torch threads (0: torch's default)")
@@ -76,10 +82,17 @@ def reconstruction_loss(real: dict, fake: dict, masks: dict) -> torch.Tensor:
 
 
 def diversity_loss(z: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
+    """images: the generated pixels, or any [B, …] tensor to measure the pairs' distance in."""
     half = z.shape[0] // 2
     dz = (z[:half] - z[half:]).abs().mean(1)
-    dx = (images[:half] - images[half:]).abs().mean((1, 2, 3))
+    dx = (images[:half] - images[half:]).abs().flatten(1).mean(1)
     return (dz / (dx + eps)).mean()
+
+
+def normalised(features: torch.Tensor) -> torch.Tensor:
+    """Per-channel standardised over the batch (and positions), so distances are in units of spread."""
+    dims = (0, 2, 3) if features.dim() == 4 else (0,)
+    return (features - features.mean(dims, keepdim=True).detach()) / (features.std(dims, keepdim=True).detach() + 1e-5)
 
 
 def _twice(tensors: dict) -> dict:
@@ -118,11 +131,14 @@ def train_pyramid(opt: PyramidOptions) -> Path:
     if len(source.class_names) != classifier.num_classes:
         raise ValueError(f"data has {len(source.class_names)} classes, the classifier {classifier.num_classes}")
     shapes = classifier.level_shapes()
+    if opt.div_level and opt.div_level not in LEVELS:
+        raise ValueError(f"div_level must be one of {', '.join(LEVELS)} or empty, got {opt.div_level!r}")
     if opt.init_from:  # warm start: the checkpoint's architecture and weights (replaced below when resuming)
         G = load_checkpoint(opt.init_from).train()
         check_pair(classifier, G)
     else:
-        G = PyramidGenerator.mirroring(classifier, z_dim=opt.z_dim, class_names=source.class_names)
+        G = PyramidGenerator.mirroring(classifier, z_dim=opt.z_dim, class_names=source.class_names,
+                                       upsample=opt.upsample, noise=opt.noise)
     D = PyramidDiscriminator(image_size=size, num_classes=classifier.num_classes)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=opt.lr, betas=(0.0, 0.999))
@@ -154,8 +170,9 @@ def train_pyramid(opt: PyramidOptions) -> Path:
 
         if train_g:
             adv = (D(fake, labels2) - 1).pow(2).mean()
-            rec = reconstruction_loss(feats2, classifier.features(fake), masks2)
-            div = diversity_loss(z, fake, opt.div_eps)
+            fake_feats = classifier.features(fake)
+            rec = reconstruction_loss(feats2, fake_feats, masks2)
+            div = diversity_loss(z, normalised(fake_feats[opt.div_level]) if opt.div_level else fake, opt.div_eps)
             g_loss = adv + opt.rec_weight * rec + opt.div_weight * div
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()

@@ -5,6 +5,14 @@ level of the pyramid has a block whose resolution equals that level's feature ma
 the classifier's features are multiplied by the level's mask, passed through a conv (linear for
 fc levels) and added to the block's activations; the mask itself is concatenated as an extra
 channel so later layers can tell "masked" from "empty". Batch norms are class-conditional.
+
+Version 2 options (the config records them; without them a checkpoint is version 1):
+  upsample="bilinear"  smooth ×2 upsampling: nearest upsampling repeats every feature cell as a
+                       block, which the convolutions turn into a grid texture;
+  noise=True           a noise map per block, derived from z by a fixed random projection (so the
+                       graph stays deterministic: same z, same image), scaled per channel (learned,
+                       starting at 0). z otherwise reaches only the 2×2 base map and the batch-norm
+                       gains, which vary colour and light but not where things are.
 """
 
 from __future__ import annotations
@@ -37,20 +45,37 @@ class ConditionalBatchNorm(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Residual block, ×2 nearest upsampling: CBN → ReLU → up → conv → CBN → ReLU → conv, plus a 1×1 skip."""
+    """Residual block, ×2 upsampling: CBN → ReLU → up → conv (+ noise) → CBN → ReLU → conv, plus a 1×1 skip."""
 
-    def __init__(self, in_channels: int, out_channels: int, cond_dim: int):
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, upsample: str = "nearest",
+                 noise_side: int = 0, z_dim: int = 0):
         super().__init__()
+        self.upsample = upsample
         self.bn1 = ConditionalBatchNorm(in_channels, cond_dim)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.bn2 = ConditionalBatchNorm(out_channels, cond_dim)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1)
+        self.noise_side = noise_side
+        if noise_side:
+            # [side², z_dim] with unit-variance rows: each pixel's noise is a fixed projection of z ~ N(0, 1)
+            projection = torch.randn(noise_side**2, z_dim, generator=torch.Generator().manual_seed(noise_side))
+            self.register_buffer("noise_projection", projection / z_dim**0.5)
+            self.noise_scale = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
-    def forward(self, x, cond):
-        h = F.interpolate(F.relu(self.bn1(x, cond)), scale_factor=2.0, mode="nearest")
-        h = self.conv2(F.relu(self.bn2(self.conv1(h), cond)))
-        return h + self.skip(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def _up(self, x):
+        if self.upsample == "bilinear":
+            return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+    def forward(self, x, cond, z=None):
+        h = self.conv1(self._up(F.relu(self.bn1(x, cond))))
+        if self.noise_side:
+            side = self.noise_side
+            noise = (z @ self.noise_projection.t()).view(z.shape[0], 1, side, side)
+            h = h + self.noise_scale * noise
+        h = self.conv2(F.relu(self.bn2(h, cond)))
+        return h + self.skip(self._up(x))
 
 
 class PyramidGenerator(nn.Module):
@@ -71,6 +96,8 @@ class PyramidGenerator(nn.Module):
         hidden_dim: int = 256,
         gen_channels: tuple[int, ...] = (128, 96, 64, 48, 32, 16),
         class_names: tuple[str, ...] = (),
+        upsample: str = "nearest",
+        noise: bool = False,
     ):
         super().__init__()
         self.config = dict(
@@ -84,8 +111,12 @@ class PyramidGenerator(nn.Module):
             gen_channels=tuple(gen_channels),
             class_names=tuple(class_names),
         )
+        if upsample != "nearest" or noise:  # version 2; a version-1 config stays exactly as it was
+            self.config.update(upsample=upsample, noise=bool(noise))
         if len(level_channels) != 5 or len(gen_channels) != 6:
             raise ValueError("level_channels needs 5 entries (conv1..conv5), gen_channels 6")
+        if upsample not in ("nearest", "bilinear"):
+            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
         self.image_size = image_size
         self.num_classes = num_classes
         self.z_dim = z_dim
@@ -104,7 +135,10 @@ class PyramidGenerator(nn.Module):
         # conv side, deepest first: conv5 at the base resolution ... conv1 at S/2.
         deep_first = list(reversed(level_channels))
         self.fuse = nn.ModuleList(nn.Conv2d(c, gen_channels[i], 3, padding=1, bias=False) for i, c in enumerate(deep_first))
-        self.blocks = nn.ModuleList(UpBlock(gen_channels[i] + 1, gen_channels[i + 1], cond_dim) for i in range(5))
+        self.blocks = nn.ModuleList(
+            UpBlock(gen_channels[i] + 1, gen_channels[i + 1], cond_dim, upsample,
+                    noise_side=self.base * 2 ** (i + 1) if noise else 0, z_dim=z_dim)
+            for i in range(5))
         self.out_bn = nn.BatchNorm2d(gen_channels[-1])
         self.to_rgb = nn.Conv2d(gen_channels[-1], 3, 3, padding=1)
 
@@ -136,7 +170,7 @@ class PyramidGenerator(nn.Module):
                 x = x + self.fuse[i](features[level] * m)
             else:
                 m = x.new_zeros(batch, 1, x.shape[2], x.shape[3])
-            x = self.blocks[i](torch.cat([x, m], 1), cond)  # resolution doubles
+            x = self.blocks[i](torch.cat([x, m], 1), cond, z)  # resolution doubles
         return torch.tanh(self.to_rgb(F.relu(self.out_bn(x))))  # [B, 3, S, S]
 
     def _masked_vector(self, features, masks, level, batch, like):

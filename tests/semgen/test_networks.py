@@ -64,3 +64,27 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(g(z, feats, masks, y), g2(z, feats, masks, y))
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_checkpoint(tmp_path / "missing")
+
+
+def test_version_2_generator_upsamples_smoothly_and_draws_noise_from_z(tmp_path):
+    c, v1 = tiny_pair()
+    assert "upsample" not in v1.config and "noise" not in v1.config  # version-1 configs stay as they were
+    s = c.level_shapes()
+    torch.manual_seed(0)
+    g = PyramidGenerator(image_size=32, num_classes=5, z_dim=8, embed_dim=4, level_channels=(4, 6, 8, 10, 12),
+                         fc_dims=(s["fc7"][0], s["fc8"][0]), hidden_dim=16, gen_channels=(8, 8, 8, 8, 8, 8),
+                         upsample="bilinear", noise=True).eval()
+    assert g.config["upsample"] == "bilinear" and g.config["noise"] is True
+    feats = c.features(torch.randn(2, 3, 32, 32))
+    masks = level_masks(s, {"conv3": None}, 2)
+    z, y = torch.randn(2, 8), torch.tensor([1, 1])
+    quiet = g(z, feats, masks, y)
+    for block in g.blocks:
+        block.noise_scale.data.fill_(1.0)
+    loud = g(z, feats, masks, y)
+    assert not torch.allclose(quiet, loud)  # the noise reaches the image once its scale is not 0
+    assert torch.equal(loud, g(z, feats, masks, y))  # a function of z: no hidden randomness
+    save_checkpoint(tmp_path / "g2", g, g.config)
+    assert torch.equal(load_checkpoint(tmp_path / "g2")(z, feats, masks, y), loud)
+    with pytest.raises(ValueError, match="upsample"):
+        PyramidGenerator(upsample="bicubic")
