@@ -31,9 +31,9 @@ def make_random_bundle(path: str | Path, image_size: int = 32, seed: int = 0, **
     return path
 
 
-def make_random_semantics_bundle(path: str | Path, image_size: int = 16, seed: int = 0) -> Path:
+def make_random_semantics_bundle(path: str | Path, image_size: int = 16, seed: int = 0, num_classes: int = 0) -> Path:
     """An untrained, tiny linear-semantics bundle (generator, segmenter, an LSE head named 'lse')
-    with the real layout, for tests:
+    with the real layout, for tests (num_classes > 0: a class-conditional generator):
         <models>/stylegan/  <models>/segmenter/  <models>/heads/lse/"""
     from semgen.data.scenes import CLASSES
     from semgen.networks.heads import LinearSemanticExtractor
@@ -43,7 +43,10 @@ def make_random_semantics_bundle(path: str | Path, image_size: int = 16, seed: i
     path = Path(path)
     torch.manual_seed(seed)
     n_res = image_size.bit_length() - 2  # 4 px -> 1 resolution, 16 px -> 3
-    generator = StyleGenerator(image_size=image_size, z_dim=8, w_dim=8, mapping_layers=2, channels=(8,) * n_res)
+    generator = StyleGenerator(image_size=image_size, z_dim=8, w_dim=8, mapping_layers=2, channels=(8,) * n_res,
+                               num_classes=num_classes)
+    if num_classes:  # class embeddings start at 0; make them matter
+        generator.class_embed.data.normal_()
     segmenter = UNetSegmenter(num_classes=len(CLASSES), channels=(4, 8), class_names=CLASSES)
     head = LinearSemanticExtractor(generator.layer_channels(), len(CLASSES), CLASSES)
     save_checkpoint(path / "stylegan", generator.eval(), generator.config)

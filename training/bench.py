@@ -52,7 +52,7 @@ def bench_stylegan(configs: list[tuple[str, str]], batch_sizes: tuple[int, ...] 
                 times = []
                 for step in range(steps + 1):
                     t0 = time.perf_counter()
-                    train_step(s, real, step, torch.Generator().manual_seed(step))
+                    train_step(s, real, None, step, torch.Generator().manual_seed(step))
                     times.append(time.perf_counter() - t0)
                 rate = batch / statistics.median(times[1:])
                 rows.append({"g_channels": g_channels, "d_channels": d_channels, "batch": batch, "setting": name,

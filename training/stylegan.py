@@ -6,6 +6,11 @@ Non-saturating logistic loss, lazy R1 penalty on reals every `r1_every` steps, s
 resumed run replays exactly. No path-length regulariser: it costs a second backward per step
 and matters little at 64 px.
 
+`--classes`: class-conditional training on the data's classes, with G(z) still a function of z alone
+(z's first coordinate picks the class; see StyleGenerator) and a projection discriminator. Trained
+unconditionally on the scene world, G drops the classes it finds hard (city streets, night cities);
+with a conditional D each class must appear in its share of z.
+
 Speed on this CPU (AVX-512 BF16): `--bf16` runs G's and D's convolutions under bf16 autocast and
 `--channels-last` stores activations NHWC; the losses, the R1 penalty, the optimisers and the EMA stay in
 fp32. `semgen bench stylegan` measures images/s of one training step per setting.
@@ -53,8 +58,11 @@ class StyleGANOptions:
     seed: int = opt(0, "random seed")
     bf16: bool = opt(False, "bf16 autocast for G's and D's forward and backward (losses, R1, EMA in fp32)")
     channels_last: bool = opt(False, "NHWC activations (faster CPU convolutions)")
-    warm_start: str = opt("", "a generator checkpoint of the same configuration to start G and its EMA from, "
-                              "with a fresh D (used only when the run has no state yet)")
+    classes: bool = opt(False, "class-conditional training (every class of the data gets an equal share of z)")
+    warm_start: str = opt("", "used only when the run has no state yet: a generator checkpoint of the same "
+                              "configuration to start G and its EMA from, with a fresh D; or another run's "
+                              "folder (its state.pt) to take G, its EMA and D from, optimisers fresh "
+                              "(an unconditional run may start a --classes one: class embeddings start at 0)")
 
 
 def _ints(text: str, field: str) -> tuple[int, ...]:
@@ -67,18 +75,22 @@ def _ints(text: str, field: str) -> tuple[int, ...]:
 def mixed_ws(G: StyleGenerator, batch: int, prob: float, gen: torch.Generator):
     """w+ for a batch: with probability `prob` a sample switches to a second w from a random layer on."""
     z = torch.randn(2, batch, G.z_dim, generator=gen)
+    if G.num_classes:
+        z[1, :, 0] = z[0, :, 0]  # the second w keeps the sample's class
     w1, w2 = G.mapping_w(z[0]), G.mapping_w(z[1])
     ws = G.broadcast(w1).clone()
     cut = torch.randint(1, G.num_ws, (batch,), generator=gen)
     mix = torch.rand(batch, generator=gen) < prob
     later = (torch.arange(G.num_ws)[None, :] >= cut[:, None]) & mix[:, None]  # [B, num_ws]
-    return torch.where(later[:, :, None], w2[:, None, :], ws), w1
+    labels = G.class_of(z[0]) if G.num_classes else None
+    return torch.where(later[:, :, None], w2[:, None, :], ws), w1, labels
 
 
-def r1_penalty(D, real):
+def r1_penalty(D, real, labels=None):
     real = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(D(real).sum(), real, create_graph=True)
+    (grad,) = torch.autograd.grad(D(real, labels).sum(), real, create_graph=True)
     return grad.pow(2).sum((1, 2, 3)).mean()
+
 
 
 @torch.no_grad()
@@ -111,10 +123,13 @@ class GANStep:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-def build_step(opt: StyleGANOptions) -> GANStep:
+def build_step(opt: StyleGANOptions, num_classes: int = 0) -> GANStep:
+    """num_classes: the data's, when opt.classes (0: unconditional)."""
+    num_classes = num_classes if opt.classes else 0
     G = StyleGenerator(image_size=opt.image_size, z_dim=opt.z_dim, w_dim=opt.w_dim,
-                       channels=_ints(opt.g_channels, "g_channels"))
-    D = StyleDiscriminator(image_size=opt.image_size, channels=_ints(opt.d_channels, "d_channels"))
+                       channels=_ints(opt.g_channels, "g_channels"), num_classes=num_classes)
+    D = StyleDiscriminator(image_size=opt.image_size, channels=_ints(opt.d_channels, "d_channels"),
+                           num_classes=num_classes)
     if opt.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(G.parameters(), lr=opt.lr, betas=(0.0, 0.99))
@@ -124,16 +139,19 @@ def build_step(opt: StyleGANOptions) -> GANStep:
                    opt.channels_last)
 
 
-def train_step(s: GANStep, real: torch.Tensor, step: int, gen: torch.Generator) -> dict[str, float]:
+def train_step(s: GANStep, real: torch.Tensor, real_labels: torch.Tensor, step: int,
+               gen: torch.Generator) -> dict[str, float]:
     """G then D on one batch of reals; returns the losses (and R1 on its steps)."""
     G, D = s.G, s.D
     real = s.layout(real)
+    if not D.num_classes:
+        real_labels = None
     # generator: non-saturating loss
-    ws, w1 = mixed_ws(G, len(real), s.mixing_prob, gen)
+    ws, w1, fake_labels = mixed_ws(G, len(real), s.mixing_prob, gen)
     D.requires_grad_(False)  # D's weight gradients would be thrown away here
     with s.autocast():
         fake = G.synthesis(ws, noise_mode="random")
-        fake_logits = D(fake)
+        fake_logits = D(fake, fake_labels)
     g_loss = F.softplus(-fake_logits.float()).mean()
     s.opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
@@ -144,11 +162,11 @@ def train_step(s: GANStep, real: torch.Tensor, step: int, gen: torch.Generator) 
 
     # discriminator: logistic loss, plus lazy R1 on reals (in fp32)
     with s.autocast():
-        logits_fake, logits_real = D(fake.detach()), D(real)
+        logits_fake, logits_real = D(fake.detach(), fake_labels), D(real, real_labels)
     d_loss = F.softplus(logits_fake.float()).mean() + F.softplus(-logits_real.float()).mean()
     numbers = {"g": g_loss.item(), "d": d_loss.item()}
     if step % s.r1_every == 0:
-        r1 = r1_penalty(D, real)
+        r1 = r1_penalty(D, real, real_labels)
         d_loss = d_loss + r1 * (s.r1_gamma / 2) * s.r1_every
         numbers["r1"] = r1.item()
     s.opt_d.zero_grad(set_to_none=True)
@@ -162,23 +180,18 @@ def train_stylegan(opt: StyleGANOptions) -> Path:
     setup_torch(opt.threads, opt.seed)
     write_options(run_dir, opt)
     source = make_source(opt.data, opt.image_size)
-    s = build_step(opt)
+    s = build_step(opt, len(source.class_names))
     G_ema = copy.deepcopy(s.G).eval().requires_grad_(False)
     start = load_state(run_dir, G=s.G, D=s.D, G_ema=G_ema, opt_g=s.opt_g, opt_d=s.opt_d)
     if start == 0 and opt.warm_start:
-        warm = load_checkpoint(opt.warm_start)  # the shipped EMA weights: G and its EMA begin there
-        if warm.config != s.G.config:
-            raise ValueError(f"warm_start: {opt.warm_start} is a {warm.config} generator, this run trains "
-                             f"{s.G.config}")
-        s.G.load_state_dict(warm.state_dict())
-        G_ema.load_state_dict(warm.state_dict())
+        warm_start(opt.warm_start, s, G_ema)
     progress = Progress(run_dir, opt.steps, start, "stylegan")
     ema_beta = 0.5 ** (opt.batch_size / opt.ema_half_life_images)
     for step in range(start, opt.steps):
         gen = torch.Generator().manual_seed(opt.seed * 1_000_003 + step)
         torch.manual_seed(opt.seed * 1_000_003 + step)  # layer noise uses the global generator
-        real, _ = source.batch(step, opt.batch_size)
-        numbers = train_step(s, real, step, gen)
+        real, labels = source.batch(step, opt.batch_size)
+        numbers = train_step(s, real, labels, step, gen)
         ema_update(G_ema, s.G, min(ema_beta, (1 + step) / (10 + step)))
         progress.update(step + 1, **numbers)
         if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps:
@@ -188,3 +201,22 @@ def train_stylegan(opt: StyleGANOptions) -> Path:
             write_samples(run_dir / "samples" / f"{step + 1:06d}.png", G_ema)
     progress.close()
     return out
+
+
+def warm_start(path: str, s: GANStep, G_ema: StyleGenerator) -> None:
+    """G and its EMA (and D, from a run folder) from `path`; see StyleGANOptions.warm_start."""
+    run = Path(path) / "state.pt"
+    if run.exists():
+        state = torch.load(run, map_location="cpu", weights_only=True)
+        parts = {"G": s.G, "G_ema": G_ema, "D": s.D}
+    else:  # the shipped EMA weights: G and its EMA begin there, D is fresh
+        weights = load_checkpoint(path).state_dict()
+        state, parts = {"G": weights, "G_ema": weights}, {"G": s.G, "G_ema": G_ema}
+    for name, module in parts.items():
+        try:
+            missing, unexpected = module.load_state_dict(state[name], strict=False)
+        except RuntimeError as err:  # a tensor of another shape
+            raise ValueError(f"warm_start: {path} does not fit this run's {name}: {err}") from None
+        if unexpected or set(missing) - {"class_embed"}:
+            raise ValueError(f"warm_start: {path} does not fit this run's {name} ({s.G.config}): "
+                             f"missing {missing}, unexpected {unexpected}")

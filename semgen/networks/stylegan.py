@@ -55,9 +55,10 @@ class MappingNetwork(nn.Module):
         dims = [z_dim] + [w_dim] * num_layers
         self.layers = nn.Sequential(*[EqualLinear(a, b, lr_mul=lr_mul, act=True) for a, b in zip(dims, dims[1:])])
 
-    def forward(self, z):
+    def forward(self, z, shift=None):
+        """shift: added to the normalised z (a class embedding in a class-conditional generator)."""
         z = z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
-        return self.layers(z)
+        return self.layers(z if shift is None else z + shift)
 
 
 class ModulatedConv(nn.Module):
@@ -118,6 +119,11 @@ class StyleGenerator(nn.Module):
     """G(z) -> image [B, 3, S, S] in about [-1, 1]; `synthesis(ws)` exposes every layer's features.
 
     channels: synthesis channels at 4, 8, 16, ... up to image_size (one entry per resolution).
+    num_classes > 0: trained class-conditionally without a class input: z's first coordinate picks
+    the class (`class_of`: equal shares of N(0, 1)), whose learned embedding is added to the
+    normalised z. G(z) stays a function of z alone (same API, same graphs); the conditional
+    discriminator makes every class of the training data appear in its share of z, where an
+    unconditional GAN is free to drop classes it finds hard.
     Layers: one conv at 4×4, then two per resolution (the first upsamples); layer i reads ws[:, i],
     and each resolution's to-RGB reads the w of the layer after its last conv, so
     num_ws = num_layers + 1.
@@ -130,6 +136,7 @@ class StyleGenerator(nn.Module):
         w_dim: int = 128,
         mapping_layers: int = 4,
         channels: tuple[int, ...] = (128, 128, 64, 32, 16),
+        num_classes: int = 0,
     ):
         super().__init__()
         resolutions = [4 * 2**i for i in range(len(channels))]
@@ -137,8 +144,13 @@ class StyleGenerator(nn.Module):
             raise ValueError(f"channels has {len(channels)} entries (up to {resolutions[-1]} px), image_size is {image_size}")
         self.config = dict(image_size=image_size, z_dim=z_dim, w_dim=w_dim, mapping_layers=mapping_layers,
                            channels=tuple(channels))
+        if num_classes:  # an unconditional config stays exactly as it was
+            self.config["num_classes"] = num_classes
         self.image_size, self.z_dim, self.w_dim = image_size, z_dim, w_dim
+        self.num_classes = num_classes
         self.mapping = MappingNetwork(z_dim, w_dim, mapping_layers)
+        if num_classes:
+            self.class_embed = nn.Parameter(torch.zeros(num_classes, z_dim))
         self.const = nn.Parameter(torch.randn(1, channels[0], 4, 4))
         layers, to_rgb, rgb_after = [SynthesisLayer(channels[0], channels[0], w_dim, 4, False)], [ToRGB(channels[0], w_dim)], [0]
         for res, c_in, c_out in zip(resolutions[1:], channels, channels[1:]):
@@ -157,9 +169,14 @@ class StyleGenerator(nn.Module):
     def layer_resolutions(self) -> list[int]:
         return [layer.resolution for layer in self.layers]
 
+    def class_of(self, z):
+        """z [B, z_dim] -> the class int64 [B] its first coordinate picks: Φ(z₀) cut into equal shares."""
+        share = 0.5 * (1 + torch.erf(z[:, 0] / math.sqrt(2)))
+        return (share * self.num_classes).floor().clamp(0, self.num_classes - 1).long()
+
     def mapping_w(self, z, psi: float = 1.0):
         """z [B, z_dim] -> w [B, w_dim], truncated towards w_avg by psi (1 = none)."""
-        w = self.mapping(z)
+        w = self.mapping(z, self.class_embed[self.class_of(z)] if self.num_classes else None)
         return self.w_avg.lerp(w, psi) if psi != 1.0 else w
 
     def broadcast(self, w):
@@ -201,13 +218,19 @@ class DiscriminatorBlock(nn.Module):
 
 
 class StyleDiscriminator(nn.Module):
-    """D(image [B, 3, S, S]) -> logit [B]; channels listed from the image resolution down to 4×4."""
+    """D(image [B, 3, S, S], labels [B] | None) -> logit [B]; channels listed from the image resolution
+    down to 4×4. num_classes > 0 adds a projection term <embed(label), features> (zero at the start)."""
 
-    def __init__(self, image_size: int = 64, channels: tuple[int, ...] = (16, 32, 64, 128, 128), mbstd_group: int = 4):
+    def __init__(self, image_size: int = 64, channels: tuple[int, ...] = (16, 32, 64, 128, 128), mbstd_group: int = 4,
+                 num_classes: int = 0):
         super().__init__()
         if 4 * 2 ** (len(channels) - 1) != image_size:
             raise ValueError(f"channels must have one entry per resolution from {image_size} down to 4")
         self.config = dict(image_size=image_size, channels=tuple(channels), mbstd_group=mbstd_group)
+        if num_classes:
+            self.config["num_classes"] = num_classes
+            self.class_embed = nn.Parameter(torch.zeros(num_classes, channels[-1]))
+        self.num_classes = num_classes
         self.from_rgb = EqualConv2d(3, channels[0], 1)
         self.blocks = nn.Sequential(*[DiscriminatorBlock(a, b) for a, b in zip(channels, channels[1:])])
         self.mbstd_group = mbstd_group
@@ -225,8 +248,12 @@ class StyleDiscriminator(nn.Module):
         y = y.repeat(g)[:, None, None, None].expand(b, 1, h, w)
         return torch.cat([x, y], 1)
 
-    def forward(self, image):
+    def forward(self, image, labels=None):
         x = F.leaky_relu(self.from_rgb(image), 0.2) * math.sqrt(2)
         x = self.blocks(x)
         x = F.leaky_relu(self.conv(self.minibatch_std(x)), 0.2) * math.sqrt(2)
-        return self.out(self.fc(x.flatten(1))).squeeze(1)
+        h = self.fc(x.flatten(1))
+        logit = self.out(h).squeeze(1)
+        if self.num_classes:
+            logit = logit + (self.class_embed[labels] * h).sum(1) / math.sqrt(h.shape[1])
+        return logit

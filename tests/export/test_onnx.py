@@ -27,3 +27,11 @@ def test_a_version_2_pyramid_generator_exports_with_parity(tmp_path):
     bundle = make_random_bundle(tmp_path / "models", image_size=32, upsample="bilinear", noise=True)
     report = export_onnx(str(bundle), str(tmp_path / "onnx"))
     assert report["pyramid.parity"] and report["pyramid.max_abs_diff"] <= PARITY_TOLERANCE
+
+
+def test_a_class_conditional_layer_wise_generator_exports_with_parity(tmp_path):
+    """The class is picked from z inside the mapping graph (erf, floor, gather): same numbers as eager."""
+    bundle = make_random_semantics_bundle(tmp_path / "models", image_size=16, num_classes=8)
+    report = export_onnx(str(bundle), str(tmp_path / "onnx"))
+    for name in ("mapping", "synthesis_lse"):
+        assert report[f"{name}.parity"] and report[f"{name}.max_abs_diff"] <= PARITY_TOLERANCE

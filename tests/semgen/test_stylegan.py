@@ -64,3 +64,25 @@ def test_discriminator_scores_each_image():
     assert D(torch.randn(6, 3, 16, 16)).shape == (6,)
     with pytest.raises(ValueError, match="one entry per resolution"):
         StyleDiscriminator(image_size=32, channels=(4, 8, 8))
+
+
+def test_a_class_conditional_generator_takes_its_class_from_z():
+    torch.manual_seed(0)
+    G = StyleGenerator(image_size=16, z_dim=8, w_dim=8, mapping_layers=2, channels=(8, 8, 8), num_classes=5).eval()
+    assert "num_classes" not in StyleGenerator(image_size=16, channels=(8, 8, 8)).config  # unconditional: as before
+    z = torch.randn(50_000, 8, generator=torch.Generator().manual_seed(1))
+    shares = torch.bincount(G.class_of(z), minlength=5) / len(z)
+    assert shares.min() > 0.19 and shares.max() < 0.21  # equal shares of N(0, 1)
+    assert torch.equal(G.class_of(torch.tensor([[-9.0] + [0] * 7, [9.0] + [0] * 7])), torch.tensor([0, 4]))
+    z = z[:4]
+    plain = G.mapping_w(z)
+    with torch.no_grad():
+        G.class_embed[G.class_of(z)[0]] += 1.0  # only the first sample's class moves
+    moved = G.mapping_w(z) != plain
+    assert moved[0].any() and all(moved[i].any() == (G.class_of(z)[i] == G.class_of(z)[0]) for i in range(4))
+    D = StyleDiscriminator(image_size=16, channels=(4, 8, 8), num_classes=5)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(D(x, torch.tensor([0, 1])), D(x, torch.tensor([2, 3])))  # the projection starts at 0
+    with torch.no_grad():
+        D.class_embed.normal_()
+    assert not torch.equal(D(x, torch.tensor([0, 1])), D(x, torch.tensor([2, 3])))

@@ -77,6 +77,23 @@ def test_stylegan_trains_in_bf16_channels_last_from_a_warm_start(tmp_path):
                                        **dict(fast, g_channels="8,8,4")))
 
 
+def test_a_class_conditional_run_starts_from_an_unconditional_run(tmp_path):
+    opt = dict(image_size=16, g_channels="8,8,8", d_channels="8,8,8", z_dim=8, w_dim=8, batch_size=4, r1_every=1,
+               save_every=1, sample_every=100, threads=1)
+    train_stylegan(StyleGANOptions(steps=2, run_dir=str(tmp_path / "run1"), out=str(tmp_path / "G1"), **opt))
+    before = torch.load(tmp_path / "run1" / "state.pt", weights_only=True)
+    conditional = dict(opt, classes=True, warm_start=str(tmp_path / "run1"))
+    train_stylegan(StyleGANOptions(steps=1, run_dir=str(tmp_path / "run2"), out=str(tmp_path / "G2"), **conditional))
+    after = torch.load(tmp_path / "run2" / "state.pt", weights_only=True)
+    G2 = load_checkpoint(tmp_path / "G2")
+    assert G2.config["num_classes"] == 8 and G2(torch.randn(2, 8)).shape == (2, 3, 16, 16)
+    # G, D and the EMA came from run1 (one step moves them a little); the class embeddings started at 0 and learnt
+    for name in ("G", "D"):
+        assert (after[name]["class_embed"] != 0).any()
+    assert (after["D"]["from_rgb.weight"] - before["D"]["from_rgb.weight"]).abs().max() < 0.05
+    assert (after["G_ema"]["const"] - before["G_ema"]["const"]).abs().max() < 0.05
+
+
 def test_heads_train_full_and_few_shot_from_a_bundle(tmp_path):
     models = make_random_semantics_bundle(tmp_path / "m")
     paths = train_heads(HeadsOptions(kind="lse,nse2", models=str(models), out_dir=str(tmp_path / "heads"),
