@@ -1,6 +1,11 @@
 """`semgen eval stylegan`: realism of the layer-wise generator as fd_fc7 (see training/fd.py)
 against held-out real scenes, next to an untrained generator of the same shape and the floor
-(real against other real scenes); a picture of samples at two truncations."""
+(real against other real scenes); a picture of samples at two truncations.
+
+class_shares: the share of samples the classifier puts in each category, next to real scenes'.
+fd_fc7_class_mix is the fd_fc7 that the class mix alone costs: real scenes drawn in the samples'
+class proportions against real scenes. A generator that drops a class pays there, however good
+its other images are."""
 
 from __future__ import annotations
 
@@ -37,6 +42,11 @@ def eval_stylegan(models: str = "artifacts", n: int = 1000, report_dir: str = "r
     def fd(images):
         return round(frechet_distance(classifier_outputs(classifier, images)["fc7"], real_fc7), 3)
 
+    def shares(images) -> np.ndarray:
+        classes = classifier_outputs(classifier, images)["fc8"].argmax(1)
+        return np.bincount(classes, minlength=classifier.num_classes) / len(images)
+
+    names = classifier.class_names or tuple(str(c) for c in range(classifier.num_classes))
     torch.manual_seed(0)
     untrained = StyleGenerator(**G.config).eval()
     samples = generate(G, n, seed=1)
@@ -45,6 +55,9 @@ def eval_stylegan(models: str = "artifacts", n: int = 1000, report_dir: str = "r
         "fd_fc7_psi0.7": fd(generate(G, n, seed=1, psi=0.7)),
         "fd_fc7_untrained": fd(generate(untrained, n, seed=1)),
         "fd_fc7_real": fd(floor),
+        "fd_fc7_class_mix": round(_class_mix_fd(classifier, real, real_fc7, shares(samples)), 3),
+        "class_shares": dict(zip(names, np.round(shares(samples), 4).tolist())),
+        "class_shares_real": dict(zip(names, np.round(shares(real), 4).tolist())),
         "n": n,
         "step": json.loads((Path(models) / "stylegan" / "config.json").read_text())["step"],
     }
@@ -55,3 +68,12 @@ def eval_stylegan(models: str = "artifacts", n: int = 1000, report_dir: str = "r
     image_grid([list(real[:8]), list(samples[:8]), list(samples[8:16]), list(truncated)],
                labels=["real", "samples", "samples", "psi 0.7"]).save(out / "samples.png")
     return result
+
+
+def _class_mix_fd(classifier, real, real_fc7, target_shares) -> float:
+    """fd_fc7 of real scenes redrawn (with replacement, seeded) in target_shares of the classifier's classes."""
+    predicted = classifier_outputs(classifier, real)["fc8"].argmax(1)
+    rng = np.random.default_rng(0)
+    picks = [rng.choice(np.flatnonzero(predicted == c), int(round(share * len(real))))
+             for c, share in enumerate(target_shares) if share > 0 and (predicted == c).any()]
+    return frechet_distance(real_fc7[np.concatenate(picks)], real_fc7)
