@@ -92,7 +92,6 @@ def r1_penalty(D, real, labels=None):
     return grad.pow(2).sum((1, 2, 3)).mean()
 
 
-
 @torch.no_grad()
 def write_samples(path: Path, G: StyleGenerator, n: int = 32):
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(0))
