@@ -37,27 +37,29 @@ def eval_stylegan(models: str = "artifacts", n: int = 1000, report_dir: str = "r
     classifier = load_classifier(Path(models) / "classifier")
     real = render_batch(REAL_SEEDS + np.arange(n), G.image_size)[0]
     floor = render_batch(FLOOR_SEEDS + np.arange(n), G.image_size)[0]
-    real_fc7 = classifier_outputs(classifier, real)["fc7"]
+    real_out = classifier_outputs(classifier, real)
+    real_fc7, real_classes = real_out["fc7"], real_out["fc8"].argmax(1)
 
     def fd(images):
         return round(frechet_distance(classifier_outputs(classifier, images)["fc7"], real_fc7), 3)
 
-    def shares(images) -> np.ndarray:
-        classes = classifier_outputs(classifier, images)["fc8"].argmax(1)
-        return np.bincount(classes, minlength=classifier.num_classes) / len(images)
+    def shares(classes) -> np.ndarray:
+        return np.bincount(classes, minlength=classifier.num_classes) / len(classes)
 
     names = classifier.class_names or tuple(str(c) for c in range(classifier.num_classes))
     torch.manual_seed(0)
     untrained = StyleGenerator(**G.config).eval()
     samples = generate(G, n, seed=1)
+    sample_out = classifier_outputs(classifier, samples)
+    sample_shares = shares(sample_out["fc8"].argmax(1))
     result = {
-        "fd_fc7": fd(samples),
+        "fd_fc7": round(frechet_distance(sample_out["fc7"], real_fc7), 3),
         "fd_fc7_psi0.7": fd(generate(G, n, seed=1, psi=0.7)),
         "fd_fc7_untrained": fd(generate(untrained, n, seed=1)),
         "fd_fc7_real": fd(floor),
-        "fd_fc7_class_mix": round(_class_mix_fd(classifier, real, real_fc7, shares(samples)), 3),
-        "class_shares": dict(zip(names, np.round(shares(samples), 4).tolist())),
-        "class_shares_real": dict(zip(names, np.round(shares(real), 4).tolist())),
+        "fd_fc7_class_mix": round(_class_mix_fd(real_fc7, real_classes, sample_shares), 3),
+        "class_shares": dict(zip(names, np.round(sample_shares, 4).tolist())),
+        "class_shares_real": dict(zip(names, np.round(shares(real_classes), 4).tolist())),
         "n": n,
         "step": json.loads((Path(models) / "stylegan" / "config.json").read_text())["step"],
     }
@@ -70,10 +72,10 @@ def eval_stylegan(models: str = "artifacts", n: int = 1000, report_dir: str = "r
     return result
 
 
-def _class_mix_fd(classifier, real, real_fc7, target_shares) -> float:
-    """fd_fc7 of real scenes redrawn (with replacement, seeded) in target_shares of the classifier's classes."""
-    predicted = classifier_outputs(classifier, real)["fc8"].argmax(1)
+def _class_mix_fd(real_fc7, predicted, target_shares) -> float:
+    """fd_fc7 of real scenes redrawn (with replacement, seeded) in target_shares of the classes the
+    classifier predicts for them."""
     rng = np.random.default_rng(0)
-    picks = [rng.choice(np.flatnonzero(predicted == c), int(round(share * len(real))))
+    picks = [rng.choice(np.flatnonzero(predicted == c), int(round(share * len(real_fc7))))
              for c, share in enumerate(target_shares) if share > 0 and (predicted == c).any()]
     return frechet_distance(real_fc7[np.concatenate(picks)], real_fc7)

@@ -36,7 +36,8 @@ def test_the_class_mix_part_of_fd_is_what_dropping_a_class_costs():
     real[:200, ..., 0] = rng.integers(150, 255, (200, 1, 1))  # 200 red scenes, 200 blue ones
     real[200:, ..., 2] = rng.integers(150, 255, (200, 1, 1))
     classifier = RedOrBlue()
-    real_fc7 = classifier.features(torch.tensor(real).permute(0, 3, 1, 2).float() / 127.5 - 1)["fc7"].double().numpy()
-    same_mix = _class_mix_fd(classifier, real, real_fc7, np.array([0.5, 0.5]))
-    only_red = _class_mix_fd(classifier, real, real_fc7, np.array([1.0, 0.0]))
+    out = classifier.features(torch.tensor(real).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    real_fc7, predicted = out["fc7"].double().numpy(), out["fc8"].argmax(1).numpy()
+    same_mix = _class_mix_fd(real_fc7, predicted, np.array([0.5, 0.5]))
+    only_red = _class_mix_fd(real_fc7, predicted, np.array([1.0, 0.0]))
     assert same_mix < 0.05 < only_red  # the mean colour moves by ~0.6 on two axes when blue is dropped
