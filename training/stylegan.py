@@ -40,8 +40,8 @@ class StyleGANOptions:
     run_dir: str = opt("runs/stylegan", "resumable state, options, log")
     data: str = opt("scenes", "'scenes' or an image folder")
     image_size: int = opt(64, "image size in pixels")
-    g_channels: str = opt("128,128,64,32,16", "synthesis channels at 4, 8, ... image_size px")
-    d_channels: str = opt("16,32,64,128,128", "discriminator channels at image_size ... 4 px")
+    g_channels: str = opt("128,128,128,64,32", "synthesis channels at 4, 8, ... image_size px")
+    d_channels: str = opt("32,64,128,128,128", "discriminator channels at image_size ... 4 px")
     z_dim: int = opt(128, "z dimension")
     w_dim: int = opt(128, "w dimension")
     steps: int = opt(6000, "training steps")
@@ -58,7 +58,7 @@ class StyleGANOptions:
     seed: int = opt(0, "random seed")
     bf16: bool = opt(False, "bf16 autocast for G's and D's forward and backward (losses, R1, EMA in fp32)")
     channels_last: bool = opt(False, "NHWC activations (faster CPU convolutions)")
-    classes: bool = opt(False, "class-conditional training (every class of the data gets an equal share of z)")
+    classes: bool = opt(True, "class-conditional training (every class of the data gets an equal share of z)")
     warm_start: str = opt("", "used only when the run has no state yet: a generator checkpoint of the same "
                               "configuration to start G and its EMA from, with a fresh D; or another run's "
                               "folder (its state.pt) to take G, its EMA and D from, optimisers fresh "

@@ -79,7 +79,7 @@ def test_stylegan_trains_in_bf16_channels_last_from_a_warm_start(tmp_path):
 
 def test_a_class_conditional_run_starts_from_an_unconditional_run(tmp_path):
     opt = dict(image_size=16, g_channels="8,8,8", d_channels="8,8,8", z_dim=8, w_dim=8, batch_size=4, r1_every=1,
-               save_every=1, sample_every=100, threads=1)
+               save_every=1, sample_every=100, threads=1, classes=False)
     train_stylegan(StyleGANOptions(steps=2, run_dir=str(tmp_path / "run1"), out=str(tmp_path / "G1"), **opt))
     before = torch.load(tmp_path / "run1" / "state.pt", weights_only=True)
     conditional = dict(opt, classes=True, warm_start=str(tmp_path / "run1"))
