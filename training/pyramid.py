@@ -38,7 +38,8 @@ class PyramidOptions:
     out: str = opt("artifacts/pyramid", "EMA generator checkpoint that serving loads")
     run_dir: str = opt("runs/pyramid", "resumable state, options, log")
     data: str = opt("scenes", "'scenes' or an image folder (one subfolder per class)")
-    init_from: str = opt("", "warm start: a generator checkpoint to start G and its EMA from (D starts fresh)")
+    init_from: str = opt("", "warm start: a generator checkpoint to start G and its EMA from (D starts fresh), "
+                             "upgraded to --upsample/--noise where they differ")
     d_warmup: int = opt(0, "steps at the start of a run that train only D (lets a fresh D catch up)")
     steps: int = opt(6000, "training steps (the shipped model's)")
     batch_size: int = opt(32, "B/2 references, each twice")
@@ -49,14 +50,27 @@ class PyramidOptions:
     p_crop: float = opt(0.3, "share of training masks that are random crops")
     ema: float = opt(0.999, "EMA decay of the generator that serving loads")
     z_dim: int = opt(64, "for a new generator; a warm start keeps its own")
-    upsample: str = opt("bilinear", "for a new generator: 'bilinear' or 'nearest' (version 1; grid texture)")
-    noise: bool = opt(True, "for a new generator: a per-block noise map derived from z (version 2)")
+    upsample: str = opt("bilinear", "'bilinear' or 'nearest' (version 1; grid texture)")
+    noise: bool = opt(True, "a per-block noise map derived from z (version 2)")
     div_level: str = opt("", "diversity measured in this classifier level's features (e.g. conv3); "
                              "empty: in pixels, as the paper")
     save_every: int = opt(100, "steps between resumable saves")
     sample_every: int = opt(250, "picture of EMA samples by level in run_dir/samples/")
     threads: int = opt(2, "torch threads (0: torch's default)")
     seed: int = opt(0, "random seed")
+
+
+def upgraded_generator(path: str, upsample: str, noise: bool) -> PyramidGenerator:
+    """The checkpoint's generator with `upsample` and `noise`. Every weight carries over (upsampling has
+    none, and new noise scales start at 0), so a version-1 generator becomes a version-2 one that draws
+    what it drew, up to the smoothing of bilinear upsampling, and fine-tuning starts from there."""
+    old = load_checkpoint(path)
+    if old.config.get("noise") and not noise:
+        raise ValueError(f"init_from: {path} has per-block noise; --no-noise cannot remove it")
+    G = PyramidGenerator(**{**old.config, "upsample": upsample, "noise": noise})
+    missing, unexpected = G.load_state_dict(old.state_dict(), strict=False)
+    assert not unexpected and all(".noise_" in k for k in missing), (missing, unexpected)
+    return G
 
 
 def reconstruction_loss(real: dict, fake: dict, masks: dict) -> torch.Tensor:
@@ -133,8 +147,8 @@ def train_pyramid(opt: PyramidOptions) -> Path:
     shapes = classifier.level_shapes()
     if opt.div_level and opt.div_level not in LEVELS:
         raise ValueError(f"div_level must be one of {', '.join(LEVELS)} or empty, got {opt.div_level!r}")
-    if opt.init_from:  # warm start: the checkpoint's architecture and weights (replaced below when resuming)
-        G = load_checkpoint(opt.init_from).train()
+    if opt.init_from:  # warm start: the checkpoint's weights (replaced below when resuming)
+        G = upgraded_generator(opt.init_from, opt.upsample, opt.noise).train()
         check_pair(classifier, G)
     else:
         G = PyramidGenerator.mirroring(classifier, z_dim=opt.z_dim, class_names=source.class_names,

@@ -12,7 +12,8 @@ from semgen.checkpoints import load_checkpoint, read_config
 from semgen.data.loaders import ImageFolderSource
 from semgen.pipelines.pyramid import PyramidPipeline
 from training.classifier import ClassifierOptions, train_classifier
-from training.pyramid import PyramidOptions, train_pyramid
+from semgen.pipelines.masks import level_masks
+from training.pyramid import PyramidOptions, train_pyramid, upgraded_generator
 
 
 def write_folder(root, classes=("cats", "dogs"), per_class=3, size=40):
@@ -91,11 +92,30 @@ def test_warm_start_keeps_the_generator_through_the_d_warmup(tmp_path):
     start = load_checkpoint(bundle / "pyramid").state_dict()
     opt = PyramidOptions(classifier=str(bundle / "classifier"), init_from=str(bundle / "pyramid"), d_warmup=1,
                          out=str(tmp_path / "g"), run_dir=str(tmp_path / "run"), steps=1, batch_size=4, threads=1)
-    train_pyramid(opt)  # one step of D only: the generator is the warm start (its architecture too), saved
+    train_pyramid(opt)  # one step of D only: the generator is the warm start (upgraded to version 2), saved
     after_warmup = load_checkpoint(tmp_path / "g").state_dict()
     opt.steps = 2
     train_pyramid(opt)  # resumes; now G learns
     trained = load_checkpoint(tmp_path / "g").state_dict()
     assert read_config(tmp_path / "g")["training"]["init_from"] == str(bundle / "pyramid")
+    assert read_config(tmp_path / "g")["config"]["upsample"] == "bilinear"
     assert all(torch.equal(start[k], after_warmup[k]) for k in start if "running" not in k and "batches" not in k)
     assert any(not torch.equal(start[k], trained[k]) for k in start)
+
+
+def test_a_version_1_generator_upgrades_with_every_weight(tmp_path):
+    bundle = make_random_bundle(tmp_path / "bundle", image_size=32)
+    old, classifier = load_checkpoint(bundle / "pyramid"), load_checkpoint(bundle / "classifier")
+    feats = classifier.features(torch.randn(2, 3, 32, 32))
+    masks = level_masks(classifier.level_shapes(), {"conv3": None}, 2)
+    z, y = torch.randn(2, 8), torch.tensor([1, 4])
+    with torch.no_grad():
+        before = old(z, feats, masks, y)
+        # the noise scales start at 0: with nearest upsampling kept, the upgraded G draws the same image
+        same = upgraded_generator(str(bundle / "pyramid"), "nearest", True).eval()
+        assert same.config["noise"] is True and torch.equal(same(z, feats, masks, y), before)
+        smooth = upgraded_generator(str(bundle / "pyramid"), "bilinear", True).eval()
+        assert not torch.equal(smooth(z, feats, masks, y), before)
+    v2 = make_random_bundle(tmp_path / "v2", image_size=32, upsample="bilinear", noise=True)
+    with pytest.raises(ValueError, match="init_from: .* has per-block noise"):
+        upgraded_generator(str(v2 / "pyramid"), "bilinear", False)
