@@ -6,6 +6,8 @@
   fresh latents, and the hierarchy it shows (Δs-weighted mean layer per abstraction level);
 - editing.<attr>.*: strengths −3..3 on the default layers: does the score rise monotonically, how
   much the other attributes move (leakage), and the same with the other boundaries projected out;
+  `change`: the score's move from −3 to +3 in the attribute's spread over samples; `pixel_change`: the
+  mean absolute pixel change (0..1) from −3 to +3, and `pixel_change_per_spread` that over `change`;
 - transfer.<a>_to_<b>.*: moving latents of category a along the a-to-b boundary — how often the
   classifier then says b, and which segmenter classes turn into which (paper §3.3).
 """
@@ -87,11 +89,13 @@ def _editing(pipe: HiganPipeline, k: int, out: Path, progress) -> dict:
     for a in attrs:
         for conditional in (False, True):
             others = tuple(o for o in attrs if o != a) if conditional else ()
-            means = []
+            means, ends = [], []
             for s in STRENGTHS:
                 moved = None if s == 0 else pipe.edit_latents(ws, [Edit(a, s)], condition_on=others)
                 images, scores = unedited if moved is None else pipe.render(moved)
                 means.append(scores[:, cols].mean(0))
+                if s in (STRENGTHS[0], STRENGTHS[-1]):
+                    ends.append(images)
                 if not conditional:
                     pictures.append(to_uint8(images[:2]))
             means = np.array(means)  # [strengths, attrs]
@@ -103,6 +107,9 @@ def _editing(pipe: HiganPipeline, k: int, out: Path, progress) -> dict:
             result[f"editing.{a}.leakage{suffix}"] = round(leak, 4)
             if not conditional:
                 result[f"editing.{a}.change"] = round(float(change[i]), 4)
+                pixels = float((ends[1] - ends[0]).abs().mean()) / 2  # images in [-1, 1]
+                result[f"editing.{a}.pixel_change"] = round(pixels, 4)
+                result[f"editing.{a}.pixel_change_per_spread"] = round(pixels / max(abs(float(change[i])), 1e-8), 4)
                 table.append(np.abs(change) / max(abs(change[i]), 1e-8))
         progress(f"editing {a}: monotonic {result[f'editing.{a}.monotonic']}, leakage {result[f'editing.{a}.leakage']} "
                  f"(conditional {result[f'editing.{a}.leakage_conditional']})")

@@ -13,6 +13,10 @@ def test_eval_higan_prints_every_key_and_writes_the_pictures(tmp_path):
         assert all(result[f"rescoring.{a}.{layer}"] >= 0 for layer in range(8))
         assert isinstance(result[f"editing.{a}.monotonic"], bool) and result[f"editing.{a}.leakage"] >= 0
         assert f"editing.{a}.leakage_conditional" in result
+        # a random generator's images move under any edit; the per-spread figure is that over the score change
+        assert 0 < result[f"editing.{a}.pixel_change"] <= 1
+        assert abs(result[f"editing.{a}.pixel_change_per_spread"] * abs(result[f"editing.{a}.change"])
+                   - result[f"editing.{a}.pixel_change"]) < 1e-3
     assert "rescoring.beach.0" in result and "boundaries.beach.val_acc" in result
     assert set(result["hierarchy.order"].split(" < ")) == {"layout", "objects", "attribute", "color"}
     # transfers run only for source categories the (random) classifier predicts among the samples
