@@ -10,9 +10,9 @@ from PIL import Image
 from random_bundles import make_random_bundle
 from semgen.checkpoints import load_checkpoint, read_config
 from semgen.data.loaders import ImageFolderSource
+from semgen.pipelines.masks import level_masks
 from semgen.pipelines.pyramid import PyramidPipeline
 from training.classifier import ClassifierOptions, train_classifier
-from semgen.pipelines.masks import level_masks
 from training.pyramid import PyramidOptions, train_pyramid, upgraded_generator
 
 
