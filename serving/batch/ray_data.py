@@ -34,9 +34,15 @@ ROWS_PER_BATCH = 8  # the actor sends a batch's items at once, so its engine's d
 class BatchActor:
     """One Ray Data actor: the bundle served in this process, and a Caller on it."""
 
-    def __init__(self, models: str, onnx_dir: str, timeout_s: float, max_attempts: int):
+    def __init__(self, models: str, onnx_dir: str, timeout_s: float, max_attempts: int, torch_threads: int):
+        import torch
+
         from serving.options import ServeOptions  # the engines load in the actor, never on the driver
         from serving.server_thread import ServerThread
+
+        # as in serving/ray/replica.py: Ray gives the actor OMP_NUM_THREADS = 1, and eager torch's sums (the
+        # iterative RPCs) depend on the thread count; the driver's count gives the bytes of `semgen serve`
+        torch.set_num_threads(torch_threads)
 
         self._socket_dir = tempfile.mkdtemp(prefix="semgen-actor-")
         opts = ServeOptions(models=models, onnx_dir=onnx_dir, port=0, metrics_port=0, log_level="WARNING",
@@ -94,6 +100,8 @@ def run_on_ray(todo: list[Item], folder: JobFolder, o) -> tuple[int, bool]:
     """(items finished, whether Ctrl-C stopped the job): `todo` mapped on Ray Data by `o.concurrency` actors."""
     if not todo:
         return 0, False
+    import torch  # for its thread count only; the models load in the actors
+
     models, onnx_dir = str(Path(o.models).resolve()), str(Path(o.onnx_dir).resolve())
     Bundle(models).exported_onnx(onnx_dir)  # ExportMissing names the command, before Ray starts
     started_here = start_ray(o.ray_address)
@@ -106,7 +114,7 @@ def run_on_ray(todo: list[Item], folder: JobFolder, o) -> tuple[int, bool]:
                 for item in todo]
         dataset = ray.data.from_items(rows).map_batches(
             BatchActor, fn_constructor_kwargs=dict(models=models, onnx_dir=onnx_dir, timeout_s=o.timeout,
-                                                   max_attempts=o.max_attempts),
+                                                   max_attempts=o.max_attempts, torch_threads=torch.get_num_threads()),
             concurrency=o.concurrency, batch_size=ROWS_PER_BATCH, num_cpus=1)
         for row in dataset.iter_rows():
             bar.done(folder.write(decode_result(by_key[row["key"]], row["result"])))
