@@ -94,10 +94,10 @@ def _editing(pipe: HiganPipeline, k: int, out: Path, progress) -> dict:
                 moved = None if s == 0 else pipe.edit_latents(ws, [Edit(a, s)], condition_on=others)
                 images, scores = unedited if moved is None else pipe.render(moved)
                 means.append(scores[:, cols].mean(0))
-                if s in (STRENGTHS[0], STRENGTHS[-1]):
-                    ends.append(images)
                 if not conditional:
                     pictures.append(to_uint8(images[:2]))
+                    if s in (STRENGTHS[0], STRENGTHS[-1]):
+                        ends.append(images)
             means = np.array(means)  # [strengths, attrs]
             change = (means[-1] - means[0]) / spread  # −3 → +3, in each attribute's spread
             i = attrs.index(a)

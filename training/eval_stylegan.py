@@ -40,8 +40,11 @@ def eval_stylegan(models: str = "artifacts", n: int = 1000, report_dir: str = "r
     real_out = classifier_outputs(classifier, real)
     real_fc7, real_classes = real_out["fc7"], real_out["fc8"].argmax(1)
 
-    def fd(images):
-        return round(frechet_distance(classifier_outputs(classifier, images)["fc7"], real_fc7), 3)
+    def fd(fc7) -> float:
+        return round(frechet_distance(fc7, real_fc7), 3)
+
+    def fc7_of(images):
+        return classifier_outputs(classifier, images)["fc7"]
 
     def shares(classes) -> np.ndarray:
         return np.bincount(classes, minlength=classifier.num_classes) / len(classes)
@@ -53,10 +56,10 @@ def eval_stylegan(models: str = "artifacts", n: int = 1000, report_dir: str = "r
     sample_out = classifier_outputs(classifier, samples)
     sample_shares = shares(sample_out["fc8"].argmax(1))
     result = {
-        "fd_fc7": round(frechet_distance(sample_out["fc7"], real_fc7), 3),
-        "fd_fc7_psi0.7": fd(generate(G, n, seed=1, psi=0.7)),
-        "fd_fc7_untrained": fd(generate(untrained, n, seed=1)),
-        "fd_fc7_real": fd(floor),
+        "fd_fc7": fd(sample_out["fc7"]),
+        "fd_fc7_psi0.7": fd(fc7_of(generate(G, n, seed=1, psi=0.7))),
+        "fd_fc7_untrained": fd(fc7_of(generate(untrained, n, seed=1))),
+        "fd_fc7_real": fd(fc7_of(floor)),
         "fd_fc7_class_mix": round(_class_mix_fd(real_fc7, real_classes, sample_shares), 3),
         "class_shares": dict(zip(names, np.round(sample_shares, 4).tolist())),
         "class_shares_real": dict(zip(names, np.round(shares(real_classes), 4).tolist())),
