@@ -54,6 +54,8 @@ class PyramidOptions:
     noise: bool = opt(True, "a per-block noise map derived from z (version 2)")
     div_level: str = opt("", "diversity measured in this classifier level's features (e.g. conv3); "
                              "empty: in pixels, as the paper")
+    div_from: str = opt("", "diversity counted only for pairs whose selected level is this one or deeper "
+                            "(e.g. conv4: shallow levels are left to reconstruct); empty: every pair, as the paper")
     save_every: int = opt(100, "steps between resumable saves")
     sample_every: int = opt(250, "picture of EMA samples by level in run_dir/samples/")
     threads: int = opt(2, "torch threads (0: torch's default)")
@@ -95,12 +97,14 @@ def reconstruction_loss(real: dict, fake: dict, masks: dict) -> torch.Tensor:
     return total
 
 
-def diversity_loss(z: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
-    """images: the generated pixels, or any [B, …] tensor to measure the pairs' distance in."""
+def diversity_loss(z: torch.Tensor, images: torch.Tensor, eps: float, pairs: torch.Tensor | None = None) -> torch.Tensor:
+    """images: the generated pixels, or any [B, …] tensor to measure the pairs' distance in;
+    pairs: a 0/1 weight per pair (None: all count)."""
     half = z.shape[0] // 2
     dz = (z[:half] - z[half:]).abs().mean(1)
     dx = (images[:half] - images[half:]).abs().flatten(1).mean(1)
-    return (dz / (dx + eps)).mean()
+    ratio = dz / (dx + eps)
+    return ratio.mean() if pairs is None else (ratio * pairs).sum() / pairs.sum().clamp(min=1)
 
 
 def normalised(features: torch.Tensor) -> torch.Tensor:
@@ -145,8 +149,9 @@ def train_pyramid(opt: PyramidOptions) -> Path:
     if len(source.class_names) != classifier.num_classes:
         raise ValueError(f"data has {len(source.class_names)} classes, the classifier {classifier.num_classes}")
     shapes = classifier.level_shapes()
-    if opt.div_level and opt.div_level not in LEVELS:
-        raise ValueError(f"div_level must be one of {', '.join(LEVELS)} or empty, got {opt.div_level!r}")
+    for name in ("div_level", "div_from"):
+        if getattr(opt, name) and getattr(opt, name) not in LEVELS:
+            raise ValueError(f"{name} must be one of {', '.join(LEVELS)} or empty, got {getattr(opt, name)!r}")
     if opt.init_from:  # warm start: the checkpoint's weights (replaced below when resuming)
         G = upgraded_generator(opt.init_from, opt.upsample, opt.noise).train()
         check_pair(classifier, G)
@@ -168,7 +173,8 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         refs, labels = source.batch(step, half)
         with torch.no_grad():
             feats = classifier.features(refs)
-        masks, _ = sample_training_masks(shapes, half, size, opt.p_crop, gen)
+        masks, selected = sample_training_masks(shapes, half, size, opt.p_crop, gen)
+        div_pairs = (selected >= LEVELS.index(opt.div_from)).float() if opt.div_from else None
         # both halves of the batch share features, masks and labels; only z differs
         feats2, masks2, labels2 = _twice(feats), _twice(masks), torch.cat([labels, labels])
         z = torch.randn(opt.batch_size, G.z_dim, generator=gen)
@@ -186,7 +192,8 @@ def train_pyramid(opt: PyramidOptions) -> Path:
             adv = (D(fake, labels2) - 1).pow(2).mean()
             fake_feats = classifier.features(fake)
             rec = reconstruction_loss(feats2, fake_feats, masks2)
-            div = diversity_loss(z, normalised(fake_feats[opt.div_level]) if opt.div_level else fake, opt.div_eps)
+            div = diversity_loss(z, normalised(fake_feats[opt.div_level]) if opt.div_level else fake, opt.div_eps,
+                                 div_pairs)
             g_loss = adv + opt.rec_weight * rec + opt.div_weight * div
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()

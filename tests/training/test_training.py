@@ -13,7 +13,7 @@ from semgen.data.loaders import ImageFolderSource
 from semgen.pipelines.masks import level_masks
 from semgen.pipelines.pyramid import PyramidPipeline
 from training.classifier import ClassifierOptions, train_classifier
-from training.pyramid import PyramidOptions, train_pyramid, upgraded_generator
+from training.pyramid import PyramidOptions, diversity_loss, train_pyramid, upgraded_generator
 
 
 def write_folder(root, classes=("cats", "dogs"), per_class=3, size=40):
@@ -119,3 +119,21 @@ def test_a_version_1_generator_upgrades_with_every_weight(tmp_path):
     v2 = make_random_bundle(tmp_path / "v2", image_size=32, upsample="bilinear", noise=True)
     with pytest.raises(ValueError, match="init_from: .* has per-block noise"):
         upgraded_generator(str(v2 / "pyramid"), "bilinear", False)
+
+
+def test_diversity_counts_only_the_chosen_pairs():
+    z = torch.tensor([[0.0], [0.0], [1.0], [1.0]])  # pairs (0, 2) and (1, 3), both |dz| = 1
+    images = torch.tensor([[0.0], [0.0], [1.0], [0.0]])  # pair 0 differs by 1, pair 1 not at all
+    every = diversity_loss(z, images, eps=1.0)
+    assert every.item() == pytest.approx((1 / 2 + 1 / 1) / 2)
+    assert diversity_loss(z, images, 1.0, pairs=torch.tensor([1.0, 0.0])).item() == pytest.approx(0.5)
+    assert diversity_loss(z, images, 1.0, pairs=torch.tensor([0.0, 1.0])).item() == pytest.approx(1.0)
+    assert diversity_loss(z, images, 1.0, pairs=torch.zeros(2)).item() == 0.0  # no deep pair in the batch
+
+
+def test_pyramid_names_a_bad_div_from(tmp_path):
+    bundle = make_random_bundle(tmp_path / "bundle", image_size=32)
+    opt = PyramidOptions(classifier=str(bundle / "classifier"), div_from="conv9", out=str(tmp_path / "g"),
+                         run_dir=str(tmp_path / "run"), steps=1, batch_size=4, threads=1)
+    with pytest.raises(ValueError, match="div_from must be one of conv1"):
+        train_pyramid(opt)
