@@ -4,7 +4,8 @@ Full training (paper App. D, resized for a CPU): every step draws fresh latents,
 generator with random layer noise, labels the images with the segmenter and takes one Adam step
 on the cross-entropy; the learning rate drops ×10 after 40% of the steps. Several kinds can be
 trained on the same samples at once (`--kind lse,nse1,nse2`), which shares the generator and
-segmenter work. Few-shot training (`--shots N`) labels N samples and runs the paper's few-shot
+segmenter work. `--pool N` labels N samples once and draws every batch from them: the features are
+computed once, so a long schedule takes minutes instead of hours on a CPU (the shipped LSE's way). Few-shot training (`--shots N`) labels N samples and runs the paper's few-shot
 schedule (SemanticsPipeline.fit_head).
 """
 
@@ -37,6 +38,7 @@ class HeadsOptions:
     fewshot_iterations: int = opt(0, "few-shot: 0 = the paper's schedule for N shots")
     batch_size: int = opt(32, "images per step")
     lr: float = opt(1e-3, "learning rate")
+    pool: int = opt(0, "0: fresh samples every step (the paper); N: label N samples once and draw batches from them")
     psi: float = opt(1.0, "truncation of the training samples")
     save_every: int = opt(100, "steps between resumable saves")
     threads: int = opt(2, "torch threads (0: torch's default)")
@@ -72,6 +74,27 @@ def fewshot_head(pipe: SemanticsPipeline, kind: str, shots: int, repeat: int, se
                          seed=seed * 100 + repeat, kind=kind, iterations=iterations)
 
 
+POOL_BYTES_LIMIT = 8 * 2**30
+
+
+def pool_sample_bytes(pipe: SemanticsPipeline) -> int:
+    """float32 bytes of one sample's layer features."""
+    return 4 * sum(c * r * r for c, r in zip(pipe.generator.layer_channels(), pipe.generator.layer_resolutions()))
+
+
+def labelled_pool(pipe: SemanticsPipeline, opt: HeadsOptions):
+    """(features per layer [pool, C, R, R], labels [pool, S, S]) of the first `pool` training seeds,
+    each chunk with seeded random layer noise (the same pool when a run resumes)."""
+    features, labels = [], []
+    for start in range(0, opt.pool, opt.batch_size):
+        torch.manual_seed(opt.seed * 1_000_003 - 1 - start)
+        seeds = TRAIN_SEED_OFFSET + start + np.arange(min(opt.batch_size, opt.pool - start))
+        _, _, f, l = labelled_samples(pipe, seeds, opt.psi, noise_mode="random")
+        features.append(f)
+        labels.append(l)
+    return [torch.cat(layer) for layer in zip(*features)], torch.cat(labels)
+
+
 def train_heads(opt: HeadsOptions) -> list[Path]:
     setup_torch(opt.threads, opt.seed)
     kinds = parse_kinds(opt.kind)
@@ -91,7 +114,14 @@ def train_heads(opt: HeadsOptions) -> list[Path]:
             paths.append(pipe.save_head(head_name(kind, shots), head, out_dir, training={"shots": shots, "seed": opt.seed}))
         return paths
 
-    if opt.steps * opt.batch_size > FEWSHOT_SEED_OFFSET - TRAIN_SEED_OFFSET:
+    seeds_free = FEWSHOT_SEED_OFFSET - TRAIN_SEED_OFFSET
+    if opt.pool < 0 or opt.pool > seeds_free:
+        raise ValueError(f"pool: must be 0 (fresh samples) or 1..{seeds_free}, got {opt.pool}")
+    if opt.pool * pool_sample_bytes(pipe) > POOL_BYTES_LIMIT:
+        raise ValueError(f"pool: {opt.pool} samples need {opt.pool * pool_sample_bytes(pipe) / 2**30:.1f} GiB of "
+                         f"features, more than {POOL_BYTES_LIMIT / 2**30:.0f} GiB; give at most "
+                         f"{POOL_BYTES_LIMIT // pool_sample_bytes(pipe)}")
+    if not opt.pool and opt.steps * opt.batch_size > seeds_free:
         raise ValueError(f"steps: {opt.steps} × {opt.batch_size} samples would reuse the few-shot and evaluation seeds")
     run_dir = Path(opt.run_dir) / "-".join(kinds)
     write_options(run_dir, opt)
@@ -99,11 +129,16 @@ def train_heads(opt: HeadsOptions) -> list[Path]:
     heads = {k: HEAD_KINDS[k](channels, len(classes), classes).train() for k in kinds}
     optims = {k: torch.optim.Adam(h.parameters(), lr=opt.lr) for k, h in heads.items()}
     start = load_state(run_dir, **{f"head_{k}": h for k, h in heads.items()}, **{f"optim_{k}": o for k, o in optims.items()})
+    pool = labelled_pool(pipe, opt) if opt.pool and start < opt.steps else None
     progress = Progress(run_dir, opt.steps, start, "heads " + ",".join(kinds))
     for step in range(start, opt.steps):
-        torch.manual_seed(opt.seed * 1_000_003 + step)  # layer noise
-        seeds = TRAIN_SEED_OFFSET + step * opt.batch_size + np.arange(opt.batch_size)
-        _, _, features, labels = labelled_samples(pipe, seeds, opt.psi, noise_mode="random")
+        torch.manual_seed(opt.seed * 1_000_003 + step)  # layer noise, or which pool samples
+        if pool is None:
+            seeds = TRAIN_SEED_OFFSET + step * opt.batch_size + np.arange(opt.batch_size)
+            _, _, features, labels = labelled_samples(pipe, seeds, opt.psi, noise_mode="random")
+        else:
+            pick = torch.randint(0, opt.pool, (opt.batch_size,))
+            features, labels = [f[pick] for f in pool[0]], pool[1][pick]
         lr = opt.lr if step < 0.4 * opt.steps else opt.lr / 10
         numbers = {}
         for kind, head in heads.items():

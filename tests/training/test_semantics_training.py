@@ -109,6 +109,27 @@ def test_heads_train_full_and_few_shot_from_a_bundle(tmp_path):
         train_heads(HeadsOptions(shots="40", models=str(models)))
 
 
+def test_heads_train_from_a_pool_and_resume_on_the_same_pool(tmp_path):
+    """--pool: batches come from N samples labelled once; a resumed run rebuilds the same pool,
+    so stopping after step 1 and resuming to 3 gives the weights of an unbroken 3-step run (the
+    learning rate drops after 40 % of a run's steps: a stop before the drop keeps the schedule)."""
+    models = make_random_semantics_bundle(tmp_path / "m")
+
+    def run(name, steps):
+        return train_heads(HeadsOptions(kind="lse", models=str(models), out_dir=str(tmp_path / name), pool=5,
+                                        run_dir=str(tmp_path / f"run-{name}"), steps=steps, batch_size=2,
+                                        save_every=1, threads=1))[0]
+
+    whole = load_checkpoint(run("whole", 3)).state_dict()
+    run("broken", 1)
+    resumed = load_checkpoint(run("broken", 3)).state_dict()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    with pytest.raises(ValueError, match="^pool: must be 0"):
+        train_heads(HeadsOptions(pool=-1, models=str(models)))
+    with pytest.raises(ValueError, match="^pool: .* GiB of features"):
+        train_heads(HeadsOptions(pool=900_000, models=str(models)))
+
+
 def test_segmenter_training_writes_a_segmenter_for_every_scene_class(tmp_path):
     train_segmenter(SegmenterOptions(run_dir=str(tmp_path / "run"), out=str(tmp_path / "seg"), image_size=32,
                                      steps=2, batch_size=2, threads=1))
