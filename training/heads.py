@@ -155,5 +155,5 @@ def train_heads(opt: HeadsOptions) -> list[Path]:
             save_state(run_dir, step + 1, **{f"head_{k}": h for k, h in heads.items()},
                        **{f"optim_{k}": o for k, o in optims.items()})
     progress.close()
-    return [pipe.save_head(kind, head.eval(), out_dir, training={"shots": "all", "steps": opt.steps})
-            for kind, head in heads.items()]
+    training = {"shots": "all", "steps": opt.steps, "lr": opt.lr, "pool": opt.pool}
+    return [pipe.save_head(kind, head.eval(), out_dir, training=training) for kind, head in heads.items()]
