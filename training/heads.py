@@ -5,8 +5,9 @@ generator with random layer noise, labels the images with the segmenter and take
 on the cross-entropy; the learning rate drops ×10 after 40% of the steps. Several kinds can be
 trained on the same samples at once (`--kind lse,nse1,nse2`), which shares the generator and
 segmenter work. `--pool N` labels N samples once and draws every batch from them: the features are
-computed once, so a long schedule takes minutes instead of hours on a CPU (the shipped LSE's way). Few-shot training (`--shots N`) labels N samples and runs the paper's few-shot
-schedule (SemanticsPipeline.fit_head).
+computed once, so a long schedule takes minutes instead of hours on a CPU (the shipped LSE's way).
+Few-shot training (`--shots N`) labels N samples and runs the paper's few-shot schedule
+(SemanticsPipeline.fit_head).
 """
 
 from __future__ import annotations
@@ -117,10 +118,10 @@ def train_heads(opt: HeadsOptions) -> list[Path]:
     seeds_free = FEWSHOT_SEED_OFFSET - TRAIN_SEED_OFFSET
     if opt.pool < 0 or opt.pool > seeds_free:
         raise ValueError(f"pool: must be 0 (fresh samples) or 1..{seeds_free}, got {opt.pool}")
-    if opt.pool * pool_sample_bytes(pipe) > POOL_BYTES_LIMIT:
-        raise ValueError(f"pool: {opt.pool} samples need {opt.pool * pool_sample_bytes(pipe) / 2**30:.1f} GiB of "
-                         f"features, more than {POOL_BYTES_LIMIT / 2**30:.0f} GiB; give at most "
-                         f"{POOL_BYTES_LIMIT // pool_sample_bytes(pipe)}")
+    per_sample = pool_sample_bytes(pipe)
+    if opt.pool * per_sample > POOL_BYTES_LIMIT:
+        raise ValueError(f"pool: {opt.pool} samples need {opt.pool * per_sample / 2**30:.1f} GiB of features, "
+                         f"more than {POOL_BYTES_LIMIT / 2**30:.0f} GiB; give at most {POOL_BYTES_LIMIT // per_sample}")
     if not opt.pool and opt.steps * opt.batch_size > seeds_free:
         raise ValueError(f"steps: {opt.steps} × {opt.batch_size} samples would reuse the few-shot and evaluation seeds")
     run_dir = Path(opt.run_dir) / "-".join(kinds)
