@@ -97,7 +97,8 @@ def reconstruction_loss(real: dict, fake: dict, masks: dict) -> torch.Tensor:
     return total
 
 
-def diversity_loss(z: torch.Tensor, images: torch.Tensor, eps: float, pairs: torch.Tensor | None = None) -> torch.Tensor:
+def diversity_loss(z: torch.Tensor, images: torch.Tensor, eps: float,
+                   pairs: torch.Tensor | None = None) -> torch.Tensor:
     """images: the generated pixels, or any [B, …] tensor to measure the pairs' distance in;
     pairs: a 0/1 weight per pair (None: all count)."""
     half = z.shape[0] // 2
