@@ -130,16 +130,16 @@ def train_heads(opt: HeadsOptions) -> list[Path]:
     heads = {k: HEAD_KINDS[k](channels, len(classes), classes).train() for k in kinds}
     optims = {k: torch.optim.Adam(h.parameters(), lr=opt.lr) for k, h in heads.items()}
     start = load_state(run_dir, **{f"head_{k}": h for k, h in heads.items()}, **{f"optim_{k}": o for k, o in optims.items()})
-    pool = labelled_pool(pipe, opt) if opt.pool and start < opt.steps else None
+    pool_features, pool_labels = labelled_pool(pipe, opt) if opt.pool and start < opt.steps else (None, None)
     progress = Progress(run_dir, opt.steps, start, "heads " + ",".join(kinds))
     for step in range(start, opt.steps):
         torch.manual_seed(opt.seed * 1_000_003 + step)  # layer noise, or which pool samples
-        if pool is None:
+        if pool_labels is None:
             seeds = TRAIN_SEED_OFFSET + step * opt.batch_size + np.arange(opt.batch_size)
             _, _, features, labels = labelled_samples(pipe, seeds, opt.psi, noise_mode="random")
         else:
             pick = torch.randint(0, opt.pool, (opt.batch_size,))
-            features, labels = [f[pick] for f in pool[0]], pool[1][pick]
+            features, labels = [f[pick] for f in pool_features], pool_labels[pick]
         lr = opt.lr if step < 0.4 * opt.steps else opt.lr / 10
         numbers = {}
         for kind, head in heads.items():
