@@ -2,7 +2,9 @@
 
 Ground truth is the segmenter's labelling of fresh generated samples (as in the paper, where
 UNet/DeepLabV3 provide it). Few-shot LSEs are fitted here, `repeats` times per N with different
-annotated samples, and all heads are scored in one pass over the same evaluation samples.
+annotated samples that go round the generator's scene categories (8 shots: one per category);
+8-shot LSEs fitted on random draws are reported beside them. All heads are scored in one pass over
+the same evaluation samples.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from training.iou import IoUMeter
 
 EVAL_SEED_OFFSET = 5_000_000
 CENTER_SEED_OFFSET = 6_000_000
+RANDOM_DRAW_SHOTS = 8  # few-shot heads also fitted on random draws (not one per category), for comparison
 FULL_KINDS = ("lse", "nse1", "nse2")
 
 
@@ -60,6 +63,10 @@ def eval_heads(models: str = "artifacts", n: int = 1000, repeats: int = 5, shots
         for r in range(repeats):
             progress(f"fitting {n_shots}-shot LSE, repeat {r + 1}/{repeats}")
             heads[f"{n_shots}shot.{r}"] = fewshot_head(pipe, "lse", n_shots, repeat=r)
+    for r in range(repeats):  # the reference point: shots drawn at random, whatever their category
+        progress(f"fitting {RANDOM_DRAW_SHOTS}-shot LSE on a random draw, repeat {r + 1}/{repeats}")
+        heads[f"random{RANDOM_DRAW_SHOTS}shot.{r}"] = fewshot_head(pipe, "lse", RANDOM_DRAW_SHOTS, repeat=r,
+                                                                    per_category=False)
     progress(f"class centres from {n_centers} samples")
     heads["class_centers"] = LinearSemanticExtractor(pipe.generator.layer_channels(), num_classes, classes).set_from_centers(
         class_centers(pipe, n_centers))
@@ -81,15 +88,17 @@ def eval_heads(models: str = "artifacts", n: int = 1000, repeats: int = 5, shots
     # 3. tables
     miou = {name: meters[name].miou() for name in ("lse", "nse1", "nse2", "class_centers")}
     best = max(miou[k] for k in FULL_KINDS)
-    fewshot = {}
-    for n_shots in shots:
-        values = np.array([meters[f"{n_shots}shot.{r}"].miou() for r in range(repeats)])
-        fewshot[str(n_shots)] = {"mean": float(values.mean()), "maxdev": float(np.abs(values - values.mean()).max()),
-                                 "ratio": float(values.mean() / miou["lse"]), "runs": values.tolist()}
+    def fewshot_row(prefix: str) -> dict:
+        values = np.array([meters[f"{prefix}.{r}"].miou() for r in range(repeats)])
+        return {"mean": float(values.mean()), "maxdev": float(np.abs(values - values.mean()).max()),
+                "ratio": float(values.mean() / miou["lse"]), "runs": values.tolist()}
+
+    fewshot = {str(n_shots): fewshot_row(f"{n_shots}shot") for n_shots in shots}
     result = {
         "miou": miou,
         "relative_to_best": {k: (miou[k] - best) / best for k in FULL_KINDS},
         "fewshot": fewshot,
+        "fewshot_random_draw": {str(RANDOM_DRAW_SHOTS): fewshot_row(f"random{RANDOM_DRAW_SHOTS}shot")},
         "per_class": {name: dict(zip(classes, meters[name].per_class())) for name in ("lse", "nse1", "nse2", "class_centers")},
         "n": n,
         "repeats": repeats,

@@ -31,7 +31,7 @@ FEWSHOT_SEED_OFFSET = 4_000_000
 @dataclass
 class HeadsOptions:
     kind: str = opt("lse", "lse, nse1, nse2, or a comma-separated list trained on the same samples")
-    shots: str = opt("all", "'all' (fresh samples every step) or N annotated samples (1..16)")
+    shots: str = opt("all", "'all' (fresh samples every step) or N annotated samples (1..16), one per scene category in turn")
     models: str = opt("artifacts", "reads <models>/stylegan and <models>/segmenter")
     out_dir: str = opt("artifacts/heads", "writes <out_dir>/<kind> or <out_dir>/<kind>-<N>shot")
     run_dir: str = opt("runs/heads", "resumable state, options, log")
@@ -66,10 +66,35 @@ def labelled_samples(pipe: SemanticsPipeline, seeds, psi: float = 1.0, noise_mod
     return ws, images, features, pipe.segmenter(images).argmax(1)
 
 
+FEWSHOT_BLOCK = 256  # candidate seeds per few-shot draw
+FEWSHOT_DRAWS = 1_000_000 // FEWSHOT_BLOCK  # the draws' seeds end where evaluation seeds begin (5,000,000)
+
+
+def fewshot_seeds(pipe: SemanticsPipeline, shots: int, draw: int, per_category: bool = True) -> np.ndarray:
+    """The latent seeds of few-shot draw number `draw` (its own block of candidate seeds).
+
+    per_category: the shots go round the class-conditional generator's scene categories (8 shots
+    of 8 categories: one each), as a user annotating a head for every category would pick them;
+    the paper's generators have one category each, where a random draw is the same thing.
+    Otherwise, or for an unconditional generator, the first `shots` seeds of the block."""
+    if not 0 <= draw < FEWSHOT_DRAWS:
+        raise ValueError(f"seed: few-shot draw {draw} is outside 0..{FEWSHOT_DRAWS - 1} (draw = seed × 100 + repeat)")
+    block = FEWSHOT_SEED_OFFSET + draw * FEWSHOT_BLOCK + np.arange(FEWSHOT_BLOCK)
+    categories = pipe.generator.num_classes
+    if not per_category or not categories:
+        return block[:shots]
+    of_seed = pipe.generator.class_of(pipe.z_from_seeds(block)).numpy()
+    by_category = [block[of_seed == c] for c in range(categories)]
+    wanted = [(i % categories, i // categories) for i in range(shots)]  # (category, its n-th seed)
+    if any(n >= len(by_category[c]) for c, n in wanted):
+        raise ValueError(f"shots: {shots} do not fit round {categories} categories in {FEWSHOT_BLOCK} seeds")
+    return np.array([by_category[c][n] for c, n in wanted])
+
+
 def fewshot_head(pipe: SemanticsPipeline, kind: str, shots: int, repeat: int, seed: int = 0, psi: float = 1.0,
-                 iterations: int | None = None):
+                 iterations: int | None = None, per_category: bool = True):
     """Label `shots` samples (a different set per repeat) and fit a few-shot head on them."""
-    seeds = FEWSHOT_SEED_OFFSET + (seed * 100 + repeat) * 16 + np.arange(shots)
+    seeds = fewshot_seeds(pipe, shots, seed * 100 + repeat, per_category)
     ws, _, _, labels = labelled_samples(pipe, seeds, psi)
     return pipe.fit_head(ws, labels.to(torch.uint8).cpu().numpy(), pipe.predictor_classes("segmenter"),
                          seed=seed * 100 + repeat, kind=kind, iterations=iterations)

@@ -29,8 +29,8 @@ def test_segmenter_labels_heldout_scenes(pipe):
 
 def test_shipped_heads_agree_with_the_segmenter_on_fresh_samples(pipe):
     samples = pipe.sample(seeds=range(10_000_000, 10_000_040), predictor=SEGMENTER)
-    # floors a little under `semgen eval heads` (1,000 samples: 0.78, 0.79, 0.74, 0.42)
-    for head, floor in (("lse", 0.68), ("nse1", 0.7), ("nse2", 0.64), ("lse-8shot", 0.38)):
+    # floors a little under `semgen eval heads` (1,000 samples: 0.78, 0.79, 0.74, 0.67)
+    for head, floor in (("lse", 0.68), ("nse1", 0.7), ("nse2", 0.64), ("lse-8shot", 0.58)):
         meter = IoUMeter(pipe.segmenter.num_classes)
         meter.add(torch.as_tensor(pipe.segment(samples.latents, head)), torch.as_tensor(samples.masks))
         assert meter.miou() > floor, head

@@ -7,7 +7,8 @@ import torch
 from random_bundles import make_random_semantics_bundle
 from semgen.checkpoints import load_checkpoint
 from training.eval_scs import scripted_edit
-from training.heads import HeadsOptions, train_heads
+from semgen.pipelines.semantics import SemanticsPipeline
+from training.heads import HeadsOptions, fewshot_seeds, train_heads
 from training.iou import IoUMeter, image_miou
 from training.segmenter import SegmenterOptions, train_segmenter
 from training.stylegan import StyleGANOptions, train_stylegan
@@ -107,6 +108,18 @@ def test_heads_train_full_and_few_shot_from_a_bundle(tmp_path):
         train_heads(HeadsOptions(kind="svm", models=str(models)))
     with pytest.raises(ValueError, match="^shots:"):
         train_heads(HeadsOptions(shots="40", models=str(models)))
+
+
+def test_fewshot_draws_go_round_the_scene_categories(tmp_path):
+    pipe = SemanticsPipeline.from_dir(make_random_semantics_bundle(tmp_path / "m", num_classes=4))
+    category = lambda seeds: pipe.generator.class_of(pipe.z_from_seeds(seeds)).tolist()  # noqa: E731
+    eight = fewshot_seeds(pipe, 8, draw=0)
+    assert category(eight) == [0, 1, 2, 3, 0, 1, 2, 3] and len(set(eight)) == 8
+    assert not set(eight) & set(fewshot_seeds(pipe, 8, draw=1))  # another repeat, other samples
+    randomly = fewshot_seeds(pipe, 8, draw=0, per_category=False)
+    assert (np.diff(randomly) == 1).all() and eight.min() >= randomly[0]  # the same block of seeds
+    with pytest.raises(ValueError, match="^seed: few-shot draw"):
+        fewshot_seeds(pipe, 8, draw=10**6)
 
 
 def test_heads_train_from_a_pool_and_resume_on_the_same_pool(tmp_path):

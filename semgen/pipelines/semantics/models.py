@@ -92,7 +92,7 @@ class SemanticModels:
 
     def latents_from_seeds(self, seeds, psi: float = 1.0) -> torch.Tensor:
         """One w+ [N, num_ws, w_dim] per seed (z ~ N(0, I) from the seed, mapped, truncated)."""
-        z = torch.stack([torch.randn(self.generator.z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        z = self.z_from_seeds(seeds)
         with torch.no_grad():
             if self.onnx is not None and self.onnx.has("mapping"):
                 w = torch.from_numpy(self.onnx.run("mapping", {"z": z.numpy()}, batched=False)["w"]).to(self.device)
@@ -100,6 +100,10 @@ class SemanticModels:
             else:
                 w = self.generator.mapping_w(z.to(self.device), psi)
         return self.generator.broadcast(w).contiguous()
+
+    def z_from_seeds(self, seeds) -> torch.Tensor:
+        """z [N, z_dim] ~ N(0, I), one per seed."""
+        return torch.stack([torch.randn(self.generator.z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
     def check_latents(self, latents, field: str = "latents") -> torch.Tensor:
         """float [N, num_ws, w_dim] or [N, w_dim] (broadcast) -> w+ tensor; ValueError naming `field`.
