@@ -88,6 +88,7 @@ def eval_heads(models: str = "artifacts", n: int = 1000, repeats: int = 5, shots
     # 3. tables
     miou = {name: meters[name].miou() for name in ("lse", "nse1", "nse2", "class_centers")}
     best = max(miou[k] for k in FULL_KINDS)
+
     def fewshot_row(prefix: str) -> dict:
         values = np.array([meters[f"{prefix}.{r}"].miou() for r in range(repeats)])
         return {"mean": float(values.mean()), "maxdev": float(np.abs(values - values.mean()).max()),

@@ -6,8 +6,8 @@ import torch
 
 from random_bundles import make_random_semantics_bundle
 from semgen.checkpoints import load_checkpoint
-from training.eval_scs import scripted_edit
 from semgen.pipelines.semantics import SemanticsPipeline
+from training.eval_scs import scripted_edit
 from training.heads import HeadsOptions, fewshot_seeds, train_heads
 from training.iou import IoUMeter, image_miou
 from training.segmenter import SegmenterOptions, train_segmenter
