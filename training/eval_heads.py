@@ -20,10 +20,9 @@ from semgen.data.loaders import to_uint8
 from semgen.networks.heads import LinearSemanticExtractor
 from semgen.pipelines.semantics import SemanticsPipeline
 from semgen.reports import image_grid, label_colors
-from training.heads import fewshot_head, labelled_samples
+from training.heads import EVAL_SEED_OFFSET, fewshot_head, labelled_samples
 from training.iou import IoUMeter
 
-EVAL_SEED_OFFSET = 5_000_000
 CENTER_SEED_OFFSET = 6_000_000
 RANDOM_DRAW_SHOTS = 8  # few-shot heads also fitted on random draws (not one per category), for comparison
 FULL_KINDS = ("lse", "nse1", "nse2")

@@ -26,6 +26,7 @@ from training.common import Progress, load_state, save_state, setup_torch, write
 
 TRAIN_SEED_OFFSET = 3_000_000  # latents for head training; evaluation draws from elsewhere
 FEWSHOT_SEED_OFFSET = 4_000_000
+EVAL_SEED_OFFSET = 5_000_000  # `semgen eval heads` scores on latents from here on
 
 
 @dataclass
@@ -67,7 +68,7 @@ def labelled_samples(pipe: SemanticsPipeline, seeds, psi: float = 1.0, noise_mod
 
 
 FEWSHOT_BLOCK = 256  # candidate seeds per few-shot draw
-FEWSHOT_DRAWS = 1_000_000 // FEWSHOT_BLOCK  # the draws' seeds end where evaluation seeds begin (5,000,000)
+FEWSHOT_DRAWS = (EVAL_SEED_OFFSET - FEWSHOT_SEED_OFFSET) // FEWSHOT_BLOCK  # draws stop short of evaluation seeds
 
 
 def fewshot_seeds(pipe: SemanticsPipeline, shots: int, draw: int, per_category: bool = True) -> np.ndarray:
