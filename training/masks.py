@@ -4,6 +4,9 @@ Per sample: one level is chosen at random and passed whole. With probability p_c
 shallower conv levels are passed too, except inside a random crop, so the generator learns to
 fill a region from deep features while keeping the rest (what re-painting uses). Levels deeper
 than the chosen one are always zero.
+
+The selected level always passes whole, so the reference's deeper conv features are a function of
+what the generator was given: `deeper_conv_masks` marks them for an optional reconstruction term.
 """
 
 from __future__ import annotations
@@ -44,3 +47,15 @@ def sample_training_masks(level_shapes: dict, n: int, image_size: int, p_crop: f
         shallower = ((selected > i) & use_crop).float()
         masks[level] = on[:, None, None, None] + shallower[:, None, None, None] * small
     return masks, selected
+
+
+def deeper_conv_masks(level_shapes: dict, selected: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{conv level: [n, 1, h, w]}: ones for the samples whose selected level is shallower than this one.
+    fc levels are left out: fc8 is the class, which re-labeling must be free to change."""
+    masks = {}
+    for i, level in enumerate(LEVELS):
+        shape = level_shapes[level]
+        if len(shape) == 3:
+            on = (selected < i).float()[:, None, None, None]
+            masks[level] = on.expand(-1, 1, *shape[1:])
+    return masks

@@ -4,7 +4,8 @@ Each step draws B/2 reference images, duplicates them into pairs that share feat
 and class but not noise, and optimises
     LSGAN adversarial + rec_weight · reconstruction + div_weight · diversity
 where reconstruction is an L1 between 2×2 max-pooled classifier features of the reference and
-of the generated image on the levels that were passed (normalised together), and diversity is
+of the generated image on the levels that were passed (normalised together; with --rec-deeper also,
+weighted, on the conv levels deeper than the selected one), and diversity is
 ‖z1 − z2‖₁ / (‖G(z1) − G(z2)‖₁ + ε) over the pairs; with --div-level the distance between the two
 images is taken in the classifier's features at that level (normalised per channel) instead of pixels,
 so that changing colour alone no longer counts as diverse.
@@ -28,7 +29,7 @@ from semgen.pipelines.masks import level_masks
 from semgen.pipelines.pyramid import check_pair
 from semgen.reports import image_grid
 from training.common import Progress, load_state, save_state, setup_torch, write_options
-from training.masks import sample_training_masks
+from training.masks import deeper_conv_masks, sample_training_masks
 
 
 @dataclass
@@ -45,6 +46,9 @@ class PyramidOptions:
     batch_size: int = opt(32, "B/2 references, each twice")
     lr: float = opt(2e-4, "learning rate")
     rec_weight: float = opt(1.0, "weight of the feature reconstruction loss")
+    rec_deeper: float = opt(0.0, "weight of also reconstructing the conv levels deeper than the selected one "
+                                 "(functions of what was passed: keeps shallow-level images' semantics); "
+                                 "0: only the passed levels, as the paper")
     div_weight: float = opt(0.1, "weight of the diversity loss")
     div_eps: float = opt(0.1, "epsilon of the diversity loss")
     p_crop: float = opt(0.3, "share of training masks that are random crops")
@@ -79,8 +83,8 @@ def reconstruction_loss(real: dict, fake: dict, masks: dict) -> torch.Tensor:
     """Masked L1 between pooled, jointly normalised features, summed over passed levels."""
     total = 0.0
     for level in LEVELS:
-        m = masks[level]
-        if not m.any():
+        m = masks.get(level)
+        if m is None or not m.any():
             continue
         r, f = real[level], fake[level]
         if r.dim() == 4:
@@ -193,6 +197,9 @@ def train_pyramid(opt: PyramidOptions) -> Path:
             adv = (D(fake, labels2) - 1).pow(2).mean()
             fake_feats = classifier.features(fake)
             rec = reconstruction_loss(feats2, fake_feats, masks2)
+            if opt.rec_deeper:
+                deeper = _twice(deeper_conv_masks(shapes, selected))
+                rec = rec + opt.rec_deeper * reconstruction_loss(feats2, fake_feats, deeper)
             div = diversity_loss(z, normalised(fake_feats[opt.div_level]) if opt.div_level else fake, opt.div_eps,
                                  div_pairs)
             g_loss = adv + opt.rec_weight * rec + opt.div_weight * div

@@ -2,7 +2,7 @@ import torch
 
 from semgen.networks.classifier import LEVELS, Classifier
 from semgen.pipelines.masks import level_masks
-from training.masks import random_crop_masks, sample_training_masks
+from training.masks import deeper_conv_masks, random_crop_masks, sample_training_masks
 
 SHAPES = Classifier(image_size=64).level_shapes()
 
@@ -40,6 +40,18 @@ def test_training_masks_follow_the_paper():
             assert (shallower[0] == 0).any()  # a hole where the crop is
     frac = n_crop / sum(1 for k in selected if k > 0)
     assert 0.2 < frac < 0.4
+
+
+def test_deeper_conv_masks_mark_the_conv_levels_below_the_selected_one():
+    selected = torch.tensor([LEVELS.index("conv1"), LEVELS.index("conv4"), LEVELS.index("fc7")])
+    m = deeper_conv_masks(SHAPES, selected)
+    assert set(m) == {"conv1", "conv2", "conv3", "conv4", "conv5"}  # never fc7/fc8 (the class)
+    assert m["conv2"].shape == (3, 1, *SHAPES["conv2"][1:])
+    on = {level: [bool(m[level][i].all()) for i in range(3)] for level in m}
+    assert all(bool(m[level][i].any()) == on[level][i] for level in m for i in range(3))  # whole or nothing
+    assert on["conv1"] == [False, False, False]  # nothing is shallower than conv1
+    assert on["conv2"] == on["conv3"] == on["conv4"] == [True, False, False]
+    assert on["conv5"] == [True, True, False]
 
 
 def test_level_masks_from_region():

@@ -66,6 +66,19 @@ def test_pyramid_trains_and_resumes(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the EMA generator moved
 
 
+def test_pyramid_rec_deeper_adds_a_term(tmp_path):
+    make_random_bundle(tmp_path / "bundle", image_size=32)
+    weights = {}
+    for rec_deeper in (0.0, 1.0):
+        name = f"g{rec_deeper}"
+        train_pyramid(PyramidOptions(classifier=str(tmp_path / "bundle" / "classifier"), out=str(tmp_path / name),
+                                     run_dir=str(tmp_path / f"run{rec_deeper}"), steps=1, batch_size=8,
+                                     rec_deeper=rec_deeper, sample_every=10, threads=1))
+        weights[rec_deeper] = load_checkpoint(tmp_path / name).state_dict()
+    # same seed, same batch: only the deeper levels' reconstruction differs, and it moves the generator
+    assert any(not torch.equal(weights[0.0][k], weights[1.0][k]) for k in weights[0.0])
+
+
 def test_pyramid_trains_on_an_image_folder(tmp_path):
     data = write_folder(tmp_path / "data")
     train_classifier(ClassifierOptions(out=str(tmp_path / "models" / "classifier"), run_dir=str(tmp_path / "run_c"),
