@@ -40,7 +40,7 @@ class PyramidOptions:
     run_dir: str = opt("runs/pyramid", "resumable state, options, log")
     data: str = opt("scenes", "'scenes' or an image folder (one subfolder per class)")
     init_from: str = opt("", "warm start: a generator checkpoint to start G and its EMA from (D starts fresh), "
-                             "upgraded to --upsample/--noise/--rgb-blur where they differ")
+                             "upgraded to --upsample/--noise where they differ")
     d_warmup: int = opt(0, "steps at the start of a run that train only D (lets a fresh D catch up)")
     steps: int = opt(6000, "training steps (the shipped model's)")
     batch_size: int = opt(32, "B/2 references, each twice")
@@ -56,7 +56,6 @@ class PyramidOptions:
     z_dim: int = opt(64, "for a new generator; a warm start keeps its own")
     upsample: str = opt("bilinear", "'bilinear' or 'nearest' (version 1; grid texture)")
     noise: bool = opt(True, "a per-block noise map derived from z (version 2)")
-    rgb_blur: bool = opt(False, "a fixed [1 2 1]² low-pass on the output (removes the one-pixel checkerboard)")
     div_level: str = opt("", "diversity measured in this classifier level's features (e.g. conv3); "
                              "empty: in pixels, as the paper")
     div_from: str = opt("", "diversity counted only for pairs whose selected level is this one or deeper "
@@ -67,17 +66,14 @@ class PyramidOptions:
     seed: int = opt(0, "random seed")
 
 
-def upgraded_generator(path: str, upsample: str, noise: bool, rgb_blur: bool = False) -> PyramidGenerator:
-    """The checkpoint's generator with `upsample`, `noise` and `rgb_blur`. Every weight carries over
-    (upsampling and the output filter have none, and new noise scales start at 0), so a version-1
-    generator becomes a version-2 one that draws what it drew, up to the smoothing of bilinear upsampling
-    and of the filter, and fine-tuning starts from there."""
+def upgraded_generator(path: str, upsample: str, noise: bool) -> PyramidGenerator:
+    """The checkpoint's generator with `upsample` and `noise`. Every weight carries over (upsampling has
+    none, and new noise scales start at 0), so a version-1 generator becomes a version-2 one that draws
+    what it drew, up to the smoothing of bilinear upsampling, and fine-tuning starts from there."""
     old = load_checkpoint(path)
     if old.config.get("noise") and not noise:
         raise ValueError(f"init_from: {path} has per-block noise; --no-noise cannot remove it")
-    if old.config.get("rgb_blur") and not rgb_blur:
-        raise ValueError(f"init_from: {path} has the output low-pass; --no-rgb-blur cannot remove it")
-    G = PyramidGenerator(**{**old.config, "upsample": upsample, "noise": noise, "rgb_blur": rgb_blur})
+    G = PyramidGenerator(**{**old.config, "upsample": upsample, "noise": noise})
     missing, unexpected = G.load_state_dict(old.state_dict(), strict=False)
     assert not unexpected and all(".noise_" in k for k in missing), (missing, unexpected)
     return G
@@ -162,11 +158,11 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         if getattr(opt, name) and getattr(opt, name) not in LEVELS:
             raise ValueError(f"{name} must be one of {', '.join(LEVELS)} or empty, got {getattr(opt, name)!r}")
     if opt.init_from:  # warm start: the checkpoint's weights (replaced below when resuming)
-        G = upgraded_generator(opt.init_from, opt.upsample, opt.noise, opt.rgb_blur).train()
+        G = upgraded_generator(opt.init_from, opt.upsample, opt.noise).train()
         check_pair(classifier, G)
     else:
         G = PyramidGenerator.mirroring(classifier, z_dim=opt.z_dim, class_names=source.class_names,
-                                       upsample=opt.upsample, noise=opt.noise, rgb_blur=opt.rgb_blur)
+                                       upsample=opt.upsample, noise=opt.noise)
     D = PyramidDiscriminator(image_size=size, num_classes=classifier.num_classes)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=opt.lr, betas=(0.0, 0.999))

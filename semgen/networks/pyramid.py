@@ -12,9 +12,7 @@ Version 2 options (the config records them; without them a checkpoint is version
   noise=True           a noise map per block, derived from z by a fixed random projection (so the
                        graph stays deterministic: same z, same image), scaled per channel (learned,
                        starting at 0). z otherwise reaches only the 2×2 base map and the batch-norm
-                       gains, which vary colour and light but not where things are;
-  rgb_blur=True        a fixed [1 2 1]² low-pass on the output: the 64-px convolutions otherwise leave a
-                       one-pixel checkerboard (period 2) that no loss removes; the filter's gain there is 0.
+                       gains, which vary colour and light but not where things are.
 """
 
 from __future__ import annotations
@@ -100,7 +98,6 @@ class PyramidGenerator(nn.Module):
         class_names: tuple[str, ...] = (),
         upsample: str = "nearest",
         noise: bool = False,
-        rgb_blur: bool = False,
     ):
         super().__init__()
         self.config = dict(
@@ -116,8 +113,6 @@ class PyramidGenerator(nn.Module):
         )
         if upsample != "nearest" or noise:  # version 2; a version-1 config stays exactly as it was
             self.config.update(upsample=upsample, noise=bool(noise))
-        if rgb_blur:
-            self.config.update(rgb_blur=True)
         if len(level_channels) != 5 or len(gen_channels) != 6:
             raise ValueError("level_channels needs 5 entries (conv1..conv5), gen_channels 6")
         if upsample not in ("nearest", "bilinear"):
@@ -146,11 +141,6 @@ class PyramidGenerator(nn.Module):
             for i in range(5))
         self.out_bn = nn.BatchNorm2d(gen_channels[-1])
         self.to_rgb = nn.Conv2d(gen_channels[-1], 3, 3, padding=1)
-        self.rgb_blur = rgb_blur
-        if rgb_blur:  # not persistent: the filter is fixed, checkpoints only record the option
-            binomial = torch.tensor([1.0, 2.0, 1.0])
-            kernel = (binomial[:, None] * binomial[None, :]) / 16
-            self.register_buffer("blur_kernel", kernel.expand(3, 1, 3, 3).clone(), persistent=False)
 
     @classmethod
     def mirroring(cls, classifier, **kwargs) -> "PyramidGenerator":
@@ -181,10 +171,7 @@ class PyramidGenerator(nn.Module):
             else:
                 m = x.new_zeros(batch, 1, x.shape[2], x.shape[3])
             x = self.blocks[i](torch.cat([x, m], 1), cond, z)  # resolution doubles
-        rgb = self.to_rgb(F.relu(self.out_bn(x)))
-        if self.rgb_blur:
-            rgb = F.conv2d(F.pad(rgb, (1, 1, 1, 1), mode="reflect"), self.blur_kernel, groups=3)
-        return torch.tanh(rgb)  # [B, 3, S, S]
+        return torch.tanh(self.to_rgb(F.relu(self.out_bn(x))))  # [B, 3, S, S]
 
     def _masked_vector(self, features, masks, level, batch, like):
         size = self.from_fc8.in_features - 1 if level == "fc8" else self.from_fc7.in_features - 1
