@@ -2,6 +2,12 @@
 score train a linear SVM (scikit-learn's LinearSVC) in w space on the top and bottom k latents (70/30
 split); the unit normal is the boundary; for the category transfers, also one SVM between two
 categories' latents. Each boundary's default layers come from re-scoring (eq. 1) on fresh latents.
+
+With `--directions gradient`, each attribute boundary then takes another direction on the same default
+layers: the attribute predictor's mean gradient with respect to one move of those layers, with the other
+attributes' gradients for that move projected out, so that to first order the edit leaves their mean
+scores where they were. The SVM finds where the scores differ across samples; the gradient finds what
+moves one score alone. Category and transfer boundaries stay SVM normals.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
@@ -19,6 +26,8 @@ from training.common import setup_torch, write_options
 
 SAMPLE_SEEDS = 20_000_000  # latents the boundaries are trained on
 RESCORE_SEEDS = 30_000_000  # fresh latents for choosing default layers
+GRADIENT_SEEDS = 35_000_000  # latents the gradient directions are averaged over
+DIRECTIONS = ("svm", "gradient")
 MIN_PER_CATEGORY = 20  # samples of each category a transfer boundary needs
 
 
@@ -31,6 +40,9 @@ class BoundaryOptions:
     top: float = opt(0.2, "k = top · n positives and k negatives")
     val: float = opt(0.3, "validation share of the 2k")
     rescore_n: int = opt(100, "latents for the default layers")
+    directions: str = opt("svm", "attribute directions: svm (HiGAN's SVM normals) or gradient (the predictor's "
+                                 "mean gradient on the default layers, the other attributes' projected out)")
+    gradient_n: int = opt(256, "latents the gradient directions are averaged over")
     threads: int = opt(2, "torch threads (0: torch's default)")
     seed: int = opt(0, "random seed")
 
@@ -79,6 +91,31 @@ def sample_scores(pipe: HiganPipeline, n: int, run_dir: Path, progress) -> tuple
     return w, s
 
 
+def attribute_gradients(pipe: HiganPipeline, ws: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """The mean over latents of d(attribute score)/d(w of each layer) [n_attrs, num_ws, w_dim]."""
+    pipe.generator.requires_grad_(False)
+    n_attrs = len(pipe.predictor.attribute_names)
+    total = torch.zeros(n_attrs, pipe.num_ws, pipe.w_dim, dtype=ws.dtype)
+    for chunk in ws.split(batch_size):
+        chunk = chunk.detach().clone().requires_grad_(True)
+        scores = pipe.predictor(pipe.generator.synthesis(chunk, noise_mode="const"))  # [B, n_attrs]
+        for a in range(n_attrs):
+            grad, = torch.autograd.grad(scores[:, a].sum(), chunk, retain_graph=a < n_attrs - 1)
+            total[a] += grad.sum(0).cpu()
+    return (total / len(ws)).numpy()
+
+
+def gradient_direction(gradients: np.ndarray, attribute: int, layers) -> np.ndarray:
+    """Unit direction for one attribute, moved on `layers`: its mean gradient for that move minus the
+    part along the other attributes' gradients for the same move. gradients [n_attrs, num_ws, w_dim]."""
+    move = gradients[:, list(layers)].sum(1)  # [n_attrs, w_dim]: the same vector is added to every layer
+    q, _ = np.linalg.qr(np.delete(move, attribute, 0).T)  # orthonormal basis of the others' gradients
+    d = move[attribute] - q @ (q.T @ move[attribute])
+    if np.linalg.norm(d) < 1e-12:
+        raise ValueError(f"gradient direction of attribute {attribute}: nothing is left after projecting out the others")
+    return (d / np.linalg.norm(d)).astype(np.float32)
+
+
 def transfer_splits(pipe: HiganPipeline, scores: np.ndarray, val: float, seed: int, progress) -> list:
     """(name, level, (train, val)) for every category transfer a -> b: the latents classified a
     (label -1) or b (+1), shuffled and split."""
@@ -102,6 +139,8 @@ def transfer_splits(pipe: HiganPipeline, scores: np.ndarray, val: float, seed: i
 
 
 def train_boundaries(opt: BoundaryOptions, progress=print) -> Path:
+    if opt.directions not in DIRECTIONS:
+        raise ValueError(f"directions: {opt.directions!r} is not one of {', '.join(DIRECTIONS)}")
     run_dir = Path(opt.run_dir)
     setup_torch(opt.threads, opt.seed)
     write_options(run_dir, opt)
@@ -126,5 +165,24 @@ def train_boundaries(opt: BoundaryOptions, progress=print) -> Path:
         deltas = pipe.rescore(b.name, fresh, layers, base_scores=base)
         chosen.append(Boundary(b.name, b.level, b.normal, b.scale, b.val_acc, default_layers(deltas)))
         progress(f"{b.name}: default layers {chosen[-1].default_layers}")
+    if opt.directions == "gradient":
+        chosen = with_gradient_directions(pipe, chosen, w, opt.gradient_n, progress)
     return save_boundaries(opt.out, chosen, training={"n": opt.n, "top": opt.top, "val": opt.val,
-                                                       "rescore_n": opt.rescore_n, "models": opt.models})
+                                                       "rescore_n": opt.rescore_n, "directions": opt.directions,
+                                                       "gradient_n": opt.gradient_n, "models": opt.models})
+
+
+def with_gradient_directions(pipe: HiganPipeline, boundaries: list[Boundary], w: np.ndarray, n: int, progress) -> list[Boundary]:
+    """The attribute boundaries with gradient directions on their default layers (scale: the spread of
+    the sampled w along the new direction); the others as they are."""
+    gradients = attribute_gradients(pipe, pipe.gan.latents_from_seeds(GRADIENT_SEEDS + np.arange(n)))
+    attrs = list(pipe.predictor.attribute_names)
+    out = []
+    for b in boundaries:
+        if b.name not in attrs:
+            out.append(b)
+            continue
+        normal = gradient_direction(gradients, attrs.index(b.name), b.default_layers)
+        out.append(Boundary(b.name, b.level, normal, float((w @ normal).std()), b.val_acc, b.default_layers, "gradient"))
+        progress(f"{b.name}: gradient direction, {float(normal @ b.normal):+.2f} cosine with the SVM normal")
+    return out

@@ -1,7 +1,8 @@
 """`semgen eval higan`: HiGAN on our layer-wise generator, from the shipped predictor and boundaries.
 
 - predictors.<attr>.r2: the attribute predictor on held-out renders;
-- boundaries.<name>.val_acc: each SVM on its validation split (from training);
+- boundaries.<name>.val_acc: each SVM on its validation split (from training); .method: how the
+  shipped direction was found (svm, or gradient for attribute boundaries trained with it);
 - rescoring.<name>.<layer>: eq. 1's Δs for a move of λ = 2 (boundary scales) on one layer of w+, over
   fresh latents, and the hierarchy it shows (Δs-weighted mean layer per abstraction level);
 - editing.<attr>.*: strengths −3..3 on the default layers: does the score rise monotonically, how
@@ -44,6 +45,7 @@ def eval_higan(models: str = "artifacts", k: int = 100, edit_k: int = 64, n_r2: 
     result = {f"predictors.{n}.r2": v for n, v in predictor_r2(pipe.predictor, n_r2).items()}
     result.update({f"boundaries.{n}.val_acc": b.val_acc for n, b in pipe.boundaries.items()})
     result.update({f"boundaries.{n}.default_layers": list(b.default_layers) for n, b in pipe.boundaries.items()})
+    result.update({f"boundaries.{n}.method": b.method for n, b in pipe.boundaries.items()})
     result.update(_rescoring(pipe, k, out, progress))
     result.update(_editing(pipe, edit_k, out, progress))
     result.update(_transfer(pipe, out, progress))

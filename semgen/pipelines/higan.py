@@ -6,6 +6,8 @@ colour-scheme levels, in the renderer's units) and the scene classifier (one pro
 category). A boundary is the unit normal of a linear SVM in w space that separates latents whose
 images score high on one score from those that score low (`semgen train boundaries`); a transfer
 boundary `<a>_to_<b>` separates latents classified as category a from those classified as b.
+An attribute boundary can instead hold a gradient direction (`method` "gradient"): the predictor's
+mean gradient on the boundary's default layers with the other attributes' gradients projected out.
 
 Strengths are in units of `Boundary.scale`, the spread (std) of sampled latents along the normal:
 strength 1 moves w by one standard deviation along the boundary. An edit adds
@@ -43,6 +45,7 @@ class Boundary:
     scale: float  # std of w·normal over the sampled latents
     val_acc: float  # the SVM's accuracy on its 30% validation split
     default_layers: tuple[int, ...]  # chosen from re-scoring (the layers that move the score most)
+    method: str = "svm"  # how the normal was found: "svm" (HiGAN) or "gradient" (semgen train boundaries)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def load_boundaries(folder: str | Path) -> dict[str, Boundary]:
     normals = load_file(str(folder / "boundaries.safetensors"))
     meta = json.loads((folder / "boundaries.json").read_text())["boundaries"]
     return {m["name"]: Boundary(m["name"], m["level"], normals[m["name"]].numpy(), float(m["scale"]),
-                                float(m["val_acc"]), tuple(m["default_layers"])) for m in meta}
+                                float(m["val_acc"]), tuple(m["default_layers"]), m.get("method", "svm")) for m in meta}
 
 
 class HiganPipeline:

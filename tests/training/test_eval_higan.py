@@ -10,6 +10,7 @@ def test_eval_higan_prints_every_key_and_writes_the_pictures(tmp_path):
              "colorfulness")
     for a in attrs:
         assert f"predictors.{a}.r2" in result and f"boundaries.{a}.val_acc" in result
+        assert result[f"boundaries.{a}.method"] == "svm"  # the random bundle's boundaries
         assert all(result[f"rescoring.{a}.{layer}"] >= 0 for layer in range(8))
         assert isinstance(result[f"editing.{a}.monotonic"], bool) and result[f"editing.{a}.leakage"] >= 0
         assert f"editing.{a}.leakage_conditional" in result
