@@ -15,7 +15,7 @@ from semgen.networks.pyramid import PyramidGenerator
 
 def make_random_bundle(path: str | Path, image_size: int = 32, seed: int = 0, **generator_options) -> Path:
     """An untrained, tiny bundle with the real layout: for tests that must not need artifacts/.
-    generator_options: PyramidGenerator version-2 options (upsample, noise)."""
+    generator_options: PyramidGenerator version-2 options (upsample, noise, padding)."""
     path = Path(path)
     torch.manual_seed(seed)
     classifier = Classifier(image_size=image_size, num_classes=len(CATEGORIES), stage_channels=(4, 8, 8, 8, 8),

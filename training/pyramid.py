@@ -40,7 +40,7 @@ class PyramidOptions:
     run_dir: str = opt("runs/pyramid", "resumable state, options, log")
     data: str = opt("scenes", "'scenes' or an image folder (one subfolder per class)")
     init_from: str = opt("", "warm start: a generator checkpoint to start G and its EMA from (D starts fresh), "
-                             "upgraded to --upsample/--noise where they differ")
+                             "upgraded to --upsample/--noise/--padding where they differ")
     d_warmup: int = opt(0, "steps at the start of a run that train only D (lets a fresh D catch up)")
     steps: int = opt(6000, "training steps (the shipped model's)")
     batch_size: int = opt(32, "B/2 references, each twice")
@@ -56,6 +56,7 @@ class PyramidOptions:
     z_dim: int = opt(64, "for a new generator; a warm start keeps its own")
     upsample: str = opt("bilinear", "'bilinear' or 'nearest' (version 1; grid texture)")
     noise: bool = opt(True, "a per-block noise map derived from z (version 2)")
+    padding: str = opt("zeros", "'zeros' or 'reflect': how the generator's 3x3 convolutions pad")
     div_level: str = opt("", "diversity measured in this classifier level's features (e.g. conv3); "
                              "empty: in pixels, as the paper")
     div_from: str = opt("", "diversity counted only for pairs whose selected level is this one or deeper "
@@ -66,14 +67,15 @@ class PyramidOptions:
     seed: int = opt(0, "random seed")
 
 
-def upgraded_generator(path: str, upsample: str, noise: bool) -> PyramidGenerator:
-    """The checkpoint's generator with `upsample` and `noise`. Every weight carries over (upsampling has
-    none, and new noise scales start at 0), so a version-1 generator becomes a version-2 one that draws
-    what it drew, up to the smoothing of bilinear upsampling, and fine-tuning starts from there."""
+def upgraded_generator(path: str, upsample: str, noise: bool, padding: str = "zeros") -> PyramidGenerator:
+    """The checkpoint's generator with `upsample`, `noise` and `padding`. Every weight carries over
+    (upsampling and padding have none, and new noise scales start at 0), so a version-1 generator
+    becomes a version-2 one that draws what it drew, up to the smoothing of bilinear upsampling and
+    what changes at the border, and fine-tuning starts from there."""
     old = load_checkpoint(path)
     if old.config.get("noise") and not noise:
         raise ValueError(f"init_from: {path} has per-block noise; --no-noise cannot remove it")
-    G = PyramidGenerator(**{**old.config, "upsample": upsample, "noise": noise})
+    G = PyramidGenerator(**{**old.config, "upsample": upsample, "noise": noise, "padding": padding})
     missing, unexpected = G.load_state_dict(old.state_dict(), strict=False)
     assert not unexpected and all(".noise_" in k for k in missing), (missing, unexpected)
     return G
@@ -158,11 +160,11 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         if getattr(opt, name) and getattr(opt, name) not in LEVELS:
             raise ValueError(f"{name} must be one of {', '.join(LEVELS)} or empty, got {getattr(opt, name)!r}")
     if opt.init_from:  # warm start: the checkpoint's weights (replaced below when resuming)
-        G = upgraded_generator(opt.init_from, opt.upsample, opt.noise).train()
+        G = upgraded_generator(opt.init_from, opt.upsample, opt.noise, opt.padding).train()
         check_pair(classifier, G)
     else:
         G = PyramidGenerator.mirroring(classifier, z_dim=opt.z_dim, class_names=source.class_names,
-                                       upsample=opt.upsample, noise=opt.noise)
+                                       upsample=opt.upsample, noise=opt.noise, padding=opt.padding)
     D = PyramidDiscriminator(image_size=size, num_classes=classifier.num_classes)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=opt.lr, betas=(0.0, 0.999))

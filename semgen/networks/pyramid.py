@@ -12,7 +12,10 @@ Version 2 options (the config records them; without them a checkpoint is version
   noise=True           a noise map per block, derived from z by a fixed random projection (so the
                        graph stays deterministic: same z, same image), scaled per channel (learned,
                        starting at 0). z otherwise reaches only the 2×2 base map and the batch-norm
-                       gains, which vary colour and light but not where things are.
+                       gains, which vary colour and light but not where things are;
+  padding="reflect"    the 3×3 convolutions pad by mirroring the map instead of with zeros: zero
+                       padding marks the border, and the generator drew a fixed one-pixel stripe
+                       pattern along it (the period-2 peak of grid_artifact sat there).
 """
 
 from __future__ import annotations
@@ -48,13 +51,13 @@ class UpBlock(nn.Module):
     """Residual block, ×2 upsampling: CBN → ReLU → up → conv (+ noise) → CBN → ReLU → conv, plus a 1×1 skip."""
 
     def __init__(self, in_channels: int, out_channels: int, cond_dim: int, upsample: str = "nearest",
-                 noise_side: int = 0, z_dim: int = 0):
+                 noise_side: int = 0, z_dim: int = 0, padding: str = "zeros"):
         super().__init__()
         self.upsample = upsample
         self.bn1 = ConditionalBatchNorm(in_channels, cond_dim)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode=padding)
         self.bn2 = ConditionalBatchNorm(out_channels, cond_dim)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, padding_mode=padding)
         self.skip = nn.Conv2d(in_channels, out_channels, 1)
         self.noise_side = noise_side
         if noise_side:
@@ -98,6 +101,7 @@ class PyramidGenerator(nn.Module):
         class_names: tuple[str, ...] = (),
         upsample: str = "nearest",
         noise: bool = False,
+        padding: str = "zeros",
     ):
         super().__init__()
         self.config = dict(
@@ -113,10 +117,17 @@ class PyramidGenerator(nn.Module):
         )
         if upsample != "nearest" or noise:  # version 2; a version-1 config stays exactly as it was
             self.config.update(upsample=upsample, noise=bool(noise))
+        if padding != "zeros":
+            self.config.update(padding=padding)
         if len(level_channels) != 5 or len(gen_channels) != 6:
             raise ValueError("level_channels needs 5 entries (conv1..conv5), gen_channels 6")
         if upsample not in ("nearest", "bilinear"):
             raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
+        if padding not in ("zeros", "reflect"):
+            raise ValueError(f"padding must be 'zeros' or 'reflect', got {padding!r}")
+        if padding == "reflect" and image_size < 64:
+            raise ValueError(f"padding 'reflect' mirrors one pixel, so the 1/32-size base map needs 2 of them: "
+                             f"image_size must be at least 64, got {image_size}")
         self.image_size = image_size
         self.num_classes = num_classes
         self.z_dim = z_dim
@@ -134,13 +145,14 @@ class PyramidGenerator(nn.Module):
 
         # conv side, deepest first: conv5 at the base resolution ... conv1 at S/2.
         deep_first = list(reversed(level_channels))
-        self.fuse = nn.ModuleList(nn.Conv2d(c, gen_channels[i], 3, padding=1, bias=False) for i, c in enumerate(deep_first))
+        self.fuse = nn.ModuleList(nn.Conv2d(c, gen_channels[i], 3, padding=1, bias=False, padding_mode=padding)
+                                  for i, c in enumerate(deep_first))
         self.blocks = nn.ModuleList(
             UpBlock(gen_channels[i] + 1, gen_channels[i + 1], cond_dim, upsample,
-                    noise_side=self.base * 2 ** (i + 1) if noise else 0, z_dim=z_dim)
+                    noise_side=self.base * 2 ** (i + 1) if noise else 0, z_dim=z_dim, padding=padding)
             for i in range(5))
         self.out_bn = nn.BatchNorm2d(gen_channels[-1])
-        self.to_rgb = nn.Conv2d(gen_channels[-1], 3, 3, padding=1)
+        self.to_rgb = nn.Conv2d(gen_channels[-1], 3, 3, padding=1, padding_mode=padding)
 
     @classmethod
     def mirroring(cls, classifier, **kwargs) -> "PyramidGenerator":

@@ -23,8 +23,8 @@ def test_every_exported_model_passes_the_checker_and_matches_eager(tmp_path):
 
 
 def test_a_version_2_pyramid_generator_exports_with_parity(tmp_path):
-    """Bilinear upsampling and z-derived noise maps: the same graph interface, the same numbers."""
-    bundle = make_random_bundle(tmp_path / "models", image_size=32, upsample="bilinear", noise=True)
+    """Bilinear upsampling, z-derived noise maps and mirrored padding: the same graph interface, the same numbers."""
+    bundle = make_random_bundle(tmp_path / "models", image_size=64, upsample="bilinear", noise=True, padding="reflect")
     report = export_onnx(str(bundle), str(tmp_path / "onnx"))
     assert report["pyramid.parity"] and report["pyramid.max_abs_diff"] <= PARITY_TOLERANCE
 

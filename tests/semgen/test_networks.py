@@ -3,7 +3,7 @@ import torch
 
 from semgen.checkpoints import load_checkpoint, read_config, save_checkpoint
 from semgen.networks.classifier import LEVELS, Classifier
-from semgen.networks.pyramid import PyramidDiscriminator, PyramidGenerator
+from semgen.networks.pyramid import PyramidDiscriminator, PyramidGenerator, UpBlock
 from semgen.pipelines.masks import level_masks
 
 
@@ -88,3 +88,28 @@ def test_version_2_generator_upsamples_smoothly_and_draws_noise_from_z(tmp_path)
     assert torch.equal(load_checkpoint(tmp_path / "g2")(z, feats, masks, y), loud)
     with pytest.raises(ValueError, match="upsample"):
         PyramidGenerator(upsample="bicubic")
+
+
+def test_reflect_padding_leaves_no_border_mark(tmp_path):
+    # a block fed a constant map: zero padding makes the border pixels differ from the rest, mirroring does not
+    torch.manual_seed(0)
+    x, cond = torch.full((1, 4, 8, 8), 0.7), torch.randn(1, 6)
+    for padding, flat in (("zeros", False), ("reflect", True)):
+        block = UpBlock(4, 5, cond_dim=6, upsample="bilinear", padding=padding).eval()
+        out = block(x, cond)
+        assert out.shape == (1, 5, 16, 16)
+        assert torch.allclose(out, out[:, :, 8:9, 8:9].expand_as(out), atol=1e-6) == flat
+    c, _ = tiny_pair(64)
+    s = c.level_shapes()
+    g = PyramidGenerator(image_size=64, num_classes=5, z_dim=8, embed_dim=4, level_channels=(4, 6, 8, 10, 12),
+                         fc_dims=(s["fc7"][0], s["fc8"][0]), hidden_dim=16, gen_channels=(8, 8, 8, 8, 8, 8),
+                         upsample="bilinear", padding="reflect").eval()
+    assert g.config["padding"] == "reflect"
+    feats, masks = c.features(torch.randn(2, 3, 64, 64)), level_masks(s, {"conv1": None}, 2)
+    z, y = torch.randn(2, 8), torch.tensor([1, 3])
+    save_checkpoint(tmp_path / "g", g, g.config)
+    assert torch.equal(load_checkpoint(tmp_path / "g")(z, feats, masks, y), g(z, feats, masks, y))
+    with pytest.raises(ValueError, match="padding"):
+        PyramidGenerator(padding="circular")
+    with pytest.raises(ValueError, match="image_size must be at least 64"):
+        PyramidGenerator(image_size=32, padding="reflect")

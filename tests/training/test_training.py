@@ -132,6 +132,11 @@ def test_a_version_1_generator_upgrades_with_every_weight(tmp_path):
     v2 = make_random_bundle(tmp_path / "v2", image_size=32, upsample="bilinear", noise=True)
     with pytest.raises(ValueError, match="init_from: .* has per-block noise"):
         upgraded_generator(str(v2 / "pyramid"), "bilinear", False)
+    v2 = make_random_bundle(tmp_path / "v2-64", image_size=64, upsample="bilinear", noise=True)
+    mirrored = upgraded_generator(str(v2 / "pyramid"), "bilinear", True, "reflect")
+    assert mirrored.config["padding"] == "reflect"
+    old = load_checkpoint(v2 / "pyramid").state_dict()
+    assert all(torch.equal(old[k], v) for k, v in mirrored.state_dict().items())  # every weight carried over
 
 
 def test_diversity_counts_only_the_chosen_pairs():
