@@ -50,6 +50,8 @@ class PyramidOptions:
                                  "(functions of what was passed: keeps shallow-level images' semantics); "
                                  "0: only the passed levels, as the paper")
     div_weight: float = opt(0.1, "weight of the diversity loss")
+    spectral_weight: float = opt(0.0, "weight of matching the generated images' mean log power spectrum to the "
+                                      "real references' (a periodic texture is a spectral peak); 0: off, as the paper")
     div_eps: float = opt(0.1, "epsilon of the diversity loss")
     p_crop: float = opt(0.3, "share of training masks that are random crops")
     ema: float = opt(0.999, "EMA decay of the generator that serving loads")
@@ -114,6 +116,21 @@ def diversity_loss(z: torch.Tensor, images: torch.Tensor, eps: float,
     return ratio.mean() if pairs is None else (ratio * pairs).sum() / pairs.sum().clamp(min=1)
 
 
+LUMINANCE = torch.tensor([0.299, 0.587, 0.114])
+
+
+def power_spectrum(images: torch.Tensor) -> torch.Tensor:
+    """images [B, 3, S, S] -> mean power spectrum [S, S] of their luminance, each image's mean removed."""
+    gray = torch.einsum("bchw,c->bhw", images, LUMINANCE.to(images))
+    gray = gray - gray.mean((1, 2), keepdim=True)
+    return torch.fft.fft2(gray).abs().pow(2).mean(0)
+
+
+def spectral_loss(fake: torch.Tensor, real_spectrum: torch.Tensor) -> torch.Tensor:
+    """Mean |log power| difference over all frequency bins between the fakes and a real spectrum [S, S]."""
+    return (torch.log(power_spectrum(fake) + 1e-6) - torch.log(real_spectrum + 1e-6)).abs().mean()
+
+
 def normalised(features: torch.Tensor) -> torch.Tensor:
     """Per-channel standardised over the batch (and positions), so distances are in units of spread."""
     dims = (0, 2, 3) if features.dim() == 4 else (0,)
@@ -174,12 +191,15 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         print(f"resuming {run_dir} at step {start}; --init-from applies only to a new run", flush=True)
     progress = Progress(run_dir, opt.steps, start, "pyramid")
     half = opt.batch_size // 2
+    real_spectrum, seen = torch.zeros(size, size), 0  # running mean over every reference seen in this run
     for step in range(start, opt.steps):
         gen = torch.Generator().manual_seed(opt.seed * 1_000_003 + step)  # step-seeded: resumes replay exactly
         train_g = step >= opt.d_warmup  # during the warm-up only D learns
         refs, labels = source.batch(step, half)
         with torch.no_grad():
             feats = classifier.features(refs)
+            real_spectrum = (real_spectrum * seen + power_spectrum(refs) * len(refs)) / (seen + len(refs))
+            seen += len(refs)
         masks, selected = sample_training_masks(shapes, half, size, opt.p_crop, gen)
         div_pairs = (selected >= LEVELS.index(opt.div_from)).float() if opt.div_from else None
         # both halves of the batch share features, masks and labels; only z differs
@@ -205,6 +225,10 @@ def train_pyramid(opt: PyramidOptions) -> Path:
             div = diversity_loss(z, normalised(fake_feats[opt.div_level]) if opt.div_level else fake, opt.div_eps,
                                  div_pairs)
             g_loss = adv + opt.rec_weight * rec + opt.div_weight * div
+            if opt.spectral_weight:
+                spectral = spectral_loss(fake, real_spectrum)
+                g_loss = g_loss + opt.spectral_weight * spectral
+                numbers.update(spectral=spectral.item())
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from random_bundles import make_random_bundle
@@ -13,7 +14,8 @@ from semgen.data.loaders import ImageFolderSource
 from semgen.pipelines.masks import level_masks
 from semgen.pipelines.pyramid import PyramidPipeline
 from training.classifier import ClassifierOptions, train_classifier
-from training.pyramid import PyramidOptions, diversity_loss, train_pyramid, upgraded_generator
+from training.pyramid import (PyramidOptions, diversity_loss, power_spectrum, spectral_loss, train_pyramid,
+                              upgraded_generator)
 
 
 def write_folder(root, classes=("cats", "dogs"), per_class=3, size=40):
@@ -155,3 +157,23 @@ def test_pyramid_names_a_bad_div_from(tmp_path):
                          run_dir=str(tmp_path / "run"), steps=1, batch_size=4, threads=1)
     with pytest.raises(ValueError, match="div_from must be one of conv1"):
         train_pyramid(opt)
+
+
+def test_spectral_loss_is_zero_on_the_real_spectrum_and_pulls_the_checkerboard_bin_towards_it():
+    torch.manual_seed(0)
+    smooth = F.avg_pool2d(torch.rand(16, 3, 36, 36) * 2 - 1, 5, stride=1)  # [16, 3, 32, 32], little high frequency
+    real = power_spectrum(smooth[:8])
+    assert spectral_loss(smooth[:8], real).item() < 1e-6
+    board = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 2 - 1).float()  # period 2 on both axes
+    nyquist = lambda x: power_spectrum(x)[16, 16].item()  # the checkerboard's frequency bin
+    others = smooth[8:]
+    flat = others - (others * board).mean((2, 3), keepdim=True) * board  # their checkerboard component taken out
+    for start, excess in ((others + 3e-3 * board, True), (flat + 1e-4 * board, False)):
+        fake = start.clone().requires_grad_(True)
+        assert (nyquist(fake) > real[16, 16].item()) == excess
+        spectral_loss(fake, real).backward()
+        # the other bins' gradients are orthogonal to the board: this is the checkerboard bin's own pull
+        assert ((fake.grad * board).sum().item() > 0) == excess
+        with torch.no_grad():
+            stepped = fake - 1e-3 * fake.grad / fake.grad.abs().max()
+        assert abs(nyquist(stepped) - real[16, 16].item()) < abs(nyquist(fake) - real[16, 16].item())
