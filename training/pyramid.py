@@ -52,6 +52,8 @@ class PyramidOptions:
     div_weight: float = opt(0.1, "weight of the diversity loss")
     spectral_weight: float = opt(0.0, "weight of matching the generated images' mean log power spectrum to the "
                                       "real references' (a periodic texture is a spectral peak); 0: off, as the paper")
+    spectral_by_level: bool = opt(False, "match the spectrum separately for the samples of each selected level "
+                                         "(else over the whole batch, where levels can trade peaks for dips)")
     div_eps: float = opt(0.1, "epsilon of the diversity loss")
     p_crop: float = opt(0.3, "share of training masks that are random crops")
     ema: float = opt(0.999, "EMA decay of the generator that serving loads")
@@ -126,9 +128,12 @@ def power_spectrum(images: torch.Tensor) -> torch.Tensor:
     return torch.fft.fft2(gray).abs().pow(2).mean(0)
 
 
-def spectral_loss(fake: torch.Tensor, real_spectrum: torch.Tensor) -> torch.Tensor:
-    """Mean |log power| difference over all frequency bins between the fakes and a real spectrum [S, S]."""
-    return (torch.log(power_spectrum(fake) + 1e-6) - torch.log(real_spectrum + 1e-6)).abs().mean()
+def spectral_loss(fake: torch.Tensor, real_spectrum: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean |log power| difference over all frequency bins between the fakes and a real spectrum [S, S];
+    with `groups` [B], the mean of that for each group's own spectrum."""
+    if groups is None:
+        return (torch.log(power_spectrum(fake) + 1e-6) - torch.log(real_spectrum + 1e-6)).abs().mean()
+    return torch.stack([spectral_loss(fake[groups == g], real_spectrum) for g in groups.unique()]).mean()
 
 
 def normalised(features: torch.Tensor) -> torch.Tensor:
@@ -226,7 +231,7 @@ def train_pyramid(opt: PyramidOptions) -> Path:
                                  div_pairs)
             g_loss = adv + opt.rec_weight * rec + opt.div_weight * div
             if opt.spectral_weight:
-                spectral = spectral_loss(fake, real_spectrum)
+                spectral = spectral_loss(fake, real_spectrum, torch.cat([selected, selected]) if opt.spectral_by_level else None)
                 g_loss = g_loss + opt.spectral_weight * spectral
                 numbers.update(spectral=spectral.item())
             opt_g.zero_grad(set_to_none=True)

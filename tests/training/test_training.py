@@ -177,3 +177,19 @@ def test_spectral_loss_is_zero_on_the_real_spectrum_and_pulls_the_checkerboard_b
         with torch.no_grad():
             stepped = fake - 1e-3 * fake.grad / fake.grad.abs().max()
         assert abs(nyquist(stepped) - real[16, 16].item()) < abs(nyquist(fake) - real[16, 16].item())
+
+
+def test_spectral_loss_by_level_sees_peaks_that_a_mixed_batch_averages_away():
+    torch.manual_seed(0)
+    smooth = F.avg_pool2d(torch.rand(16, 3, 36, 36) * 2 - 1, 5, stride=1)
+    board = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 2 - 1).float()
+    real = power_spectrum(smooth[:8])
+    flat = smooth[8:] - (smooth[8:] * board).mean((2, 3), keepdim=True) * board  # no checkerboard at all
+    # half the batch with a checkerboard, half with none: together about as much as the real images have
+    amplitude = (real[16, 16] * 2).sqrt() / 32**2
+    batch = torch.cat([flat[:4] + amplitude * board, flat[4:]])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    assert spectral_loss(batch, real, torch.zeros(8, dtype=torch.long)) == spectral_loss(batch, real)
+    # smaller groups have noisier spectra everywhere; the board adds to the grouped loss only at its own bin
+    by_level_excess = lambda images: (spectral_loss(images, real, groups) - spectral_loss(images, real)).item()
+    assert by_level_excess(batch) > by_level_excess(flat) + 0.003
