@@ -8,7 +8,9 @@ of the generated image on the levels that were passed (normalised together; with
 weighted, on the conv levels deeper than the selected one), and diversity is
 ‖z1 − z2‖₁ / (‖G(z1) − G(z2)‖₁ + ε) over the pairs; with --div-level the distance between the two
 images is taken in the classifier's features at that level (normalised per channel) instead of pixels,
-so that changing colour alone no longer counts as diverse.
+so that changing colour alone no longer counts as diverse. With --spectral-weight, + W · the mean |log|
+difference between the generated batch's power spectrum and the references' (per selected level with
+--spectral-by-level): a periodic texture is a peak in that spectrum.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ LUMINANCE = torch.tensor([0.299, 0.587, 0.114])
 
 
 def power_spectrum(images: torch.Tensor) -> torch.Tensor:
-    """images [B, 3, S, S] -> mean power spectrum [S, S] of their luminance, each image's mean removed."""
+    """images [B, 3, S, S] -> mean power spectrum [S, S] of their luminance, each image's mean removed
+    (training/grid.py's measure, differentiable and on [-1, 1] tensors)."""
     gray = torch.einsum("bchw,c->bhw", images, LUMINANCE.to(images))
     gray = gray - gray.mean((1, 2), keepdim=True)
     return torch.fft.fft2(gray).abs().pow(2).mean(0)
@@ -134,6 +137,10 @@ def spectral_loss(fake: torch.Tensor, real_spectrum: torch.Tensor, groups: torch
     if groups is None:
         return (torch.log(power_spectrum(fake) + 1e-6) - torch.log(real_spectrum + 1e-6)).abs().mean()
     return torch.stack([spectral_loss(fake[groups == g], real_spectrum) for g in groups.unique()]).mean()
+
+
+def running_mean(mean: torch.Tensor, count: int, value: torch.Tensor, weight: int) -> tuple[torch.Tensor, int]:
+    return (mean * count + value * weight) / (count + weight), count + weight
 
 
 def normalised(features: torch.Tensor) -> torch.Tensor:
@@ -196,15 +203,16 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         print(f"resuming {run_dir} at step {start}; --init-from applies only to a new run", flush=True)
     progress = Progress(run_dir, opt.steps, start, "pyramid")
     half = opt.batch_size // 2
-    real_spectrum, seen = torch.zeros(size, size), 0  # running mean over every reference seen in this run
+    real_spectrum, seen = torch.zeros(size, size), 0  # the references': a running mean over the run's steps
+    for step in range(start if opt.spectral_weight else 0):  # replayed when resuming
+        real_spectrum, seen = running_mean(real_spectrum, seen, power_spectrum(source.batch(step, half)[0]), half)
     for step in range(start, opt.steps):
         gen = torch.Generator().manual_seed(opt.seed * 1_000_003 + step)  # step-seeded: resumes replay exactly
         train_g = step >= opt.d_warmup  # during the warm-up only D learns
         refs, labels = source.batch(step, half)
         with torch.no_grad():
             feats = classifier.features(refs)
-            real_spectrum = (real_spectrum * seen + power_spectrum(refs) * len(refs)) / (seen + len(refs))
-            seen += len(refs)
+            real_spectrum, seen = running_mean(real_spectrum, seen, power_spectrum(refs), len(refs))
         masks, selected = sample_training_masks(shapes, half, size, opt.p_crop, gen)
         div_pairs = (selected >= LEVELS.index(opt.div_from)).float() if opt.div_from else None
         # both halves of the batch share features, masks and labels; only z differs
@@ -231,7 +239,8 @@ def train_pyramid(opt: PyramidOptions) -> Path:
                                  div_pairs)
             g_loss = adv + opt.rec_weight * rec + opt.div_weight * div
             if opt.spectral_weight:
-                spectral = spectral_loss(fake, real_spectrum, torch.cat([selected, selected]) if opt.spectral_by_level else None)
+                groups = torch.cat([selected, selected]) if opt.spectral_by_level else None
+                spectral = spectral_loss(fake, real_spectrum, groups)
                 g_loss = g_loss + opt.spectral_weight * spectral
                 numbers.update(spectral=spectral.item())
             opt_g.zero_grad(set_to_none=True)

@@ -13,9 +13,9 @@ Version 2 options (the config records them; without them a checkpoint is version
                        graph stays deterministic: same z, same image), scaled per channel (learned,
                        starting at 0). z otherwise reaches only the 2×2 base map and the batch-norm
                        gains, which vary colour and light but not where things are;
-  padding="reflect"    the 3×3 convolutions pad by mirroring the map instead of with zeros: zero
-                       padding marks the border, and the generator drew a fixed one-pixel stripe
-                       pattern along it (the period-2 peak of grid_artifact sat there).
+  padding="reflect"    the 3×3 convolutions pad by mirroring the map instead of with zeros, which
+                       marks the border (the deep levels draw a fixed stripe frame along it). Tried
+                       on the shipped generator, it raised grid_artifact; kept as an option.
 """
 
 from __future__ import annotations

@@ -81,6 +81,23 @@ def test_pyramid_rec_deeper_adds_a_term(tmp_path):
     assert any(not torch.equal(weights[0.0][k], weights[1.0][k]) for k in weights[0.0])
 
 
+def test_pyramid_spectral_term_moves_the_generator_and_resumes_as_if_never_stopped(tmp_path):
+    make_random_bundle(tmp_path / "bundle", image_size=32)
+    base = dict(classifier=str(tmp_path / "bundle" / "classifier"), batch_size=4, save_every=1, sample_every=10,
+                threads=1, spectral_by_level=True)
+
+    def run(name, weight, steps):
+        train_pyramid(PyramidOptions(**base, out=str(tmp_path / name), run_dir=str(tmp_path / f"run-{name}"),
+                                     spectral_weight=weight, steps=steps))
+        return load_checkpoint(tmp_path / name).state_dict()
+
+    plain, spectral = run("plain", 0.0, 3), run("spectral", 1.0, 3)
+    assert any(not torch.equal(plain[k], spectral[k]) for k in plain)  # the term moves the generator
+    run("resumed", 1.0, 2)
+    resumed = run("resumed", 1.0, 3)  # the references' spectrum of steps 0-1 is replayed, not forgotten
+    assert all(torch.equal(resumed[k], spectral[k]) for k in spectral)
+
+
 def test_pyramid_trains_on_an_image_folder(tmp_path):
     data = write_folder(tmp_path / "data")
     train_classifier(ClassifierOptions(out=str(tmp_path / "models" / "classifier"), run_dir=str(tmp_path / "run_c"),
