@@ -57,7 +57,8 @@ def test_a_cancelled_job_stops_on_its_replica(server):
             return time.monotonic() - begun
 
         alone = small()
-        big = semantics.sample_conditional(target, head="lse", num_samples=4, n_init=8, iterations=500,
+        # as big as a request may be, so that it would run on for seconds after the cancel on a fast machine too
+        big = semantics.sample_conditional(target, head="lse", num_samples=16, n_init=8, iterations=500,
                                            preview_every=1)
         started, seen = time.monotonic(), 0
         for event in big:

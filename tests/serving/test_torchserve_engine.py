@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -168,6 +169,11 @@ def test_torchserve_dies_with_a_killed_gateway_and_an_orphan_is_stopped(bundle, 
 
     orphan = subprocess.Popen([sys.executable, "-m", "serving.torchserve.watchdog", str(os.getpid()), "--",
                                "sleep", "300"], start_new_session=True)
+    # Popen can return before the child has exec'd (its cmdline still empty); an orphan is long past that
+    deadline = time.monotonic() + 10
+    while b"serving.torchserve.watchdog" not in Path(f"/proc/{orphan.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the orphan watchdog did not start"
+        time.sleep(0.05)
     (ts / "run").mkdir(parents=True, exist_ok=True)
     (ts / "run" / "torchserve.pgid").write_text(f"{orphan.pid}\n")
     stop_orphan(ts / "run" / "torchserve.pgid")
