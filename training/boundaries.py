@@ -92,8 +92,8 @@ def sample_scores(pipe: HiganPipeline, n: int, run_dir: Path, progress) -> tuple
 
 
 def attribute_gradients(pipe: HiganPipeline, ws: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """The mean over latents of d(attribute score)/d(w of each layer) [n_attrs, num_ws, w_dim]."""
-    pipe.generator.requires_grad_(False)
+    """The mean over latents of d(attribute score)/d(w of each layer) [n_attrs, num_ws, w_dim]
+    (the pipeline's networks are frozen: only the latents get gradients)."""
     n_attrs = len(pipe.predictor.attribute_names)
     total = torch.zeros(n_attrs, pipe.num_ws, pipe.w_dim, dtype=ws.dtype)
     for chunk in ws.split(batch_size):

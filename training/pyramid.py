@@ -212,7 +212,8 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         refs, labels = source.batch(step, half)
         with torch.no_grad():
             feats = classifier.features(refs)
-            real_spectrum, seen = running_mean(real_spectrum, seen, power_spectrum(refs), len(refs))
+            if opt.spectral_weight:
+                real_spectrum, seen = running_mean(real_spectrum, seen, power_spectrum(refs), len(refs))
         masks, selected = sample_training_masks(shapes, half, size, opt.p_crop, gen)
         div_pairs = (selected >= LEVELS.index(opt.div_from)).float() if opt.div_from else None
         # both halves of the batch share features, masks and labels; only z differs

@@ -176,12 +176,17 @@ def test_pyramid_names_a_bad_div_from(tmp_path):
         train_pyramid(opt)
 
 
-def test_spectral_loss_is_zero_on_the_real_spectrum_and_pulls_the_checkerboard_bin_towards_it():
+def smooth_images_and_a_checkerboard() -> tuple[torch.Tensor, torch.Tensor]:
+    """[16, 3, 32, 32] images with little high frequency, and a ±1 board of period 2 on both axes [32, 32]."""
     torch.manual_seed(0)
-    smooth = F.avg_pool2d(torch.rand(16, 3, 36, 36) * 2 - 1, 5, stride=1)  # [16, 3, 32, 32], little high frequency
+    smooth = F.avg_pool2d(torch.rand(16, 3, 36, 36) * 2 - 1, 5, stride=1)
+    return smooth, ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 2 - 1).float()
+
+
+def test_spectral_loss_is_zero_on_the_real_spectrum_and_pulls_the_checkerboard_bin_towards_it():
+    smooth, board = smooth_images_and_a_checkerboard()
     real = power_spectrum(smooth[:8])
     assert spectral_loss(smooth[:8], real).item() < 1e-6
-    board = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 2 - 1).float()  # period 2 on both axes
     nyquist = lambda x: power_spectrum(x)[16, 16].item()  # the checkerboard's frequency bin
     others = smooth[8:]
     flat = others - (others * board).mean((2, 3), keepdim=True) * board  # their checkerboard component taken out
@@ -197,9 +202,7 @@ def test_spectral_loss_is_zero_on_the_real_spectrum_and_pulls_the_checkerboard_b
 
 
 def test_spectral_loss_by_level_sees_peaks_that_a_mixed_batch_averages_away():
-    torch.manual_seed(0)
-    smooth = F.avg_pool2d(torch.rand(16, 3, 36, 36) * 2 - 1, 5, stride=1)
-    board = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 2 - 1).float()
+    smooth, board = smooth_images_and_a_checkerboard()
     real = power_spectrum(smooth[:8])
     flat = smooth[8:] - (smooth[8:] * board).mean((2, 3), keepdim=True) * board  # no checkerboard at all
     # half the batch with a checkerboard, half with none: together about as much as the real images have
