@@ -218,10 +218,11 @@ def test_a_job_cancelled_before_its_first_event_stops_in_the_worker(bundle, tmp_
     behind it waited for minutes. Now the handler skips a job cancelled in the queue and stops one mid-phase."""
     root, models = bundle
     args = ["--models", str(models), "--onnx-dir", str(root / "onnx"), "--heads-dir", str(root / "heads"),
-            "--engine", "torchserve", "--torchserve-dir", str(tmp_path / "ts")]
+            "--engine", "torchserve", "--torchserve-dir", str(tmp_path / "ts"),
+            "--max-candidates", "1024"]  # a candidate phase of seconds even on a fast machine
     target = np.zeros((32, 32), np.uint8)
     target[:16] = 1
-    big = dict(num_samples=16, n_init=256, iterations=2, preview_every=1, seed=2)
+    big = dict(num_samples=16, n_init=1024, iterations=2, preview_every=1, seed=2)
     with serve_subprocess(args) as ts, SemanticsClient(ts.address, timeout=300) as semantics:
         def small():
             begun = time.monotonic()
