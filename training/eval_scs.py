@@ -11,7 +11,9 @@ a class region, add a box of a class) and the latent optimised towards each edit
 with several predictors and for the colour-space baseline (strokes in each target class's mean
 colour). success = share of edited pixels whose class (by the segmenter) is the target class;
 preservation = share of the other pixels whose class did not change; both are means over edits,
-and `sie_no_edit` scores the unedited images (the floor). SIE with the segmenter as predictor
+and `sie_no_edit` scores the unedited images (the floor). steered_success (and, for SCS,
+accuracy_by_steering_predictor) is the same score by the predictor that steered the latent: far
+above the segmenter's, it shows the optimiser fooling that predictor rather than changing the image. SIE with the segmenter as predictor
 is scored by the same segmenter it was steered by, which flatters it (the paper notes the same
 bias for its SCS baseline).
 """
@@ -56,7 +58,7 @@ def eval_scs(models: str = "artifacts", targets: int = 50, samples: int = 5, n_i
     # 1. SCS targets: the segmenter's masks of truncated samples
     target_set = pipe.sample(seeds=TARGET_SEED_OFFSET + np.arange(targets), psi=0.7, predictor=SEGMENTER)
     goal = torch.as_tensor(target_set.masks.astype(np.int64))
-    accuracy, accuracy_init, rows = {}, {}, []
+    accuracy, accuracy_init, accuracy_steered, rows = {}, {}, {}, []
     for key, predictor in PREDICTORS.items():
         progress(f"SCS with {predictor}: candidate pool of {samples * n_init}")
         pool = pipe.candidate_pool(predictor, samples * n_init, POOL_SEED)
@@ -70,6 +72,8 @@ def eval_scs(models: str = "artifacts", targets: int = 50, samples: int = 5, n_i
         repeated = goal.repeat_interleave(samples, 0)
         accuracy[key] = float(image_miou(segment_images(pipe, images), repeated, num_classes).mean())
         accuracy_init[key] = float(image_miou(segment_images(pipe, init.images), repeated, num_classes).mean())
+        steered = torch.as_tensor(np.concatenate([r.masks for r in results]).astype(np.int64))
+        accuracy_steered[key] = float(image_miou(steered, repeated, num_classes).mean())
         rows.append(images)
     # picture: per target, the target mask then the first two samples of each predictor
     picture = [[label_colors(target_set.masks[i])] + [r[i * samples + j] for r in rows for j in range(min(samples, 2))]
@@ -78,7 +82,8 @@ def eval_scs(models: str = "artifacts", targets: int = 50, samples: int = 5, n_i
 
     # 2. SIE on scripted edits
     sie = eval_sie(pipe, edits_n, iterations, lr, out, progress)
-    result = {"accuracy": accuracy, "accuracy_before_optimisation": accuracy_init, **sie,
+    result = {"accuracy": accuracy, "accuracy_before_optimisation": accuracy_init,
+              "accuracy_by_steering_predictor": accuracy_steered, **sie,
               "targets": targets, "samples": samples, "n_init": n_init, "iterations": iterations}
     (out / "scs.json").write_text(json.dumps(result, indent=2))
     return result
@@ -133,13 +138,28 @@ def scripted_edit(labels: torch.Tensor, edit: str, num_classes: int, rng: np.ran
     raise ValueError(f"edit: unknown {edit!r}")
 
 
-def _edit_scores(pipe, result: Samples, original: torch.Tensor, target: torch.Tensor) -> dict:
-    """Means over edits (each edit counts once, whatever its size)."""
-    got = segment_images(pipe, result.images)
+def edit_scores(got: torch.Tensor, original: torch.Tensor, target: torch.Tensor,
+                steered: torch.Tensor | None = None) -> dict:
+    """Means over edits (each edit counts once, whatever its size) of label maps [B, S, S]: `got` is the
+    segmenter's labels of the results; `steered`, if given, the steering predictor's own labels of them.
+    success / steered_success: share of edited pixels that show the target class to the segmenter / to
+    the predictor the latent was steered by. A high steered_success with a low success means the
+    optimiser changed the predictor's reading, not the picture (it fooled the head)."""
     edited = target != original
-    success = ((got == target) & edited).sum((1, 2)) / edited.sum((1, 2)).clamp(min=1)
+
+    def success(labels):
+        return float((((labels == target) & edited).sum((1, 2)) / edited.sum((1, 2)).clamp(min=1)).mean())
+
     preservation = ((got == original) & ~edited).sum((1, 2)) / (~edited).sum((1, 2)).clamp(min=1)
-    return {"success": float(success.mean()), "preservation": float(preservation.mean())}
+    scores = {"success": success(got), "preservation": float(preservation.mean())}
+    if steered is not None:
+        scores["steered_success"] = success(steered)
+    return scores
+
+
+def _edit_scores(pipe, result: Samples, original: torch.Tensor, target: torch.Tensor) -> dict:
+    steered = None if result.masks is None else torch.as_tensor(result.masks.astype(np.int64))
+    return edit_scores(segment_images(pipe, result.images), original, target, steered)
 
 
 def eval_sie(pipe: SemanticsPipeline, n: int, iterations: int, lr: float, out: Path, progress=print) -> dict:
@@ -181,7 +201,9 @@ def eval_sie(pipe: SemanticsPipeline, n: int, iterations: int, lr: float, out: P
     for edit in EDITS:
         idx = [j for j, k in enumerate(kinds) if k == edit]
         if idx:
-            by_edit[edit] = {key: _edit_scores(pipe, Samples(r.images[idx], r.latents[idx], None), before[idx], targets[idx])
+            by_edit[edit] = {key: _edit_scores(pipe, Samples(r.images[idx], r.latents[idx],
+                                                             None if r.masks is None else r.masks[idx]),
+                                               before[idx], targets[idx])
                              for key, r in results.items()}
     picture = [[base.images[sources[j]], label_colors(before[j]), label_colors(targets[j])]
                + [results[k].images[j] for k in ("lse_full", "lse_8shot", "segmenter", "color_baseline")]

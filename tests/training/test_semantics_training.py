@@ -7,7 +7,7 @@ import torch
 from random_bundles import make_random_semantics_bundle
 from semgen.checkpoints import load_checkpoint
 from semgen.pipelines.semantics import SemanticsPipeline
-from training.eval_scs import scripted_edit
+from training.eval_scs import edit_scores, scripted_edit
 from training.heads import HeadsOptions, fewshot_seeds, train_heads
 from training.iou import IoUMeter, image_miou
 from training.segmenter import SegmenterOptions, train_segmenter
@@ -41,6 +41,21 @@ def test_scripted_edits_do_what_they_say():
         assert len(gone) == 1
         added = scripted_edit(labels, "add", 3, rng)
         assert added is not None and 0 < int((added != labels).sum()) <= 64
+
+
+def test_edit_scores_tell_a_fooled_predictor_from_a_changed_picture():
+    original = torch.zeros(2, 4, 4, dtype=torch.long)
+    target = original.clone()
+    target[:, :2, :2] = 1  # 4 edited pixels per image
+    got = original.clone()
+    got[0, 0, :2] = 1  # image 0: 2 of its 4 edited pixels changed; image 1: none
+    got[1, 3, 3] = 2  # image 1: one kept pixel changed class
+    steered = target.clone()  # the steering head reads every edit as done
+    scores = edit_scores(got, original, target, steered)
+    assert scores["success"] == pytest.approx((0.5 + 0.0) / 2)
+    assert scores["preservation"] == pytest.approx((1.0 + 11 / 12) / 2)
+    assert scores["steered_success"] == 1.0
+    assert "steered_success" not in edit_scores(got, original, target)
 
 
 def test_stylegan_training_runs_resumes_and_ships_a_loadable_generator(tmp_path):
