@@ -10,7 +10,8 @@ weighted, on the conv levels deeper than the selected one), and diversity is
 images is taken in the classifier's features at that level (normalised per channel) instead of pixels,
 so that changing colour alone no longer counts as diverse. With --spectral-weight, + W · the mean |log|
 difference between the generated batch's power spectrum and the references' (per selected level with
---spectral-by-level): a periodic texture is a peak in that spectrum.
+--spectral-by-level; up to the --spectral-own-refs level against the very references of that level's
+samples, else against every reference seen so far): a periodic texture is a peak in that spectrum.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class PyramidOptions:
                                       "real references' (a periodic texture is a spectral peak); 0: off, as the paper")
     spectral_by_level: bool = opt(False, "match the spectrum separately for the samples of each selected level "
                                          "(else over the whole batch, where levels can trade peaks for dips)")
+    spectral_own_refs: str = opt("", "with --spectral-by-level: the samples of this level (e.g. conv3) and shallower "
+                                     "are matched to the spectrum of the references they were made from, not of every "
+                                     "reference seen, which agrees with reconstructing them; empty: no level")
     div_eps: float = opt(0.1, "epsilon of the diversity loss")
     p_crop: float = opt(0.3, "share of training masks that are random crops")
     ema: float = opt(0.999, "EMA decay of the generator that serving loads")
@@ -131,12 +135,16 @@ def power_spectrum(images: torch.Tensor) -> torch.Tensor:
     return torch.fft.fft2(gray).abs().pow(2).mean(0)
 
 
-def spectral_loss(fake: torch.Tensor, real_spectrum: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+def spectral_loss(fake: torch.Tensor, real_spectrum: torch.Tensor, groups: torch.Tensor | None = None,
+                  group_spectra: dict | None = None) -> torch.Tensor:
     """Mean |log power| difference over all frequency bins between the fakes and a real spectrum [S, S];
-    with `groups` [B], the mean of that for each group's own spectrum."""
+    with `groups` [B], the mean of that for each group's own spectrum, against `group_spectra[g]` for
+    the groups it holds and `real_spectrum` for the rest."""
     if groups is None:
         return (torch.log(power_spectrum(fake) + 1e-6) - torch.log(real_spectrum + 1e-6)).abs().mean()
-    return torch.stack([spectral_loss(fake[groups == g], real_spectrum) for g in groups.unique()]).mean()
+    spectra = group_spectra or {}
+    return torch.stack([spectral_loss(fake[groups == g], spectra.get(int(g), real_spectrum))
+                        for g in groups.unique()]).mean()
 
 
 def running_mean(mean: torch.Tensor, count: int, value: torch.Tensor, weight: int) -> tuple[torch.Tensor, int]:
@@ -177,6 +185,9 @@ def write_samples(path: Path, G, classifier, source, n_refs: int = 6):
 
 def train_pyramid(opt: PyramidOptions) -> Path:
     run_dir, out = Path(opt.run_dir), Path(opt.out)
+    if opt.spectral_own_refs and (opt.spectral_own_refs not in LEVELS or not opt.spectral_by_level):
+        raise ValueError(f"spectral_own_refs: must be one of {', '.join(LEVELS)} and needs --spectral-by-level, "
+                         f"got {opt.spectral_own_refs!r}")
     setup_torch(opt.threads, opt.seed)
     write_options(run_dir, opt)
     classifier = load_classifier(opt.classifier).requires_grad_(False)
@@ -241,7 +252,9 @@ def train_pyramid(opt: PyramidOptions) -> Path:
             g_loss = adv + opt.rec_weight * rec + opt.div_weight * div
             if opt.spectral_weight:
                 groups = torch.cat([selected, selected]) if opt.spectral_by_level else None
-                spectral = spectral_loss(fake, real_spectrum, groups)
+                own = {g: power_spectrum(refs[selected == g]) for g in selected.unique().tolist()
+                       if opt.spectral_own_refs and g <= LEVELS.index(opt.spectral_own_refs)}
+                spectral = spectral_loss(fake, real_spectrum, groups, own)
                 g_loss = g_loss + opt.spectral_weight * spectral
                 numbers.update(spectral=spectral.item())
             opt_g.zero_grad(set_to_none=True)

@@ -213,3 +213,19 @@ def test_spectral_loss_by_level_sees_peaks_that_a_mixed_batch_averages_away():
     # smaller groups have noisier spectra everywhere; the board adds to the grouped loss only at its own bin
     by_level_excess = lambda images: (spectral_loss(images, real, groups) - spectral_loss(images, real)).item()
     assert by_level_excess(batch) > by_level_excess(flat) + 0.003
+
+
+def test_spectral_loss_against_own_references_is_zero_for_exact_reconstructions(tmp_path):
+    smooth, board = smooth_images_and_a_checkerboard()
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    references = torch.cat([smooth[:4], smooth[8:12] + 0.05 * board])  # group 1's references are textured
+    real = power_spectrum(smooth)  # every reference seen: little texture on average
+    own = {0: power_spectrum(references[:4]), 1: power_spectrum(references[4:])}
+    assert spectral_loss(references, real, groups, own).item() < 1e-6
+    # against the mean spectrum, copying group 1's textured references exactly is penalised
+    assert spectral_loss(references, real, groups).item() > 0.1
+    assert spectral_loss(references, real, groups, {0: own[0]}).item() == pytest.approx(
+        spectral_loss(references[4:], real).item() / 2)
+    for bad in ({"spectral_by_level": False, "spectral_own_refs": "conv3"}, {"spectral_by_level": True, "spectral_own_refs": "conv9"}):
+        with pytest.raises(ValueError, match="spectral_own_refs"):
+            train_pyramid(PyramidOptions(spectral_weight=1.0, steps=1, run_dir=str(tmp_path), **bad))
