@@ -11,13 +11,22 @@ as real scenes; 2.0 = twice the relative energy at the grid's frequencies.
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+LUMINANCE = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
 
 
-def power_spectrum(images: np.ndarray) -> np.ndarray:
-    """uint8 [N, S, S, 3] -> mean power spectrum [S, S] of the luminance, each image's mean removed."""
-    gray = images.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255
-    gray -= gray.mean(axis=(1, 2), keepdims=True)
-    return (np.abs(np.fft.fft2(gray)) ** 2).mean(0)
+def power_spectrum(images: torch.Tensor) -> torch.Tensor:
+    """images [B, 3, S, S] -> mean power spectrum [S, S] of their luminance, each image's mean removed
+    (differentiable: the pyramid generator's spectral term uses it too)."""
+    gray = torch.einsum("bchw,c->bhw", images, LUMINANCE.to(images))
+    gray = gray - gray.mean((1, 2), keepdim=True)
+    return torch.fft.fft2(gray).abs().pow(2).mean(0)
+
+
+def image_power_spectrum(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, S, S, 3] -> power_spectrum of the images in [0, 1], float64."""
+    return power_spectrum(torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255).numpy()
 
 
 def grid_frequencies(size: int, period: int) -> np.ndarray:
@@ -52,6 +61,6 @@ def grid_periods(image_size: int, smallest_map: int) -> tuple[int, ...]:
 
 def grid_artifact(generated: np.ndarray, real: np.ndarray, periods: tuple[int, ...]) -> dict:
     """{'grid_artifact': worst period's ratio, 'by_period': {p: generated peak ratio / real peak ratio}}."""
-    gen, ref = power_spectrum(generated), power_spectrum(real)
+    gen, ref = image_power_spectrum(generated), image_power_spectrum(real)
     by_period = {str(p): round(peak_ratio(gen, p) / peak_ratio(ref, p), 4) for p in periods}
     return {"grid_artifact": max(by_period.values()), "by_period": by_period}

@@ -32,6 +32,7 @@ from semgen.pipelines.masks import level_masks
 from semgen.pipelines.pyramid import check_pair
 from semgen.reports import image_grid
 from training.common import Progress, load_state, save_state, setup_torch, write_options
+from training.grid import power_spectrum
 from training.masks import deeper_conv_masks, sample_training_masks
 
 
@@ -124,17 +125,6 @@ def diversity_loss(z: torch.Tensor, images: torch.Tensor, eps: float,
     return ratio.mean() if pairs is None else (ratio * pairs).sum() / pairs.sum().clamp(min=1)
 
 
-LUMINANCE = torch.tensor([0.299, 0.587, 0.114])
-
-
-def power_spectrum(images: torch.Tensor) -> torch.Tensor:
-    """images [B, 3, S, S] -> mean power spectrum [S, S] of their luminance, each image's mean removed
-    (training/grid.py's measure, differentiable and on [-1, 1] tensors)."""
-    gray = torch.einsum("bchw,c->bhw", images, LUMINANCE.to(images))
-    gray = gray - gray.mean((1, 2), keepdim=True)
-    return torch.fft.fft2(gray).abs().pow(2).mean(0)
-
-
 def spectral_loss(fake: torch.Tensor, real_spectrum: torch.Tensor, groups: torch.Tensor | None = None,
                   group_spectra: dict | None = None) -> torch.Tensor:
     """Mean |log power| difference over all frequency bins between the fakes and a real spectrum [S, S];
@@ -214,6 +204,7 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         print(f"resuming {run_dir} at step {start}; --init-from applies only to a new run", flush=True)
     progress = Progress(run_dir, opt.steps, start, "pyramid")
     half = opt.batch_size // 2
+    own_upto = LEVELS.index(opt.spectral_own_refs) if opt.spectral_own_refs else -1  # levels matched to own refs
     real_spectrum, seen = torch.zeros(size, size), 0  # the references': a running mean over the run's steps
     for step in range(start if opt.spectral_weight else 0):  # replayed when resuming
         real_spectrum, seen = running_mean(real_spectrum, seen, power_spectrum(source.batch(step, half)[0]), half)
@@ -252,8 +243,7 @@ def train_pyramid(opt: PyramidOptions) -> Path:
             g_loss = adv + opt.rec_weight * rec + opt.div_weight * div
             if opt.spectral_weight:
                 groups = torch.cat([selected, selected]) if opt.spectral_by_level else None
-                own = {g: power_spectrum(refs[selected == g]) for g in selected.unique().tolist()
-                       if opt.spectral_own_refs and g <= LEVELS.index(opt.spectral_own_refs)}
+                own = {g: power_spectrum(refs[selected == g]) for g in selected.unique().tolist() if g <= own_upto}
                 spectral = spectral_loss(fake, real_spectrum, groups, own)
                 g_loss = g_loss + opt.spectral_weight * spectral
                 numbers.update(spectral=spectral.item())
