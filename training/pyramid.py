@@ -8,7 +8,8 @@ of the generated image on the levels that were passed (normalised together; with
 weighted, on the conv levels deeper than the selected one), and diversity is
 ‖z1 − z2‖₁ / (‖G(z1) − G(z2)‖₁ + ε) over the pairs; with --div-level the distance between the two
 images is taken in the classifier's features at that level (normalised per channel) instead of pixels,
-so that changing colour alone no longer counts as diverse. With --spectral-weight, + W · the mean |log|
+so that changing colour alone no longer counts as diverse. With --pixel-weight, + W · an L1 in pixels
+wherever conv1 is passed. With --spectral-weight, + W · the mean |log|
 difference between the generated batch's power spectrum and the references' (per selected level with
 --spectral-by-level; up to the --spectral-own-refs level against the very references of that level's
 samples, else against every reference seen so far): a periodic texture is a peak in that spectrum.
@@ -61,6 +62,9 @@ class PyramidOptions:
     spectral_own_refs: str = opt("", "with --spectral-by-level: the samples of this level (e.g. conv3) and shallower "
                                      "are matched to the spectrum of the references they were made from, not of every "
                                      "reference seen, which agrees with reconstructing them; empty: no level")
+    pixel_weight: float = opt(0.0, "weight of an L1 in pixels wherever conv1 is passed: conv1 nearly fixes the "
+                                   "pixels, and re-painting keeps the image outside the region from it; 0: off, "
+                                   "as the paper (features only)")
     div_eps: float = opt(0.1, "epsilon of the diversity loss")
     p_crop: float = opt(0.3, "share of training masks that are random crops")
     ema: float = opt(0.999, "EMA decay of the generator that serving loads")
@@ -112,6 +116,12 @@ def reconstruction_loss(real: dict, fake: dict, masks: dict) -> torch.Tensor:
         err = ((r - mean) / std - (f - mean) / std).abs()
         total = total + (err * m).sum() / (m.sum() * err.shape[1] + 1e-8)
     return total
+
+
+def pixel_loss(real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean |fake − real| over the pixels under `mask` [B, 1, h, w] (nearest-upsampled to the images)."""
+    m = F.interpolate(mask, size=fake.shape[-2:], mode="nearest")
+    return ((fake - real).abs() * m).sum() / (m.sum() * fake.shape[1] + 1e-8)
 
 
 def diversity_loss(z: torch.Tensor, images: torch.Tensor, eps: float,
@@ -241,6 +251,10 @@ def train_pyramid(opt: PyramidOptions) -> Path:
             div = diversity_loss(z, normalised(fake_feats[opt.div_level]) if opt.div_level else fake, opt.div_eps,
                                  div_pairs)
             g_loss = adv + opt.rec_weight * rec + opt.div_weight * div
+            if opt.pixel_weight:
+                pixel = pixel_loss(torch.cat([refs, refs]), fake, masks2["conv1"])
+                g_loss = g_loss + opt.pixel_weight * pixel
+                numbers.update(pixel=pixel.item())
             if opt.spectral_weight:
                 groups = torch.cat([selected, selected]) if opt.spectral_by_level else None
                 own = {g: power_spectrum(refs[selected == g]) for g in selected.unique().tolist() if g <= own_upto}

@@ -14,8 +14,8 @@ from semgen.data.loaders import ImageFolderSource
 from semgen.pipelines.masks import level_masks
 from semgen.pipelines.pyramid import PyramidPipeline
 from training.classifier import ClassifierOptions, train_classifier
-from training.pyramid import (PyramidOptions, diversity_loss, power_spectrum, spectral_loss, train_pyramid,
-                              upgraded_generator)
+from training.pyramid import (PyramidOptions, diversity_loss, pixel_loss, power_spectrum, spectral_loss,
+                              train_pyramid, upgraded_generator)
 
 
 def write_folder(root, classes=("cats", "dogs"), per_class=3, size=40):
@@ -68,16 +68,17 @@ def test_pyramid_trains_and_resumes(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the EMA generator moved
 
 
-def test_pyramid_rec_deeper_adds_a_term(tmp_path):
+@pytest.mark.parametrize("term", ["rec_deeper", "pixel_weight"])
+def test_pyramid_optional_term_moves_the_generator(tmp_path, term):
     make_random_bundle(tmp_path / "bundle", image_size=32)
     weights = {}
-    for rec_deeper in (0.0, 1.0):
-        name = f"g{rec_deeper}"
+    for value in (0.0, 1.0):
+        name = f"g{value}"
         train_pyramid(PyramidOptions(classifier=str(tmp_path / "bundle" / "classifier"), out=str(tmp_path / name),
-                                     run_dir=str(tmp_path / f"run{rec_deeper}"), steps=1, batch_size=8,
-                                     rec_deeper=rec_deeper, sample_every=10, threads=1))
-        weights[rec_deeper] = load_checkpoint(tmp_path / name).state_dict()
-    # same seed, same batch: only the deeper levels' reconstruction differs, and it moves the generator
+                                     run_dir=str(tmp_path / f"run{value}"), steps=1, batch_size=8,
+                                     sample_every=10, threads=1, **{term: value}))
+        weights[value] = load_checkpoint(tmp_path / name).state_dict()
+    # same seed, same batch: only the optional term differs, and it moves the generator
     assert any(not torch.equal(weights[0.0][k], weights[1.0][k]) for k in weights[0.0])
 
 
@@ -166,6 +167,18 @@ def test_diversity_counts_only_the_chosen_pairs():
     assert diversity_loss(z, images, 1.0, pairs=torch.tensor([1.0, 0.0])).item() == pytest.approx(0.5)
     assert diversity_loss(z, images, 1.0, pairs=torch.tensor([0.0, 1.0])).item() == pytest.approx(1.0)
     assert diversity_loss(z, images, 1.0, pairs=torch.zeros(2)).item() == 0.0  # no deep pair in the batch
+
+
+def test_pixel_loss_counts_only_the_pixels_under_the_conv1_mask():
+    real = torch.zeros(2, 3, 8, 8)
+    fake = real.clone()
+    fake[:, :, :4] = 1.0  # the top half is wrong by 1 in every channel
+    mask = torch.zeros(2, 1, 4, 4)  # conv1's grid: half the image's side
+    assert pixel_loss(real, fake, mask).item() == 0.0  # conv1 passed nowhere: nothing to match
+    mask[:, :, 2:] = 1.0  # passed on the bottom half, which is right
+    assert pixel_loss(real, fake, mask).item() == 0.0
+    mask[:, :, 1] = 1.0  # and on one row of cells in the wrong half: 2 of 6 image rows wrong
+    assert pixel_loss(real, fake, mask).item() == pytest.approx(2 / 6)
 
 
 def test_pyramid_names_a_bad_div_from(tmp_path):
