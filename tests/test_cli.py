@@ -39,6 +39,7 @@ REQUIRED_FLAGS = {
     "--box": ("1,2,3,4", (1, 2, 3, 4)), "--latents": ("l.npy", "l.npy"), "--head": ("lse", "lse"),
     "--name": ("mine", "mine"), "--masks": ("m.png", ("m.png",)), "--class-names": ("a,b", ("a", "b")),
     "--target": ("t.png", "t.png"), "--edit": ("horizon:2", (("horizon", 2.0, None),)), "--handler": ("h.py", "h.py"),
+    "--checkpoints": ("a,b", ("a", "b")), "--out": ("o", "o"),
 }
 ONE_OF = {("client", "semantics", "sample"): ("--seeds", "1,2", "seeds", (1, 2)),
           ("client", "manipulate"): ("--seed", "3", "seeds", (3,)),

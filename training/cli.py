@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from semgen.options import command, opt, print_result, subcommands, write_options
 from training.attributes import AttributeOptions, train_attributes
+from training.average import AverageOptions, average_checkpoints
 from training.boundaries import BoundaryOptions, train_boundaries
 from training.classifier import ClassifierOptions, train_classifier
 from training.heads import HeadsOptions, train_heads
@@ -118,6 +119,8 @@ TRAIN = {  # command -> (options, loop, help)
     "attributes": (AttributeOptions, train_attributes, "the attribute predictor HiGAN scores images with"),
     "boundaries": (BoundaryOptions, train_boundaries, "HiGAN boundaries: score sampled latents, one linear SVM per "
                                                       "score"),
+    "average": (AverageOptions, average_checkpoints, "the equal-weight average of checkpoints of one network "
+                                                     "(e.g. two steps of one run)"),
 }
 
 

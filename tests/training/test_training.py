@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from random_bundles import make_random_bundle
-from semgen.checkpoints import load_checkpoint, read_config
+from semgen.checkpoints import load_checkpoint, read_config, save_checkpoint
 from semgen.data.loaders import ImageFolderSource
 from semgen.pipelines.masks import level_masks
+from semgen.networks.pyramid import PyramidGenerator
 from semgen.pipelines.pyramid import PyramidPipeline
+from training.average import AverageOptions, average_checkpoints
 from training.classifier import ClassifierOptions, train_classifier
 from training.pyramid import (PyramidOptions, diversity_loss, pixel_loss, power_spectrum, spectral_loss,
                               train_pyramid, upgraded_generator)
@@ -242,3 +244,25 @@ def test_spectral_loss_against_own_references_is_zero_for_exact_reconstructions(
     for bad in ({"spectral_by_level": False, "spectral_own_refs": "conv3"}, {"spectral_by_level": True, "spectral_own_refs": "conv9"}):
         with pytest.raises(ValueError, match="spectral_own_refs"):
             train_pyramid(PyramidOptions(spectral_weight=1.0, steps=1, run_dir=str(tmp_path), **bad))
+
+
+def test_average_of_checkpoints_is_the_mean_of_their_weights(tmp_path):
+    nets = []
+    for i in range(2):
+        torch.manual_seed(i)
+        nets.append(PyramidGenerator(image_size=32, gen_channels=(16, 8, 8, 8, 8, 8)))
+        save_checkpoint(tmp_path / f"g{i}", nets[-1], nets[-1].config, step=100 * (i + 1))
+    average_checkpoints(AverageOptions(checkpoints=(str(tmp_path / "g0"), str(tmp_path / "g1")), out=str(tmp_path / "avg")))
+    avg = load_checkpoint(tmp_path / "avg").state_dict()
+    first, second = nets[0].state_dict(), nets[1].state_dict()
+    assert torch.allclose(avg["to_rgb.weight"], (first["to_rgb.weight"] + second["to_rgb.weight"]) / 2)
+    assert not torch.equal(first["to_rgb.weight"], second["to_rgb.weight"])
+    assert read_config(tmp_path / "avg")["step"] == 200
+
+    other = PyramidGenerator(image_size=32)  # another config: not the same network
+    save_checkpoint(tmp_path / "other", other, other.config)
+    with pytest.raises(ValueError, match="checkpoints: .*other is not the same network"):
+        average_checkpoints(AverageOptions(checkpoints=(str(tmp_path / "g0"), str(tmp_path / "other")),
+                                           out=str(tmp_path / "bad")))
+    with pytest.raises(ValueError, match="checkpoints: give two or more"):
+        average_checkpoints(AverageOptions(checkpoints=(str(tmp_path / "g0"),), out=str(tmp_path / "bad")))
