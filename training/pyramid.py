@@ -74,6 +74,9 @@ class PyramidOptions:
     padding: str = opt("zeros", "'zeros' or 'reflect': how the generator's 3x3 convolutions pad")
     div_level: str = opt("", "diversity measured in this classifier level's features (e.g. conv3); "
                              "empty: in pixels, as the paper")
+    div_level_weights: str = opt("", "LEVEL=W,...: the diversity of pairs made from LEVEL counts W times (e.g. fc8=2: "
+                                     "fc8 carries less than fc7, so its samples should differ at least as much); "
+                                     "empty: 1 for every level")
     div_from: str = opt("", "diversity counted only for pairs whose selected level is this one or deeper "
                             "(e.g. conv4: shallow levels are left to reconstruct); empty: every pair, as the paper")
     save_every: int = opt(100, "steps between resumable saves")
@@ -127,12 +130,39 @@ def pixel_loss(real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor) -> to
 def diversity_loss(z: torch.Tensor, images: torch.Tensor, eps: float,
                    pairs: torch.Tensor | None = None) -> torch.Tensor:
     """images: the generated pixels, or any [B, …] tensor to measure the pairs' distance in;
-    pairs: a 0/1 weight per pair (None: all count)."""
+    pairs: a weight per pair, 0 = not counted (None: all count once); the sum over pairs is divided
+    by the number counted, so a weight of 2 doubles that pair's pull."""
     half = z.shape[0] // 2
     dz = (z[:half] - z[half:]).abs().mean(1)
     dx = (images[:half] - images[half:]).abs().flatten(1).mean(1)
     ratio = dz / (dx + eps)
-    return ratio.mean() if pairs is None else (ratio * pairs).sum() / pairs.sum().clamp(min=1)
+    return ratio.mean() if pairs is None else (ratio * pairs).sum() / (pairs > 0).sum().clamp(min=1)
+
+
+def parse_level_weights(text: str) -> dict[str, float]:
+    """"fc8=2,fc7=1.5" -> {"fc8": 2.0, "fc7": 1.5}."""
+    weights = {}
+    for item in filter(None, text.split(",")):
+        level, _, value = item.partition("=")
+        try:
+            weights[level.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"div_level_weights: {item!r} is not LEVEL=NUMBER") from None
+        if level.strip() not in LEVELS or weights[level.strip()] < 0:
+            raise ValueError(f"div_level_weights: {item!r}: the level must be one of {', '.join(LEVELS)} "
+                             "and the weight >= 0")
+    return weights
+
+
+def pair_weights(selected: torch.Tensor, div_from: str, level_weights: dict[str, float]) -> torch.Tensor | None:
+    """The diversity weight of each pair, from its selected level index [n]: 0 below `div_from`,
+    else the level's weight (1 unless given); None when every pair counts once."""
+    if not div_from and not level_weights:
+        return None
+    table = torch.tensor([level_weights.get(level, 1.0) for level in LEVELS])
+    if div_from:
+        table[: LEVELS.index(div_from)] = 0.0
+    return table[selected]
 
 
 def spectral_loss(fake: torch.Tensor, real_spectrum: torch.Tensor, groups: torch.Tensor | None = None,
@@ -196,6 +226,7 @@ def train_pyramid(opt: PyramidOptions) -> Path:
     if len(source.class_names) != classifier.num_classes:
         raise ValueError(f"data has {len(source.class_names)} classes, the classifier {classifier.num_classes}")
     shapes = classifier.level_shapes()
+    div_weights = parse_level_weights(opt.div_level_weights)
     for name in ("div_level", "div_from"):
         if getattr(opt, name) and getattr(opt, name) not in LEVELS:
             raise ValueError(f"{name} must be one of {', '.join(LEVELS)} or empty, got {getattr(opt, name)!r}")
@@ -227,7 +258,7 @@ def train_pyramid(opt: PyramidOptions) -> Path:
             if opt.spectral_weight:
                 real_spectrum, seen = running_mean(real_spectrum, seen, power_spectrum(refs), len(refs))
         masks, selected = sample_training_masks(shapes, half, size, opt.p_crop, gen)
-        div_pairs = (selected >= LEVELS.index(opt.div_from)).float() if opt.div_from else None
+        div_pairs = pair_weights(selected, opt.div_from, div_weights)
         # both halves of the batch share features, masks and labels; only z differs
         feats2, masks2, labels2 = _twice(feats), _twice(masks), torch.cat([labels, labels])
         z = torch.randn(opt.batch_size, G.z_dim, generator=gen)

@@ -12,12 +12,13 @@ from random_bundles import make_random_bundle
 from semgen.checkpoints import load_checkpoint, read_config, save_checkpoint
 from semgen.data.loaders import ImageFolderSource
 from semgen.pipelines.masks import level_masks
+from semgen.networks.classifier import LEVELS
 from semgen.networks.pyramid import PyramidGenerator
 from semgen.pipelines.pyramid import PyramidPipeline
 from training.average import AverageOptions, average_checkpoints
 from training.classifier import ClassifierOptions, train_classifier
-from training.pyramid import (PyramidOptions, diversity_loss, pixel_loss, power_spectrum, spectral_loss,
-                              train_pyramid, upgraded_generator)
+from training.pyramid import (PyramidOptions, diversity_loss, pair_weights, parse_level_weights, pixel_loss,
+                              power_spectrum, spectral_loss, train_pyramid, upgraded_generator)
 
 
 def write_folder(root, classes=("cats", "dogs"), per_class=3, size=40):
@@ -169,6 +170,22 @@ def test_diversity_counts_only_the_chosen_pairs():
     assert diversity_loss(z, images, 1.0, pairs=torch.tensor([1.0, 0.0])).item() == pytest.approx(0.5)
     assert diversity_loss(z, images, 1.0, pairs=torch.tensor([0.0, 1.0])).item() == pytest.approx(1.0)
     assert diversity_loss(z, images, 1.0, pairs=torch.zeros(2)).item() == 0.0  # no deep pair in the batch
+
+
+def test_a_level_weight_multiplies_its_pairs_pull_and_div_from_still_drops_shallow_pairs():
+    z = torch.tensor([[0.0], [0.0], [1.0], [1.0]])
+    images = torch.tensor([[0.0], [0.0], [1.0], [0.0]])  # pair ratios: 1/2 and 1/1 (eps 1)
+    fc8, conv1 = LEVELS.index("fc8"), LEVELS.index("conv1")
+    weights = pair_weights(torch.tensor([fc8, fc8]), "conv4", parse_level_weights("fc8=2"))
+    assert weights.tolist() == [2.0, 2.0]
+    assert diversity_loss(z, images, 1.0, weights).item() == pytest.approx(2 * (1 / 2 + 1) / 2)  # doubled, not renormalised
+    weights = pair_weights(torch.tensor([conv1, fc8]), "conv4", parse_level_weights("fc8=2"))
+    assert weights.tolist() == [0.0, 2.0]  # conv1 is below div_from
+    assert diversity_loss(z, images, 1.0, weights).item() == pytest.approx(2.0)
+    assert pair_weights(torch.tensor([conv1, fc8]), "", {}) is None  # every pair once, as the paper
+    for bad in ("fc9=2", "fc8=x", "fc8=-1"):
+        with pytest.raises(ValueError, match="div_level_weights"):
+            parse_level_weights(bad)
 
 
 def test_pixel_loss_counts_only_the_pixels_under_the_conv1_mask():
