@@ -8,7 +8,8 @@ of the generated image on the levels that were passed (normalised together; with
 weighted, on the conv levels deeper than the selected one), and diversity is
 ‖z1 − z2‖₁ / (‖G(z1) − G(z2)‖₁ + ε) over the pairs; with --div-level the distance between the two
 images is taken in the classifier's features at that level (normalised per channel) instead of pixels,
-so that changing colour alone no longer counts as diverse. With --pixel-weight, + W · an L1 in pixels
+so that changing colour alone no longer counts as diverse; --div-from and --div-level-weights weigh
+the pairs by the level they were made from. With --pixel-weight, + W · an L1 in pixels
 wherever conv1 is passed. With --spectral-weight, + W · the mean |log|
 difference between the generated batch's power spectrum and the references' (per selected level with
 --spectral-by-level; up to the --spectral-own-refs level against the very references of that level's
@@ -79,6 +80,11 @@ class PyramidOptions:
                                      "empty: 1 for every level")
     div_from: str = opt("", "diversity counted only for pairs whose selected level is this one or deeper "
                             "(e.g. conv4: shallow levels are left to reconstruct); empty: every pair, as the paper")
+    levels: str = opt("", "comma-separated levels the training samples are made from (e.g. fc8); empty: every "
+                          "level, as the paper")
+    train_only: str = opt("", "comma-separated parameter-name prefixes that train (e.g. from_fc8: the layer only fc8 "
+                              "passes through); every other weight and the batch-norm statistics stay as they are, so "
+                              "samples that do not use them do not change; empty: everything trains")
     save_every: int = opt(100, "steps between resumable saves")
     sample_every: int = opt(250, "picture of EMA samples by level in run_dir/samples/")
     threads: int = opt(2, "torch threads (0: torch's default)")
@@ -154,6 +160,30 @@ def parse_level_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def parse_levels(text: str) -> tuple[int, ...]:
+    """"conv5,fc8" -> their indices in LEVELS."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in LEVELS]
+    if unknown:
+        raise ValueError(f"levels: {', '.join(unknown)} not among {', '.join(LEVELS)}")
+    return tuple(LEVELS.index(name) for name in names)
+
+
+def trainable_parameters(G: torch.nn.Module, train_only: str) -> list[torch.nn.Parameter]:
+    """All of G's parameters, or only those whose names start with one of the comma-separated
+    prefixes; then the rest is frozen and G runs in eval mode, so its batch-norm statistics stay too."""
+    prefixes = tuple(p.strip() for p in train_only.split(",") if p.strip())
+    if not prefixes:
+        return list(G.parameters())
+    for name, p in G.named_parameters():
+        p.requires_grad_(name.startswith(prefixes))
+    trained = [p for p in G.parameters() if p.requires_grad]
+    if not trained:
+        raise ValueError(f"train_only: no parameter of the generator starts with {', '.join(prefixes)}")
+    G.eval()
+    return trained
+
+
 def pair_weights(selected: torch.Tensor, div_from: str, level_weights: dict[str, float]) -> torch.Tensor | None:
     """The diversity weight of each pair, from its selected level index [n]: 0 below `div_from`,
     else the level's weight (1 unless given); None when every pair counts once."""
@@ -227,6 +257,7 @@ def train_pyramid(opt: PyramidOptions) -> Path:
         raise ValueError(f"data has {len(source.class_names)} classes, the classifier {classifier.num_classes}")
     shapes = classifier.level_shapes()
     div_weights = parse_level_weights(opt.div_level_weights)
+    level_indices = parse_levels(opt.levels)
     for name in ("div_level", "div_from"):
         if getattr(opt, name) and getattr(opt, name) not in LEVELS:
             raise ValueError(f"{name} must be one of {', '.join(LEVELS)} or empty, got {getattr(opt, name)!r}")
@@ -236,9 +267,10 @@ def train_pyramid(opt: PyramidOptions) -> Path:
     else:
         G = PyramidGenerator.mirroring(classifier, z_dim=opt.z_dim, class_names=source.class_names,
                                        upsample=opt.upsample, noise=opt.noise, padding=opt.padding)
+    trained = trainable_parameters(G, opt.train_only)
     D = PyramidDiscriminator(image_size=size, num_classes=classifier.num_classes)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(G.parameters(), lr=opt.lr, betas=(0.0, 0.999))
+    opt_g = torch.optim.Adam(trained, lr=opt.lr, betas=(0.0, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=opt.lr, betas=(0.0, 0.999))
     start = load_state(run_dir, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
     if start and opt.init_from:
@@ -257,7 +289,7 @@ def train_pyramid(opt: PyramidOptions) -> Path:
             feats = classifier.features(refs)
             if opt.spectral_weight:
                 real_spectrum, seen = running_mean(real_spectrum, seen, power_spectrum(refs), len(refs))
-        masks, selected = sample_training_masks(shapes, half, size, opt.p_crop, gen)
+        masks, selected = sample_training_masks(shapes, half, size, opt.p_crop, gen, level_indices)
         div_pairs = pair_weights(selected, opt.div_from, div_weights)
         # both halves of the batch share features, masks and labels; only z differs
         feats2, masks2, labels2 = _twice(feats), _twice(masks), torch.cat([labels, labels])

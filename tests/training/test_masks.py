@@ -61,3 +61,10 @@ def test_level_masks_from_region():
     assert m["conv3"].shape == (2, 1, 8, 8)
     assert (m["conv3"][:, :, :, :4] == 1).all() and (m["conv3"][:, :, :, 4:] == 0).all()
     assert m["fc7"].shape == (2, 1) and (m["fc7"] == 1).all()
+
+
+def test_training_masks_can_be_made_from_chosen_levels_only():
+    conv5, fc8 = LEVELS.index("conv5"), LEVELS.index("fc8")
+    masks, selected = sample_training_masks(SHAPES, 200, 64, 0.3, torch.Generator().manual_seed(1), (conv5, fc8))
+    assert set(selected.tolist()) == {conv5, fc8}
+    assert (masks["fc8"][selected == fc8] == 1).all() and (masks["fc8"][selected == conv5] == 0).all()

@@ -283,3 +283,21 @@ def test_average_of_checkpoints_is_the_mean_of_their_weights(tmp_path):
                                            out=str(tmp_path / "bad")))
     with pytest.raises(ValueError, match="checkpoints: give two or more"):
         average_checkpoints(AverageOptions(checkpoints=(str(tmp_path / "g0"),), out=str(tmp_path / "bad")))
+
+
+def test_train_only_one_layer_leaves_every_other_weight_and_statistic_as_it_was(tmp_path):
+    make_random_bundle(tmp_path / "bundle", image_size=32)
+    bundle = tmp_path / "bundle"
+    train_pyramid(PyramidOptions(classifier=str(bundle / "classifier"), init_from=str(bundle / "pyramid"),
+                                 out=str(tmp_path / "g"), run_dir=str(tmp_path / "run"), steps=3, batch_size=4,
+                                 sample_every=10, threads=1, levels="fc8", train_only="from_fc8", lr=1e-2))
+    before = load_checkpoint(bundle / "pyramid").state_dict()
+    after = load_checkpoint(tmp_path / "g").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"from_fc8.weight"}
+    with pytest.raises(ValueError, match="train_only: no parameter .* starts with nothing_here"):
+        train_pyramid(PyramidOptions(classifier=str(bundle / "classifier"), out=str(tmp_path / "g2"),
+                                     run_dir=str(tmp_path / "run2"), steps=1, batch_size=4, train_only="nothing_here"))
+    with pytest.raises(ValueError, match="levels: fc9 not among"):
+        train_pyramid(PyramidOptions(classifier=str(bundle / "classifier"), out=str(tmp_path / "g3"),
+                                     run_dir=str(tmp_path / "run3"), steps=1, batch_size=4, levels="fc8,fc9"))
