@@ -32,8 +32,8 @@ def average_checkpoints(opt: AverageOptions) -> Path:
         if (meta["class"], meta["config"]) != (metas[0]["class"], metas[0]["config"]):
             raise ValueError(f"checkpoints: {path} is not the same network as {opt.checkpoints[0]} "
                              "(class or config differ)")
-    module = load_checkpoint(opt.checkpoints[0])
-    states = [load_checkpoint(path).state_dict() for path in opt.checkpoints]
+    modules = [load_checkpoint(path) for path in opt.checkpoints]
+    module, states = modules[0], [m.state_dict() for m in modules]
     # floating tensors (weights, batch-norm statistics) are averaged; counters are the first's
     module.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
                             for k, v in states[0].items()})

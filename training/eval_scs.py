@@ -13,9 +13,9 @@ colour). success = share of edited pixels whose class (by the segmenter) is the 
 preservation = share of the other pixels whose class did not change; both are means over edits,
 and `sie_no_edit` scores the unedited images (the floor). steered_success (and, for SCS,
 accuracy_by_steering_predictor) is the same score by the predictor that steered the latent: far
-above the segmenter's, it shows the optimiser fooling that predictor rather than changing the image. SIE with the segmenter as predictor
-is scored by the same segmenter it was steered by, which flatters it (the paper notes the same
-bias for its SCS baseline).
+above the segmenter's, it shows the optimiser fooling that predictor rather than changing the image.
+SIE with the segmenter as predictor is scored by the same segmenter it was steered by, which
+flatters it (the paper notes the same bias for its SCS baseline).
 """
 
 from __future__ import annotations
