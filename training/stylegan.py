@@ -14,16 +14,25 @@ with a conditional D each class must appear in its share of z.
 Speed on this CPU (AVX-512 BF16): `--bf16` runs G's and D's convolutions under bf16 autocast and
 `--channels-last` stores activations NHWC; the losses, the R1 penalty, the optimisers and the EMA stay in
 fp32. `semgen bench stylegan` measures images/s of one training step per setting.
+
+On a CUDA GPU (`--device cuda`), `--data-workers N` renders the next batches in N processes while
+the step runs, `--max-minutes M` ends a run (state saved) within a machine's time slot, and
+`--pack-to DIR` writes G, its EMA and D in bf16, each file small enough to carry back from such a
+machine; `--warm-start DIR` goes on from such a pack at its step. `training/gpu_stylegan.sh` is
+the whole call.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from semgen.checkpoints import load_checkpoint, save_checkpoint
 from semgen.data.loaders import make_source, to_uint8
@@ -31,7 +40,10 @@ from semgen.networks.stylegan import StyleDiscriminator, StyleGenerator
 from semgen.options import opt
 from semgen.reports import image_grid
 from training.common import Progress, load_state, save_state, setup_torch, write_options
+from training.prefetch import batches
 from training.pyramid import ema_update
+
+PACK_PARTS = ("G", "G_ema", "D")  # what a pack carries (optimisers start fresh from it)
 
 
 @dataclass
@@ -62,7 +74,14 @@ class StyleGANOptions:
     warm_start: str = opt("", "used only when the run has no state yet: a generator checkpoint of the same "
                               "configuration to start G and its EMA from, with a fresh D; or another run's "
                               "folder (its state.pt) to take G, its EMA and D from, optimisers fresh "
-                              "(an unconditional run may start a --classes one: class embeddings start at 0)")
+                              "(an unconditional run may start a --classes one: class embeddings start at 0); "
+                              "or a --pack-to folder, which also gives the step to go on from")
+    device: str = opt("cpu", "where to train: cpu, cuda or cuda:N (--bf16 autocasts there too)")
+    data_workers: int = opt(0, "processes rendering the next batches while a step runs (0: in the loop)")
+    max_minutes: float = opt(0.0, "end the run after this many minutes of steps, state saved (0: no limit); "
+                                  "the same command again resumes")
+    pack_to: str = opt("", "at the end, also write G, its EMA and D as bf16 files with the step to this "
+                           "folder: a warm start to carry the run to another machine")
 
 
 def _ints(text: str, field: str) -> tuple[int, ...]:
@@ -74,13 +93,14 @@ def _ints(text: str, field: str) -> tuple[int, ...]:
 
 def mixed_ws(G: StyleGenerator, batch: int, prob: float, gen: torch.Generator):
     """w+ for a batch: with probability `prob` a sample switches to a second w from a random layer on."""
-    z = torch.randn(2, batch, G.z_dim, generator=gen)
+    device = G.const.device  # drawn on the CPU from `gen`, so a seed gives the same latents anywhere
+    z = torch.randn(2, batch, G.z_dim, generator=gen).to(device)
     if G.num_classes:
         z[1, :, 0] = z[0, :, 0]  # the second w keeps the sample's class
     w1, w2 = G.mapping_w(z[0]), G.mapping_w(z[1])
     ws = G.broadcast(w1).clone()
-    cut = torch.randint(1, G.num_ws, (batch,), generator=gen)
-    mix = torch.rand(batch, generator=gen) < prob
+    cut = torch.randint(1, G.num_ws, (batch,), generator=gen).to(device)
+    mix = (torch.rand(batch, generator=gen) < prob).to(device)
     later = (torch.arange(G.num_ws)[None, :] >= cut[:, None]) & mix[:, None]  # [B, num_ws]
     labels = G.class_of(z[0]) if G.num_classes else None
     return torch.where(later[:, :, None], w2[:, None, :], ws), w1, labels
@@ -94,7 +114,7 @@ def r1_penalty(D, real, labels=None):
 
 @torch.no_grad()
 def write_samples(path: Path, G: StyleGenerator, n: int = 32):
-    z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(0)).to(G.const.device)
     rows = [to_uint8(G(z[i: i + 8])) for i in range(0, n, 8)]
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid([list(r) for r in rows]).save(path)
@@ -114,9 +134,10 @@ class GANStep:
     w_avg_beta: float = 0.995
     bf16: bool = False
     channels_last: bool = False
+    device: torch.device = torch.device("cpu")
 
     def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -129,22 +150,35 @@ def build_step(opt: StyleGANOptions, num_classes: int = 0) -> GANStep:
                        channels=_ints(opt.g_channels, "g_channels"), num_classes=num_classes)
     D = StyleDiscriminator(image_size=opt.image_size, channels=_ints(opt.d_channels, "d_channels"),
                            num_classes=num_classes)
+    device = training_device(opt.device)
+    G, D = G.to(device), D.to(device)
     if opt.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(G.parameters(), lr=opt.lr, betas=(0.0, 0.99))
     c = opt.r1_every / (opt.r1_every + 1)  # lazy regularisation: rescale D's Adam settings
     opt_d = torch.optim.Adam(D.parameters(), lr=opt.lr * c, betas=(0.0, 0.99**c))
     return GANStep(G, D, opt_g, opt_d, opt.mixing_prob, opt.r1_gamma, opt.r1_every, opt.w_avg_beta, opt.bf16,
-                   opt.channels_last)
+                   opt.channels_last, device)
+
+
+def training_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: {name!r} is not a device; give cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: {name!r}; give cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} asked for, but torch sees no CUDA GPU here")
+    return device
 
 
 def train_step(s: GANStep, real: torch.Tensor, real_labels: torch.Tensor, step: int,
                gen: torch.Generator) -> dict[str, float]:
     """G then D on one batch of reals; returns the losses (and R1 on its steps)."""
     G, D = s.G, s.D
-    real = s.layout(real)
-    if not D.num_classes:
-        real_labels = None
+    real = s.layout(real.to(s.device, non_blocking=True))
+    real_labels = real_labels.to(s.device) if D.num_classes else None
     # generator: non-saturating loss
     ws, w1, fake_labels = mixed_ws(G, len(real), s.mixing_prob, gen)
     D.requires_grad_(False)  # D's weight gradients would be thrown away here
@@ -183,29 +217,56 @@ def train_stylegan(opt: StyleGANOptions) -> Path:
     G_ema = copy.deepcopy(s.G).eval().requires_grad_(False)
     start = load_state(run_dir, G=s.G, D=s.D, G_ema=G_ema, opt_g=s.opt_g, opt_d=s.opt_d)
     if start == 0 and opt.warm_start:
-        warm_start(opt.warm_start, s, G_ema)
+        start = warm_start(opt.warm_start, s, G_ema)
     progress = Progress(run_dir, opt.steps, start, "stylegan")
     ema_beta = 0.5 ** (opt.batch_size / opt.ema_half_life_images)
-    for step in range(start, opt.steps):
-        gen = torch.Generator().manual_seed(opt.seed * 1_000_003 + step)
-        torch.manual_seed(opt.seed * 1_000_003 + step)  # layer noise uses the global generator
-        real, labels = source.batch(step, opt.batch_size)
-        numbers = train_step(s, real, labels, step, gen)
-        ema_update(G_ema, s.G, min(ema_beta, (1 + step) / (10 + step)))
-        progress.update(step + 1, **numbers)
-        if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps:
-            save_state(run_dir, step + 1, G=s.G, D=s.D, G_ema=G_ema, opt_g=s.opt_g, opt_d=s.opt_d)
-            save_checkpoint(out, G_ema, G_ema.config, step=step + 1, training={"data": opt.data})
-        if (step + 1) % opt.sample_every == 0:
-            write_samples(run_dir / "samples" / f"{step + 1:06d}.png", G_ema)
-    progress.close()
+    stream = batches(source, start, opt.steps, opt.batch_size, opt.data_workers)
+    began = time.monotonic()
+    try:
+        for step, real, labels in stream:
+            gen = torch.Generator().manual_seed(opt.seed * 1_000_003 + step)
+            torch.manual_seed(opt.seed * 1_000_003 + step)  # layer noise uses the global generator
+            numbers = train_step(s, real, labels, step, gen)
+            ema_update(G_ema, s.G, min(ema_beta, (1 + step) / (10 + step)))
+            progress.update(step + 1, **numbers)
+            out_of_time = opt.max_minutes > 0 and time.monotonic() - began > 60 * opt.max_minutes
+            if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps or out_of_time:
+                save_state(run_dir, step + 1, G=s.G, D=s.D, G_ema=G_ema, opt_g=s.opt_g, opt_d=s.opt_d)
+                save_checkpoint(out, G_ema, G_ema.config, step=step + 1, training={"data": opt.data})
+            if (step + 1) % opt.sample_every == 0:
+                write_samples(run_dir / "samples" / f"{step + 1:06d}.png", G_ema)
+            if out_of_time and step + 1 < opt.steps:
+                print(f"stylegan: stopped after {opt.max_minutes:g} min at step {step + 1} of {opt.steps}, "
+                      "state saved; the same command resumes", flush=True)
+                break
+    finally:
+        stream.close()
+        progress.close()
+    if opt.pack_to:
+        pack_run(run_dir, Path(opt.pack_to))
     return out
 
 
-def warm_start(path: str, s: GANStep, G_ema: StyleGenerator) -> None:
-    """G and its EMA (and D, from a run folder) from `path`; see StyleGANOptions.warm_start."""
-    run = Path(path) / "state.pt"
-    if run.exists():
+def pack_run(run_dir: Path, dest: Path) -> None:
+    """G, its EMA and D of the run's saved state as bf16 safetensors (each under 16 MiB for up to
+    8 M parameters), and warm.json with the step: `--warm-start dest` goes on from there."""
+    state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PACK_PARTS:
+        tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state[name].items()}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(dest / f"{name}.safetensors"))
+    (dest / "warm.json").write_text(json.dumps({"step": int(state["step"]), "parts": list(PACK_PARTS)}))
+
+
+def warm_start(path: str, s: GANStep, G_ema: StyleGenerator) -> int:
+    """G and its EMA (and D, from a run folder or a pack) from `path`; see StyleGANOptions.warm_start.
+    Returns the step to begin at: a pack's, else 0."""
+    run, pack, step = Path(path) / "state.pt", Path(path) / "warm.json", 0
+    if pack.exists():  # written by pack_run: the same run, carried from another machine
+        state = {name: load_file(str(Path(path) / f"{name}.safetensors")) for name in PACK_PARTS}
+        parts = {"G": s.G, "G_ema": G_ema, "D": s.D}
+        step = int(json.loads(pack.read_text())["step"])
+    elif run.exists():
         state = torch.load(run, map_location="cpu", weights_only=True)
         parts = {"G": s.G, "G_ema": G_ema, "D": s.D}
     else:  # the shipped EMA weights: G and its EMA begin there, D is fresh
@@ -219,3 +280,4 @@ def warm_start(path: str, s: GANStep, G_ema: StyleGenerator) -> None:
         if unexpected or set(missing) - {"class_embed"}:
             raise ValueError(f"warm_start: {path} does not fit this run's {name} ({s.G.config}): "
                              f"missing {missing}, unexpected {unexpected}")
+    return step

@@ -93,6 +93,64 @@ def test_stylegan_trains_in_bf16_channels_last_from_a_warm_start(tmp_path):
                                        **dict(fast, g_channels="8,8,4")))
 
 
+TINY_GAN = dict(image_size=16, g_channels="8,8,8", d_channels="8,8,8", z_dim=8, w_dim=8, batch_size=4, r1_every=2,
+                save_every=100, sample_every=100, threads=1)
+
+
+def _weights(path):
+    return load_checkpoint(path).state_dict()
+
+
+def test_a_run_stopped_by_the_clock_and_rendered_by_workers_ends_with_the_same_weights(tmp_path, capsys):
+    whole = train_stylegan(StyleGANOptions(steps=3, run_dir=str(tmp_path / "whole"), out=str(tmp_path / "G1"), **TINY_GAN))
+    # a limit shorter than any step: each call makes one step, saves and stops; workers render the batches
+    pieces = dict(TINY_GAN, steps=3, run_dir=str(tmp_path / "pieces"), out=str(tmp_path / "G2"), max_minutes=1e-9,
+                  data_workers=2)
+    for done in (1, 2):
+        train_stylegan(StyleGANOptions(**pieces))
+        assert torch.load(tmp_path / "pieces" / "state.pt", weights_only=True)["step"] == done
+        assert f"at step {done} of 3, state saved" in capsys.readouterr().out
+    train_stylegan(StyleGANOptions(**pieces))
+    a, b = _weights(whole), _weights(tmp_path / "G2")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_pack_carries_the_run_on_at_its_step_in_small_bf16_files(tmp_path):
+    from safetensors.torch import load_file
+
+    run = dict(TINY_GAN, run_dir=str(tmp_path / "run"), out=str(tmp_path / "G"), pack_to=str(tmp_path / "pack"))
+    train_stylegan(StyleGANOptions(steps=3, **run))
+    assert json.loads((tmp_path / "pack" / "warm.json").read_text())["step"] == 3
+    packed = load_file(str(tmp_path / "pack" / "G_ema.safetensors"))
+    assert {v.dtype for v in packed.values()} == {torch.bfloat16}
+    on = dict(TINY_GAN, run_dir=str(tmp_path / "on"), out=str(tmp_path / "G_on"), warm_start=str(tmp_path / "pack"))
+    train_stylegan(StyleGANOptions(steps=4, **on))
+    # one more step (the 4th: the step count went on from the pack) from the packed weights
+    assert json.loads((tmp_path / "G_on" / "config.json").read_text())["step"] == 4
+    assert (_weights(tmp_path / "G_on")["const"] - _weights(tmp_path / "G")["const"]).abs().max() < 0.05
+
+
+def test_stylegan_names_a_bad_device(tmp_path):
+    opt = dict(TINY_GAN, steps=1, run_dir=str(tmp_path / "run"), out=str(tmp_path / "G"))
+    with pytest.raises(ValueError, match="device: 'tpu'"):
+        train_stylegan(StyleGANOptions(device="tpu", **opt))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            train_stylegan(StyleGANOptions(device="cuda", **opt))
+    with pytest.raises(ValueError, match="data_workers"):
+        train_stylegan(StyleGANOptions(data_workers=-1, **opt))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stylegan_trains_on_cuda_in_bf16_and_the_checkpoint_loads_on_the_cpu(tmp_path):
+    opt = dict(TINY_GAN, steps=2, device="cuda", bf16=True, channels_last=True, data_workers=1,
+               run_dir=str(tmp_path / "run"), out=str(tmp_path / "G"))
+    train_stylegan(StyleGANOptions(**opt))
+    G = load_checkpoint(tmp_path / "G")
+    assert torch.isfinite(G(torch.randn(2, 8))).all()
+
+
 def test_a_class_conditional_run_starts_from_an_unconditional_run(tmp_path):
     opt = dict(image_size=16, g_channels="8,8,8", d_channels="8,8,8", z_dim=8, w_dim=8, batch_size=4, r1_every=1,
                save_every=1, sample_every=100, threads=1, classes=False)
