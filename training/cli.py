@@ -67,6 +67,7 @@ class BenchStyleGAN:
     batch_sizes: tuple[int, ...] = opt((16, 32), "images per step")
     steps: int = opt(4, "timed steps per configuration (the median counts; one warm-up step before)")
     threads: int = opt(2, "torch threads")
+    device: str = opt("cpu", "cpu, cuda or cuda:N (a GPU's report is stylegan_step_cuda.json)")
     report_dir: str = _report_dir("reports/bench")
     json: bool = _json()
 
@@ -75,8 +76,8 @@ def bench_stylegan(o: BenchStyleGAN) -> int:
     from training.bench import bench_stylegan as bench
 
     configs = [tuple(c.split("/")) for c in o.configs]
-    return _report(o, bench(configs, o.batch_sizes, o.steps, o.threads, o.report_dir, progress=_log(o.json)),
-                   "stylegan_step")
+    result = bench(configs, o.batch_sizes, o.steps, o.threads, o.report_dir, progress=_log(o.json), device=o.device)
+    return _report(o, result, "stylegan_step" if o.device == "cpu" else "stylegan_step_cuda")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).resolve().parents[2] / "training" / "gpu_stylegan.sh"
-TINY = dict(DEVICE="cpu", MINUTES="0.000001", G_CHANNELS="8,8,8", D_CHANNELS="8,8,8", BATCH="4", WORKERS="1",
-            IMAGE_SIZE="16", Z_DIM="8", STEPS="10")
+TINY = dict(DEVICE="cpu", MINUTES="0.000001", G_CHANNELS="8,8,8,8,8", D_CHANNELS="8,8,8,8,8", BATCH="4",
+            WORKERS="1", IMAGE_SIZE="64", Z_DIM="8", STEPS="10", BENCH_STEPS="1", BENCH_BATCHES="2")
 
 
 def _call(out: Path, run: Path) -> str:
@@ -28,6 +28,8 @@ def test_the_gpu_call_leaves_few_small_files_and_the_next_call_goes_on_from_them
     out.mkdir()
     first = _call(out, run)
     assert "stopped after" in first and "at step 1 of 10" in first  # the clock ended it after one step
+    bench = json.loads(first.strip().splitlines()[-1])  # the bench's JSON closes the output
+    assert bench["device"] == "cpu" and all(r["images_per_s"] > 0 for r in bench["rows"])
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8 and all(p.stat().st_size < 16 * 2**20 for p in files)
     assert all(len(p.relative_to(out).parts) <= 3 for p in files)  # at most 2 folders down

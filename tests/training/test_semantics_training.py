@@ -141,6 +141,18 @@ def test_stylegan_names_a_bad_device(tmp_path):
         train_stylegan(StyleGANOptions(data_workers=-1, **opt))
 
 
+def test_bench_stylegan_reports_images_per_second_per_setting_and_names_its_device(tmp_path):
+    from training.bench import SETTINGS, bench_stylegan
+
+    result = bench_stylegan([("8,8,8,8,8", "8,8,8,8,8")], batch_sizes=(2,), steps=1, threads=1,
+                            report_dir=str(tmp_path), progress=lambda _: None)
+    assert result["device"] == "cpu" and [r["setting"] for r in result["rows"]] == list(SETTINGS)
+    assert all(r["images_per_s"] > 0 and r["g_params"] > 0 for r in result["rows"])
+    assert json.loads((tmp_path / "stylegan_step.json").read_text()) == result
+    with pytest.raises(ValueError, match="device"):
+        bench_stylegan([("8,8,8,8,8", "8,8,8,8,8")], device="gpu0", report_dir=str(tmp_path))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_stylegan_trains_on_cuda_in_bf16_and_the_checkpoint_loads_on_the_cpu(tmp_path):
