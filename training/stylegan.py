@@ -77,6 +77,7 @@ class StyleGANOptions:
                               "(an unconditional run may start a --classes one: class embeddings start at 0); "
                               "or a --pack-to folder, which also gives the step to go on from")
     device: str = opt("cpu", "where to train: cpu, cuda or cuda:N (--bf16 autocasts there too)")
+    d_warmup: int = opt(0, "steps at the start of a run that train only D (lets a fresh D catch up with a warm G)")
     data_workers: int = opt(0, "processes rendering the next batches while a step runs (0: in the loop)")
     max_minutes: float = opt(0.0, "end the run after this many minutes of steps, state saved (0: no limit); "
                                   "the same command again resumes")
@@ -174,8 +175,8 @@ def training_device(name: str) -> torch.device:
 
 
 def train_step(s: GANStep, real: torch.Tensor, real_labels: torch.Tensor, step: int,
-               gen: torch.Generator) -> dict[str, float]:
-    """G then D on one batch of reals; returns the losses (and R1 on its steps)."""
+               gen: torch.Generator, train_g: bool = True) -> dict[str, float]:
+    """G (unless not train_g) then D on one batch of reals; returns the losses (and R1 on its steps)."""
     G, D = s.G, s.D
     real = s.layout(real.to(s.device, non_blocking=True))
     real_labels = real_labels.to(s.device) if D.num_classes else None
@@ -186,9 +187,10 @@ def train_step(s: GANStep, real: torch.Tensor, real_labels: torch.Tensor, step: 
         fake = G.synthesis(ws, noise_mode="random")
         fake_logits = D(fake, fake_labels)
     g_loss = F.softplus(-fake_logits.float()).mean()
-    s.opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
-    s.opt_g.step()
+    if train_g:
+        s.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        s.opt_g.step()
     D.requires_grad_(True)
     with torch.no_grad():
         G.w_avg.lerp_(w1.mean(0), 1 - s.w_avg_beta)
@@ -226,7 +228,7 @@ def train_stylegan(opt: StyleGANOptions) -> Path:
         for step, real, labels in stream:
             gen = torch.Generator().manual_seed(opt.seed * 1_000_003 + step)
             torch.manual_seed(opt.seed * 1_000_003 + step)  # layer noise uses the global generator
-            numbers = train_step(s, real, labels, step, gen)
+            numbers = train_step(s, real, labels, step, gen, train_g=step >= opt.d_warmup)
             ema_update(G_ema, s.G, min(ema_beta, (1 + step) / (10 + step)))
             progress.update(step + 1, **numbers)
             out_of_time = opt.max_minutes > 0 and time.monotonic() - began > 60 * opt.max_minutes

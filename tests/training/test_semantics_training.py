@@ -130,6 +130,19 @@ def test_a_pack_carries_the_run_on_at_its_step_in_small_bf16_files(tmp_path):
     assert (_weights(tmp_path / "G_on")["const"] - _weights(tmp_path / "G")["const"]).abs().max() < 0.05
 
 
+def test_during_the_d_warmup_only_d_learns(tmp_path):
+    train_stylegan(StyleGANOptions(steps=2, run_dir=str(tmp_path / "run1"), out=str(tmp_path / "G1"), **TINY_GAN))
+    warm = dict(TINY_GAN, warm_start=str(tmp_path / "G1"), d_warmup=2, save_every=1)
+    train_stylegan(StyleGANOptions(steps=2, run_dir=str(tmp_path / "run2"), out=str(tmp_path / "G2"), **warm))
+    before, after = load_checkpoint(tmp_path / "G1"), load_checkpoint(tmp_path / "G2")
+    assert all(torch.equal(p, q) for p, q in zip(before.parameters(), after.parameters()))
+    state = torch.load(tmp_path / "run2" / "state.pt", weights_only=True)
+    assert all(torch.equal(state["G"][k], v) for k, v in before.state_dict().items() if k != "w_avg")
+    assert state["opt_d"]["state"] and not state["opt_g"]["state"]  # D took steps, G none
+    train_stylegan(StyleGANOptions(steps=3, run_dir=str(tmp_path / "run2"), out=str(tmp_path / "G2"), **warm))
+    assert not torch.equal(load_checkpoint(tmp_path / "G2").const, before.const)  # after it, G learns
+
+
 def test_stylegan_names_a_bad_device(tmp_path):
     opt = dict(TINY_GAN, steps=1, run_dir=str(tmp_path / "run"), out=str(tmp_path / "G"))
     with pytest.raises(ValueError, match="device: 'tpu'"):
