@@ -102,7 +102,7 @@ def mixed_ws(G: StyleGenerator, batch: int, prob: float, gen: torch.Generator):
     ws = G.broadcast(w1).clone()
     cut = torch.randint(1, G.num_ws, (batch,), generator=gen).to(device)
     mix = (torch.rand(batch, generator=gen) < prob).to(device)
-    later = (torch.arange(G.num_ws)[None, :] >= cut[:, None]) & mix[:, None]  # [B, num_ws]
+    later = (torch.arange(G.num_ws, device=device)[None, :] >= cut[:, None]) & mix[:, None]  # [B, num_ws]
     labels = G.class_of(z[0]) if G.num_classes else None
     return torch.where(later[:, :, None], w2[:, None, :], ws), w1, labels
 
