@@ -77,7 +77,7 @@ def bench_stylegan(o: BenchStyleGAN) -> int:
 
     configs = [tuple(c.split("/")) for c in o.configs]
     result = bench(configs, o.batch_sizes, o.steps, o.threads, o.report_dir, progress=_log(o.json), device=o.device)
-    return _report(o, result, "stylegan_step" if o.device == "cpu" else "stylegan_step_cuda")
+    return _report(o, result, "stylegan_step" if result["device"] == "cpu" else "stylegan_step_cuda")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,10 +34,8 @@ def sample_training_masks(level_shapes: dict, n: int, image_size: int, p_crop: f
                           ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Returns (masks {level: [n,1,h,w] or [n,1]}, selected level index [n]); `levels`: the level
     indices to select from (empty: every level)."""
-    if levels:
-        selected = torch.tensor(levels)[torch.randint(len(levels), (n,), generator=generator)]
-    else:
-        selected = torch.randint(len(LEVELS), (n,), generator=generator)
+    pool = torch.tensor(levels) if levels else torch.arange(len(LEVELS))
+    selected = pool[torch.randint(len(pool), (n,), generator=generator)]
     use_crop = torch.rand(n, generator=generator) < p_crop
     keep = random_crop_masks(n, image_size, generator)[:, None]  # [n, 1, S, S]
     masks = {}

@@ -223,7 +223,7 @@ def train_stylegan(opt: StyleGANOptions) -> Path:
     progress = Progress(run_dir, opt.steps, start, "stylegan")
     ema_beta = 0.5 ** (opt.batch_size / opt.ema_half_life_images)
     stream = batches(source, start, opt.steps, opt.batch_size, opt.data_workers)
-    began = time.monotonic()
+    began, done = time.monotonic(), start
     try:
         for step, real, labels in stream:
             gen = torch.Generator().manual_seed(opt.seed * 1_000_003 + step)
@@ -231,6 +231,7 @@ def train_stylegan(opt: StyleGANOptions) -> Path:
             numbers = train_step(s, real, labels, step, gen, train_g=step >= opt.d_warmup)
             ema_update(G_ema, s.G, min(ema_beta, (1 + step) / (10 + step)))
             progress.update(step + 1, **numbers)
+            done = step + 1
             out_of_time = opt.max_minutes > 0 and time.monotonic() - began > 60 * opt.max_minutes
             if (step + 1) % opt.save_every == 0 or step + 1 == opt.steps or out_of_time:
                 save_state(run_dir, step + 1, G=s.G, D=s.D, G_ema=G_ema, opt_g=s.opt_g, opt_d=s.opt_d)
@@ -244,20 +245,20 @@ def train_stylegan(opt: StyleGANOptions) -> Path:
     finally:
         stream.close()
         progress.close()
-    if opt.pack_to:
-        pack_run(run_dir, Path(opt.pack_to))
+    if opt.pack_to:  # the weights just saved with state.pt, at that step
+        pack_run(Path(opt.pack_to), done, G=s.G, G_ema=G_ema, D=s.D)
     return out
 
 
-def pack_run(run_dir: Path, dest: Path) -> None:
-    """G, its EMA and D of the run's saved state as bf16 safetensors (each under 16 MiB for up to
-    8 M parameters), and warm.json with the step: `--warm-start dest` goes on from there."""
-    state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
+def pack_run(dest: Path, step: int, **parts: torch.nn.Module) -> None:
+    """The PACK_PARTS modules as bf16 safetensors (each under 16 MiB for up to 8 M parameters), and
+    warm.json with the step: `--warm-start dest` goes on from there."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in PACK_PARTS:
-        tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state[name].items()}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(dest / f"{name}.safetensors"))
-    (dest / "warm.json").write_text(json.dumps({"step": int(state["step"]), "parts": list(PACK_PARTS)}))
+        tensors = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v).detach().cpu().contiguous()
+                   for k, v in parts[name].state_dict().items()}
+        save_file(tensors, str(dest / f"{name}.safetensors"))
+    (dest / "warm.json").write_text(json.dumps({"step": step, "parts": list(PACK_PARTS)}))
 
 
 def warm_start(path: str, s: GANStep, G_ema: StyleGenerator) -> int:
