@@ -1,4 +1,4 @@
-"""`semgen serve`, `semgen batch`, `semgen bench serve|soak|batch` and `semgen client ...`: the serving layer's
+"""`semgen serve`, `semgen batch`, `semgen bench serve|soak|batch|golden` and `semgen client ...`: the serving layer's
 commands. No torch and no semgen.pipelines here: each word's modules are imported when the dispatcher asks for that word, so
 `semgen client` reads its flags with the client modules only (the server loads when `serve` runs)."""
 
@@ -38,10 +38,12 @@ def bench_options(name: str) -> type:
 def _benches() -> dict:
     """name -> (options dataclass, run(options, progress) -> result dict)."""
     from serving.bench.batch import BatchBench, bench_batch
+    from serving.bench.cross_kernels import GoldenBench, bench_golden
     from serving.bench.serve import ServeBench, bench_serve
     from serving.bench.soak import SoakBench, bench_soak
 
-    return {"serve": (ServeBench, bench_serve), "soak": (SoakBench, bench_soak), "batch": (BatchBench, bench_batch)}
+    return {"serve": (ServeBench, bench_serve), "soak": (SoakBench, bench_soak), "batch": (BatchBench, bench_batch),
+            "golden": (GoldenBench, bench_golden)}
 
 
 def run_bench(name: str, o) -> int:
@@ -77,7 +79,7 @@ def register_clients(client: argparse._SubParsersAction) -> None:
 
 
 def register(parsers: dict) -> None:
-    """`semgen serve`, `semgen batch`, `semgen bench serve|soak|batch`, `semgen client ...` on those of the
+    """`semgen serve`, `semgen batch`, `semgen bench serve|soak|batch|golden`, `semgen client ...` on those of the
     dispatcher's parsers it is given."""
     if "serve" in parsers:
         from serving.options import ServeOptions
@@ -91,7 +93,10 @@ def register(parsers: dict) -> None:
                                     "codes, RSS, fds, threads and jobs left; exit 1 on a missed target"),
                            ("batch", "batch jobs of Generate requests online and on Ray Data, images/s against the "
                                      "in-process limit; a job SIGKILLed 20 times and resumed: lost, duplicated, "
-                                     "mismatched")):
+                                     "mismatched"),
+                           ("golden", "the replies under other CPU kernel sets against the golden record: pixel and "
+                                      "float differences per RPC, within tolerance or not; drift of the iterative "
+                                      "jobs over their iterations; exit 1 outside tolerance")):
             command(benches.add_parser(name, help=help), bench_options(name), functools.partial(run_bench, name))
     if "batch" in parsers:
         from serving.batch.job import BatchOptions, run_batch

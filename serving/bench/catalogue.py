@@ -120,6 +120,37 @@ def long_jobs(latent_shape: tuple[int, int]) -> list[Call]:
     ])
 
 
+def reseeded_calls(latent_shape: tuple[int, int]) -> list[Call]:
+    """Golden calls with another seed, under their own names: what a real change does to a reply, the scale the
+    cross-machine tolerance must stay far below."""
+    reseeded = {"generate": {"seed": 2}, "sample": {"seeds": [5, 7]}, "imagine": {"seed": 4}}
+    types = {"generate": pyramid_pb2.GenerateRequest, "sample": semantics_pb2.SampleRequest,
+             "imagine": imagine_pb2.ImagineRequest}
+    calls = []
+    for name, method, stream, request in valid_calls(latent_shape):
+        if name in reseeded:
+            message = types[name].FromString(request)
+            for field, value in reseeded[name].items():
+                message.ClearField(field)
+                getattr(message, field).extend(value) if isinstance(value, list) else setattr(message, field, value)
+            calls.append((name, method, stream, message.SerializeToString()))
+    return calls
+
+
+def iterative_jobs(latent_shape: tuple[int, int], iterations: int) -> list[Call]:
+    """IMAGINE, SCS and SIE of the golden calls' kind, each run for `iterations` steps (IMAGINE: per stage): how far
+    float noise of another CPU carries over an optimisation (`semgen bench golden`)."""
+    n = iterations
+    return serialized([
+        (f"imagine_{n}", I + "Imagine", True, imagine_pb2.ImagineRequest(
+            reference_png=png(13), num_variations=2, seed=3, stage1_iterations=n, stage2_iterations=n)),
+        (f"sample_conditional_{n}", S + "SampleConditional", True, semantics_pb2.SampleConditionalRequest(
+            target_mask=class_mask(2), head="lse", num_samples=2, seed=4, n_init=16, iterations=n)),
+        (f"edit_semantics_{n}", S + "EditSemantics", True, semantics_pb2.EditSemanticsRequest(
+            latent=latents(12, 1, latent_shape), target_mask=class_mask(2), head="lse", iterations=n)),
+    ])
+
+
 def crafted_calls(latent_shape: tuple[int, int]) -> list[Call]:
     """Requests built to hurt: images whose header promises far more pixels than their bytes hold, 16-bit
     images, a truncated PNG, huge strings and counts, a latent shape that lies. None may answer INTERNAL."""

@@ -34,13 +34,13 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def server_process(args: list[str], name: str = "server"):
-    """`semgen serve --port 0 --metrics-port 0 --http-port 0 ARGS` in its own process group; yields a
-    ServerProcess once it says health SERVING (ServerFailed otherwise) and always stops it:
-    SIGTERM, SIGKILL after STOP_GRACE_S."""
+def server_process(args: list[str], name: str = "server", env: dict[str, str] | None = None):
+    """`semgen serve --port 0 --metrics-port 0 --http-port 0 ARGS` in its own process group, with `env` added to
+    this process's environment; yields a ServerProcess once it says health SERVING (ServerFailed otherwise) and
+    always stops it: SIGTERM, SIGKILL after STOP_GRACE_S."""
     cmd = [sys.executable, "-m", "serving.server", "--port", "0", "--metrics-port", "0", "--http-port", "0", *args]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env={**os.environ, **(env or {})})
     output, seen, done = collections.deque(maxlen=200), {}, threading.Event()
 
     def read():  # drains the pipe (a full one would block the server) and watches for its lines

@@ -265,11 +265,11 @@ def build_exports(args: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def serve_subprocess(args: list[str]):
-    """`semgen serve ARGS` (its exports built first) in its own process on free loopback ports; yields its
-    address once SERVING."""
+def serve_subprocess(args: list[str], env: dict[str, str] | None = None):
+    """`semgen serve ARGS` (its exports built first) in its own process on free loopback ports, with `env` added
+    to its environment; yields its address once SERVING."""
     build_exports(args)
-    with server_process(args) as server:
+    with server_process(args, env=env) as server:
         yield server
 
 

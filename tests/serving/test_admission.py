@@ -71,7 +71,12 @@ def test_crafted_big_reference_and_seven_masks_are_refused_at_once_without_decod
         assert error.details().startswith("level_masks[0].mask.png: the request's images and masks decode to")
         assert "limit of 67108864 bytes per request" in error.details()
     assert growth < 100 * MiB, f"server RSS grew {growth / MiB:.0f} MiB for 4 crafted requests"
-    assert elapsed < 2.0 and in_flight == 0
+    # faster than decoding what they carry, timed here and now (a busy machine slows both alike)
+    start = time.perf_counter()
+    for data in (image, *[mask] * len(LEVELS)):
+        Image.open(io.BytesIO(data)).load()
+    decoding = time.perf_counter() - start
+    assert elapsed < 4 * decoding and in_flight == 0, (elapsed, decoding)
 
 
 def test_over_the_server_budget_is_refused_at_once_while_held_requests_proceed():

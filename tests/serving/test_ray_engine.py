@@ -69,7 +69,8 @@ def test_a_cancelled_job_stops_on_its_replica(server):
         big.cancel()
         waited = small()
     left = per_iteration * (500 - seen)  # what the replica would still run uncancelled
-    assert left > 5 and waited < 2 * alone + 2, (alone, left, waited)
+    # uncancelled, the small job would wait `left` more; both times grow alike on a busy machine
+    assert left > 5 and waited < alone + left / 2, (alone, left, waited)
 
 
 def test_a_head_fitted_on_the_jobs_replica_serves_on_every_forward_replica(server):

@@ -208,8 +208,9 @@ def test_a_cancelled_job_stops_in_the_torchserve_worker(bundle, tmp_path):
         begun = time.monotonic()
         job_result(imagine.imagine(png(8), seed=4, **small))
         waited = time.monotonic() - begun
-    # the small job waited at most for one more iteration of the cancelled one (plus noise), not for its rest
-    assert left > 10 and waited < 2 * alone + 1, (alone, left, waited)
+    # the small job waited for at most a few iterations of the cancelled one, not for its rest (`left`); both times
+    # grow alike on a busy machine
+    assert left > 10 and waited < alone + left / 2, (alone, left, waited)
 
 
 def test_a_job_cancelled_before_its_first_event_stops_in_the_worker(bundle, tmp_path):
@@ -240,5 +241,6 @@ def test_a_job_cancelled_before_its_first_event_stops_in_the_worker(bundle, tmp_
         for call in calls:
             call.cancel()
         waited = small()
-    # uncancelled, the small job would wait for three candidate phases
-    assert candidates > 2 and waited < 2 * alone + 1, (alone, candidates, waited)
+    # uncancelled, the small job would wait for three candidate phases; cancelled, for less than one (both grow
+    # alike on a busy machine)
+    assert candidates > 2 and waited < alone + candidates, (alone, candidates, waited)
