@@ -8,8 +8,8 @@ another core count) runs other float kernels whose sums round differently, so im
   - images (PNG fields): the decoded pixels, in an .npz beside the JSON, compared by max and mean difference;
     single-channel PNGs are label maps (segmentations), compared by the fraction of pixels whose label differs;
   - floats (losses, scores, latents, Open Inference Protocol tensors): within |a - b| <= atol + rtol * |b|.
-The tolerance depends on the kind of work (FORWARD graphs, ITERATIVE jobs that run an optimiser: their drift
-grows over the iterations) and is the one the README states.
+The tolerance depends on the kind of work (FORWARD graphs; ITERATIVE jobs that run an optimiser for a few steps;
+IMAGINE, which amplifies float noise) and is the one the README states.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ class Tolerance:
 
 
 # Chosen from measurements across kernel sets (`semgen bench golden`, the README's table) with room for CPUs not
-# measured, and far below what a real change does (another seed moves an image by ~60 levels on average).
+# measured, and far below what a real change does (another seed moves an image by 50-70 levels on average).
 # Forward graphs and the short optimisations (FitHead, SCS, SIE) moved by at most 1 level and 5e-6 in floats.
 # IMAGINE amplifies float noise: Adam at lr 0.2 on the pixels against a critic trained on the fly; after 2 + 2
-# iterations a pixel moved by 29 levels (mean 0.1), after 50 + 50 the mean is 13, after 200 + 200 it is 29.
+# iterations a pixel moved by 29 levels (mean 0.1), after 50 + 50 the mean is 13.
 FORWARD = Tolerance(max_px=4, mean_px=0.25, labels=0.01, rtol=1e-3, atol=1e-4)
 ITERATIVE = Tolerance(max_px=8, mean_px=0.5, labels=0.02, rtol=1e-2, atol=1e-3)
 IMAGINE = Tolerance(max_px=96, mean_px=1.0, labels=0.02, rtol=0.1, atol=0.05)

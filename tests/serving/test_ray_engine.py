@@ -92,7 +92,15 @@ def test_a_head_fitted_on_the_jobs_replica_serves_on_every_forward_replica(serve
 
 def forward_replicas(server_pid: int) -> list[psutil.Process]:
     return [p for p in psutil.Process(server_pid).children(recursive=True)
-            if any("ServeReplica:semgen-forward" in part for part in p.cmdline())]
+            if any("ServeReplica:semgen-forward" in part for part in command_line(p))]
+
+
+def command_line(process: psutil.Process) -> list[str]:
+    """The process's command line; none for one that exited (a zombie, on a busy machine) while we looked."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
 
 
 async def generate_while(address: str, seconds: float, kill_at: float, pid: int) -> tuple[list, float]:
