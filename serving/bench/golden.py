@@ -43,7 +43,7 @@ class Tolerance:
 
 
 # Chosen from measurements across kernel sets (`semgen bench golden`, the README's table) with room for CPUs not
-# measured, and far below what a real change does (another seed moves an image by 50-70 levels on average).
+# measured, and far below what a real change does (another seed moves an image by 40-67 levels on average).
 # Forward graphs and the short optimisations (FitHead, SCS, SIE) moved by at most 1 level and 5e-6 in floats.
 # IMAGINE amplifies float noise: Adam at lr 0.2 on the pixels against a critic trained on the fly; after 2 + 2
 # iterations a pixel moved by 29 levels (mean 0.1), after 50 + 50 the mean is 13.
