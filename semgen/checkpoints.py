@@ -25,9 +25,11 @@ def _registry() -> dict[str, type[nn.Module]]:
     from semgen.networks.heads import HEAD_KINDS
     from semgen.networks.segmenter import UNetSegmenter
     from semgen.networks.stylegan import StyleDiscriminator, StyleGenerator
+    from semgen.networks.stylegan2 import StyleGAN2Generator
 
     classes = (Classifier, TorchvisionVGG16, TorchvisionResNet50, PyramidGenerator, PyramidDiscriminator,
-               StyleGenerator, StyleDiscriminator, UNetSegmenter, AttributePredictor, *HEAD_KINDS.values())
+               StyleGenerator, StyleDiscriminator, StyleGAN2Generator, UNetSegmenter, AttributePredictor,
+               *HEAD_KINDS.values())
     return {c.__name__: c for c in classes}
 
 
@@ -92,7 +94,7 @@ def load_torchvision_vgg16(path: str | Path, image_size: int = 224) -> nn.Module
     def theirs(key):  # report in torchvision's key names, as the user's file has them
         return key.replace("convs.", "features.", 1).replace("fcs.", "classifier.", 1)
 
-    return _load_exactly(model, renamed, path, "VGG16", theirs)
+    return load_exactly(model, renamed, f"classifier: {path} does not match torchvision's VGG16 layout", theirs)
 
 
 def load_torchvision_resnet50(path: str | Path, image_size: int = 224) -> nn.Module:
@@ -101,7 +103,7 @@ def load_torchvision_resnet50(path: str | Path, image_size: int = 224) -> nn.Mod
 
     state = _read_torchvision_state(path, "ResNet-50", head="fc.weight")
     model = TorchvisionResNet50(image_size=image_size, num_classes=state["fc.weight"].shape[0])
-    return _load_exactly(model, state, path, "ResNet-50")
+    return load_exactly(model, state, f"classifier: {path} does not match torchvision's ResNet-50 layout")
 
 
 def _read_torchvision_state(path: str | Path, name: str, head: str) -> dict[str, torch.Tensor]:
@@ -118,11 +120,11 @@ def _read_torchvision_state(path: str | Path, name: str, head: str) -> dict[str,
     return state
 
 
-def _load_exactly(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, name: str,
-                  theirs=lambda key: key) -> nn.Module:
-    """Load `state` into `model`, refusing missing or unexpected keys and tensors of the wrong shape;
-    `theirs` maps the model's key names back to the file's for the messages. Returns it in eval mode."""
-    layout = f"classifier: {path} does not match torchvision's {name} layout"
+def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], layout: str,
+                 theirs=lambda key: key) -> nn.Module:
+    """Load `state` into `model`, refusing missing or unexpected keys and tensors of the wrong shape, each error
+    starting with `layout` ("<file> does not match ..."); `theirs` maps the model's key names back to the file's for
+    the messages. Returns it in eval mode."""
     own = model.state_dict()
     wrong = sorted(f"{theirs(k)} {tuple(v.shape)} (expected {tuple(own[k].shape)})"
                    for k, v in state.items() if k in own and v.shape != own[k].shape)
