@@ -132,7 +132,10 @@ def reseeded_calls(latent_shape: tuple[int, int]) -> list[Call]:
             message = types[name].FromString(request)
             for field, value in reseeded[name].items():
                 message.ClearField(field)
-                getattr(message, field).extend(value) if isinstance(value, list) else setattr(message, field, value)
+                if isinstance(value, list):  # a repeated field
+                    getattr(message, field).extend(value)
+                else:
+                    setattr(message, field, value)
             calls.append((name, method, stream, message.SerializeToString()))
     return calls
 
