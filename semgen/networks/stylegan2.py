@@ -88,7 +88,8 @@ class MappingNetwork(nn.Module):
         self.register_buffer("w_avg", torch.zeros(w_dim))
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
-                truncation_cutoff: int | None = None) -> torch.Tensor:  # [N, z_dim] -> w+ [N, num_ws, w_dim]
+                truncation_cutoff: int | None = None,
+                num_ws: int | None = None) -> torch.Tensor:  # [N, z_dim] -> w+ [N, num_ws, w_dim]
         x = normalize_2nd_moment(z.to(torch.float32))
         if self.c_dim:
             if c is None:
@@ -96,9 +97,9 @@ class MappingNetwork(nn.Module):
             x = torch.cat([x, normalize_2nd_moment(self.embed(c.to(torch.float32)))], dim=1)
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)
-        ws = x.unsqueeze(1).repeat(1, self.num_ws, 1)
+        ws = x.unsqueeze(1).repeat(1, num_ws or self.num_ws, 1)
         if truncation_psi != 1:
-            cut = self.num_ws if truncation_cutoff is None else truncation_cutoff
+            cut = ws.shape[1] if truncation_cutoff is None else truncation_cutoff
             ws = torch.cat([self.w_avg.lerp(ws[:, :cut], truncation_psi), ws[:, cut:]], dim=1)
         return ws
 
@@ -198,16 +199,21 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
 
+    def layers(self) -> list[SynthesisLayer]:
+        return [self.conv1] if self.in_channels == 0 else [self.conv0, self.conv1]
+
     def forward(self, x, img, ws: torch.Tensor, noise_mode: str = "const", generator=None):
-        """ws [N, num_conv + 1, w_dim] (the last is toRGB's, shared with the next block's first conv)."""
+        """ws [N, num_conv + 1, w_dim] (the last is toRGB's, shared with the next block's first conv) ->
+        (x, img, each conv's output)."""
+        features = []
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
-        else:
-            x = self.conv0(x, ws[:, 0], noise_mode, generator)
-        x = self.conv1(x, ws[:, self.num_conv - 1], noise_mode, generator)
+        for i, layer in enumerate(self.layers()):
+            x = layer(x, ws[:, i], noise_mode, generator)
+            features.append(x)
         y = self.torgb(x, ws[:, self.num_conv])
         img = y if img is None else upsample2d(img, self.resample_filter) + y
-        return x, img
+        return x, img, features
 
 
 class SynthesisNetwork(nn.Module):
@@ -232,22 +238,28 @@ class SynthesisNetwork(nn.Module):
             self.num_ws += block.num_conv
         self.num_ws += 1  # the last toRGB's
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "const",
-                generator: torch.Generator | None = None) -> torch.Tensor:  # w+ [N, num_ws, w_dim] -> [N, C, R, R]
+    def blocks(self) -> list[SynthesisBlock]:
+        return [getattr(self, f"b{r}") for r in self.block_resolutions]
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const", generator: torch.Generator | None = None,
+                return_features: bool = False):
+        """w+ [N, num_ws, w_dim] -> image [N, C, R, R] (and every conv layer's output, 4 px first)."""
         if noise_mode not in ("const", "random", "none"):
             raise ValueError(f"noise_mode: const, random or none, got {noise_mode!r}")
         ws = ws.to(torch.float32)
         x = img = None
-        start = 0
-        for r in self.block_resolutions:
-            block = getattr(self, f"b{r}")
-            x, img = block(x, img, ws[:, start:start + block.num_conv + 1], noise_mode, generator)
+        features, start = [], 0
+        for block in self.blocks():
+            x, img, block_features = block(x, img, ws[:, start:start + block.num_conv + 1], noise_mode, generator)
+            features += block_features
             start += block.num_conv
-        return img
+        return (img, features) if return_features else img
 
 
 class StyleGAN2Generator(nn.Module):
-    """NVlabs' Generator: mapping then synthesis; the constructor takes their init kwargs."""
+    """NVlabs' Generator: mapping then synthesis; the constructor takes their init kwargs. It also speaks the
+    layer-wise generator interface the linear-semantics pipelines use (image_size, w_avg, layer_channels,
+    layer_resolutions, mapping_w, broadcast, synthesis(ws, noise_mode, return_features=True))."""
 
     def __init__(self,
                  z_dim: int,
@@ -263,9 +275,34 @@ class StyleGAN2Generator(nn.Module):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.image_size = img_resolution
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, conv_clamp)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier)
+
+    @property
+    def w_avg(self) -> torch.Tensor:
+        return self.mapping.w_avg
+
+    def conv_layers(self) -> list[SynthesisLayer]:
+        return [layer for block in self.synthesis.blocks() for layer in block.layers()]
+
+    def layer_channels(self) -> list[int]:
+        return [layer.weight.shape[0] for layer in self.conv_layers()]
+
+    def layer_resolutions(self) -> list[int]:
+        return [layer.resolution for layer in self.conv_layers()]
+
+    def mapping_w(self, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
+        """z [N, z_dim] -> w [N, w_dim], truncated towards w_avg by psi (1 = none); unconditional generators only."""
+        if self.c_dim:
+            raise ValueError(f"z: this generator is class-conditional ({self.c_dim} classes); call mapping(z, c)")
+        w = self.mapping(z, num_ws=1)[:, 0]
+        return self.w_avg.lerp(w, psi) if psi != 1.0 else w
+
+    def broadcast(self, w: torch.Tensor) -> torch.Tensor:
+        """w [N, w_dim] -> w+ [N, num_ws, w_dim] (the same w at every layer)."""
+        return w[:, None, :].expand(-1, self.num_ws, -1)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, noise_mode: str = "const",

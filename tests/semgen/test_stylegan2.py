@@ -105,3 +105,28 @@ def test_an_imported_generator_round_trips_as_a_checkpoint(imported, tmp_path):
     z = torch.randn(2, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(again(z, truncation_psi=0.7), model(z, truncation_psi=0.7))
+
+
+def test_the_linear_semantics_pipeline_runs_on_a_stylegan2_generator():
+    """The layer-wise interface: seeds to w+, every conv's features, a few-shot LSE head fitted on them reads back
+    a segmentation of the generator's own images, and Sample segments with it."""
+    from semgen.pipelines.semantics import SemanticModels
+    from semgen.pipelines.semantics.fewshot import fit_head
+    from semgen.pipelines.semantics.sampling import sample
+
+    torch.manual_seed(0)
+    g = StyleGAN2Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, mapping_layers=2, channel_base=128,
+                           channel_max=16)
+    models = SemanticModels(g)
+    assert models.latent_shape == (6, 16) and g.layer_channels() == [16, 16, 16, 8, 8] \
+        and g.layer_resolutions() == [4, 8, 8, 16, 16]
+    ws = models.latents_from_seeds([1, 2, 3, 4])
+    images, features = models.synthesize(ws)
+    assert [tuple(f.shape[1:]) for f in features] == [(16, 4, 4), (16, 8, 8), (16, 8, 8), (8, 16, 16), (8, 16, 16)]
+    brightness = images.mean(dim=1)  # a segmentation of the images themselves: brighter than the image's median
+    masks = (brightness > brightness.flatten(1).median(dim=1).values[:, None, None]).numpy().astype(np.uint8)
+    head = fit_head(models, ws.numpy(), masks, ["dark", "bright"], seed=1, iterations=300)
+    models.add_head("bright", head)
+    out = sample(models, latents=ws.numpy(), predictor="bright")
+    assert out.images.shape == (4, 16, 16, 3) and out.masks.shape == (4, 16, 16)
+    assert np.mean(out.masks == masks) > 0.8  # a coin would agree on half
