@@ -15,6 +15,7 @@ WORDS = {  # first word -> (help, the layer module holding its commands)
     "train": ("train the default models", "training.cli"),
     "eval": ("evaluate models, write reports/", "training.cli"),
     "export": ("convert the models for other runtimes (the build step before serving)", "export.cli"),
+    "import": ("bring your own models: a StyleGAN2 checkpoint as a bundle folder", "export.cli"),
     "serve": ("serve the models over gRPC", "serving.cli"),
     "client": ("call a running server", "serving.cli"),
     "batch": ("a resumable job over many requests: through a server, or on Ray Data", "serving.cli"),

@@ -1,4 +1,4 @@
-"""`semgen export onnx|tensorrt|mar`: the build step before serving. The server opens what these write:
+"""`semgen export onnx|tensorrt|mar` and `semgen import stylegan2`: the build step before serving. The server opens what these write:
 `export onnx --cache C` → C/<fingerprint>/, `export mar --store S` → S/<key>/ (see semgen/bundle.py)."""
 
 from __future__ import annotations
@@ -113,8 +113,45 @@ def export_mar_command(o: ExportMar) -> int:
     return 0
 
 
+@dataclass(frozen=True, kw_only=True)
+class ImportStyleGAN2:
+    src: str = opt(REQUIRED, "the checkpoint: an NVlabs network pickle (.pkl) or the PyTorch port's torch.save (.pt)",
+                   positional=True)
+    out: str = opt(REQUIRED, "the bundle folder to write (<out>/stylegan/)")
+    format: str = opt("auto", "nvlabs, port, or auto (from the file)", choices=("auto", "nvlabs", "port"))
+    network: str = opt("", "which network of the file (default G_ema for NVlabs, g_ema for the port)")
+    size: int = opt(0, "port only: the image size it was trained at")
+    style_dim: int = opt(512, "port only: its --latent / style_dim")
+    n_mlp: int = opt(8, "port only: its mapping layers")
+    channel_multiplier: int = opt(2, "port only: its --channel_multiplier")
+    lr_mlp: float = opt(0.01, "port only: its mapping lr multiplier")
+    replace: bool = opt(False, "overwrite an existing <out>/stylegan/")
+    json: bool = opt(False, JSON_HELP)
+
+
+def import_stylegan2_command(o: ImportStyleGAN2) -> int:
+    from export.import_stylegan2 import import_stylegan2
+
+    try:
+        result = import_stylegan2(o.src, o.out, o.format, o.network, o.size, o.style_dim, o.n_mlp,
+                                  o.channel_multiplier, o.lr_mlp, o.replace)
+    except ValueError as e:  # bad file, flags that do not fit, a refused pickle: one line, nothing written
+        print(f"semgen import stylegan2: {e}", file=sys.stderr)
+        return 2
+    write_options(o, o.out, "import_options")
+    print_result(result, o.json)
+    return 0
+
+
 def register(parsers: dict) -> None:
-    """`semgen export ...` on the dispatcher's `export` parser (semgen_cli.py)."""
+    """`semgen export ...` and `semgen import ...` on the dispatcher's parsers (semgen_cli.py)."""
+    if "import" in parsers:
+        command(subcommands(parsers["import"]).add_parser(
+            "stylegan2", help="a StyleGAN2 checkpoint (NVlabs pickle, read without running it, or the PyTorch "
+                              "port's) as a bundle folder that export and serve open"), ImportStyleGAN2,
+            import_stylegan2_command)
+    if "export" not in parsers:
+        return
     export = subcommands(parsers["export"])
     command(export.add_parser("onnx", help="classifier, mapping and synthesis+head as ONNX, with parity checks"),
             ExportOnnx, export_onnx_command)

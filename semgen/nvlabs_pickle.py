@@ -28,7 +28,7 @@ except ImportError:  # numpy 1
     from numpy.core.multiarray import scalar as numpy_scalar
 
 
-class RefusedPickle(pickle.UnpicklingError):
+class RefusedPickle(pickle.UnpicklingError, ValueError):
     """The pickle names a global that a tensor checkpoint does not need: it is not loaded, nothing ran."""
 
 

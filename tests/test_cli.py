@@ -18,7 +18,7 @@ import semgen_cli
 from semgen.options import REQUIRED, Command, add_options, opt, options_from_args, write_options
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("scenes", "bench", "train", "eval", "export", "serve", "client", "batch")
+WORDS = ("scenes", "bench", "train", "eval", "export", "import", "serve", "client", "batch")
 HEAVY = ("torch", "training", "export", "semgen.pipelines", "serving.server", "ray")
 
 
@@ -39,7 +39,7 @@ REQUIRED_FLAGS = {
     "--box": ("1,2,3,4", (1, 2, 3, 4)), "--latents": ("l.npy", "l.npy"), "--head": ("lse", "lse"),
     "--name": ("mine", "mine"), "--masks": ("m.png", ("m.png",)), "--class-names": ("a,b", ("a", "b")),
     "--target": ("t.png", "t.png"), "--edit": ("horizon:2", (("horizon", 2.0, None),)), "--handler": ("h.py", "h.py"),
-    "--checkpoints": ("a,b", ("a", "b")), "--out": ("o", "o"),
+    "--checkpoints": ("a,b", ("a", "b")), "--out": ("o", "o"), "--src": ("g.pkl", "g.pkl"),  # src: positional
 }
 ONE_OF = {("client", "semantics", "sample"): ("--seeds", "1,2", "seeds", (1, 2)),
           ("client", "manipulate"): ("--seed", "3", "seeds", (3,)),
@@ -55,7 +55,7 @@ def test_every_command_is_one_dataclass_whose_flags_give_its_defaults():
         for f in dataclasses.fields(func.options):
             if f.default is dataclasses.MISSING:
                 flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-                argv += [flag, REQUIRED_FLAGS[flag][0]]
+                argv += [REQUIRED_FLAGS[flag][0]] if f.metadata.get("positional") else [flag, REQUIRED_FLAGS[flag][0]]
                 given[f.name] = REQUIRED_FLAGS[flag][1]
         if path in ONE_OF:
             flag, text, name, value = ONE_OF[path]
@@ -89,6 +89,7 @@ def test_the_first_words_pick_one_layer():
     assert semgen_cli.layers(["bench"]) == [("training.cli", "bench"), ("serving.cli", "bench")]
     assert semgen_cli.layers(["eval", "pyramid"]) == [("training.cli", "eval")]
     assert semgen_cli.layers(["export", "mar"]) == [("export.cli", "export")]
+    assert semgen_cli.layers(["import", "stylegan2"]) == [("export.cli", "import")]
     assert semgen_cli.layers(["scenes", "render"]) == [("training.scenes_cli", "scenes")]
     assert {m for m, _ in semgen_cli.layers(None)} == {"training.cli", "training.scenes_cli", "export.cli",
                                                        "serving.cli"}

@@ -1,0 +1,80 @@
+"""`semgen import stylegan2` (export/import_stylegan2.py): NVlabs' own fixture imported, exported and served gives
+their images; a code-running pickle and flags that do not fit write nothing."""
+
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+
+from semgen.data.loaders import to_uint8
+import semgen_cli
+from serving.bench.process import export_onnx, server_process
+from serving.core.images import pil_images
+from serving.semantics.client import SemanticsClient
+
+FIXTURES = Path(__file__).resolve().parents[1] / "semgen" / "fixtures" / "stylegan2"
+
+
+def main(argv: list[str]) -> int:
+    """`semgen ARGV` in this process: its exit code."""
+    try:
+        semgen_cli.main(argv)
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def test_the_nvlabs_fixture_imported_exported_and_served_gives_nvlabs_images(tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert main(["import", "stylegan2", str(FIXTURES / "G64.pkl"), "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["format"], result["img_resolution"], result["num_ws"]) == ("nvlabs", 64, 10)
+    assert json.loads((out / "stylegan" / "config.json").read_text())["class"] == "StyleGAN2Generator"
+    ref = np.load(FIXTURES / "G64_ref.npz")
+    # G(z, psi 0.7) is synthesis of NVlabs' w+ truncated towards the imported w_avg
+    w_avg = load_file(out / "stylegan" / "model.safetensors")["mapping.w_avg"]
+    ws = w_avg + 0.7 * (ref["ws"] - w_avg)
+    export_onnx(str(out), str(tmp_path / "onnx"))
+    with tempfile.TemporaryDirectory() as heads, server_process(
+            ["--models", str(out), "--onnx-dir", str(tmp_path / "onnx"), "--heads-dir", heads, "--log-level",
+             "WARNING"]) as server, SemanticsClient(server.address, timeout=120) as client:
+        reply = client.sample(latents=ws)
+        seeded = client.sample(seeds=[1, 2], truncation_psi=0.7)
+    served = np.stack([np.asarray(image) for image in pil_images(reply.images)])
+    want = to_uint8(torch.from_numpy(ref["img_psi07_const"]))
+    assert served.shape == (4, 64, 64, 3) and np.abs(served.astype(int) - want.astype(int)).max() <= 1
+    assert tuple(seeded.latents.shape) == (2, 10, 64) and len(seeded.images) == 2
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_code_running_pickle_and_misfit_flags_write_nothing(tmp_path, capsys):
+    evil, marker, out = tmp_path / "evil.pkl", tmp_path / "ran", tmp_path / "bundle"
+    evil.write_bytes(b"\x80\x04" + pickle.dumps({"G_ema": RunsCode(marker)})[2:])
+    assert main(["import", "stylegan2", str(evil), "--out", str(out), "--format", "nvlabs"]) == 2
+    assert "posix.system: not allowed in a network pickle" in capsys.readouterr().err
+    assert not marker.exists() and not out.exists()
+    # the port's format needs its size; a wrong one names the first tensor that does not fit
+    port = tmp_path / "g.pt"
+    torch.save({"g_ema": {"style.1.weight": torch.zeros(8, 8)}}, port)
+    assert main(["import", "stylegan2", str(port), "--out", str(out)]) == 2
+    assert "size: the port's checkpoints do not record their resolution" in capsys.readouterr().err
+    assert main(["import", "stylegan2", str(port), "--out", str(out), "--size", "8", "--style-dim", "8"]) == 2
+    assert "does not match the port's layout for size 8" in capsys.readouterr().err
+    assert not (out / "stylegan").exists() and not any(out.glob(".stylegan-import-*"))
+    # an existing generator stays unless --replace
+    assert main(["import", "stylegan2", str(FIXTURES / "G64.pkl"), "--out", str(out)]) == 0
+    assert main(["import", "stylegan2", str(FIXTURES / "G64.pkl"), "--out", str(out)]) == 2
+    assert "exists; give --replace" in capsys.readouterr().err
+    assert main(["import", "stylegan2", str(FIXTURES / "G64.pkl"), "--out", str(out), "--replace"]) == 0
