@@ -7,7 +7,9 @@ import pickle
 import tempfile
 from pathlib import Path
 
+import grpc
 import numpy as np
+import pytest
 import torch
 from safetensors.numpy import load_file
 
@@ -15,7 +17,7 @@ from semgen.data.loaders import to_uint8
 import semgen_cli
 from serving.bench.process import export_onnx, server_process
 from serving.core.images import pil_images
-from serving.semantics.client import SemanticsClient
+from serving.semantics.client import SemanticsClient, job_result, mask_array
 
 FIXTURES = Path(__file__).resolve().parents[1] / "semgen" / "fixtures" / "stylegan2"
 
@@ -45,10 +47,24 @@ def test_the_nvlabs_fixture_imported_exported_and_served_gives_nvlabs_images(tmp
              "WARNING"]) as server, SemanticsClient(server.address, timeout=120) as client:
         reply = client.sample(latents=ws)
         seeded = client.sample(seeds=[1, 2], truncation_psi=0.7)
+        # the linear-semantics RPCs on the imported generator: a few-shot head of the user's own masks
+        halves = np.zeros((4, 64, 64), np.uint8)
+        halves[:, :32] = 1
+        info = client.fit_head("halves", ws, list(halves), ["bottom", "top"], seed=1, iterations=50)
+        segmented = np.stack([mask_array(png) for png in client.segment(ws, "halves").masks])
+        conditional = job_result(client.sample_conditional(halves[0], head="halves", num_samples=1, n_init=4,
+                                                           iterations=2))
+        edited = job_result(client.edit(ws[:1], halves[0], head="halves", iterations=2))
+        heads = [head.name for head in client.list_heads()]
+        with pytest.raises(grpc.RpcError) as missing:
+            client.segment(ws, "lse")
     served = np.stack([np.asarray(image) for image in pil_images(reply.images)])
     want = to_uint8(torch.from_numpy(ref["img_psi07_const"]))
     assert served.shape == (4, 64, 64, 3) and np.abs(served.astype(int) - want.astype(int)).max() <= 1
     assert tuple(seeded.latents.shape) == (2, 10, 64) and len(seeded.images) == 2
+    assert (info.name, info.shots, heads) == ("halves", 4, ["halves"]) and np.mean(segmented == halves) > 0.9
+    assert len(conditional.images) == 1 and len(edited.images) == 1
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "known: halves" in missing.value.details()
 
 
 class RunsCode:
