@@ -31,10 +31,12 @@ def resample_filter(taps=(1, 3, 3, 1)) -> torch.Tensor:
 
 def fir(x: torch.Tensor, f: torch.Tensor, pad: tuple[int, int, int, int], gain: float) -> torch.Tensor:
     """Pads x [N, C, H, W] by (left, right, top, bottom) and convolves each channel with f * gain (f symmetric)."""
+    n, c = x.shape[:2]
     x = F.pad(x, list(pad))
-    channels = x.shape[1]
-    weight = (f * gain).to(x.dtype).flip([0, 1])[None, None].repeat(channels, 1, 1, 1)
-    return F.conv2d(x, weight, groups=channels)
+    # every channel as its own image through one 1-channel filter: no channel count in the weight, so a traced
+    # graph keeps a known kernel shape
+    y = F.conv2d(x.reshape(-1, 1, *x.shape[2:]), (f * gain).to(x.dtype).flip([0, 1])[None, None])
+    return y.reshape(n, c, *y.shape[2:])
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -106,25 +108,25 @@ class MappingNetwork(nn.Module):
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
                      up: bool = False, f: torch.Tensor | None = None) -> torch.Tensor:
-    """One conv per sample, its weight scaled by the sample's styles over input channels (and demodulated to unit
-    norm per output channel), run as a grouped conv; `up`: a stride-2 transposed conv, then the filter."""
+    """The conv of weight scaled by each sample's styles over input channels (and demodulated to unit norm per
+    output channel), computed as NVlabs' unfused path does: scale the input, one shared conv, scale the output.
+    No per-sample weights and no batch-sized groups, so an exported graph takes any batch. `up`: a stride-2
+    transposed conv, then the filter."""
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
-    w = weight.unsqueeze(0) * styles.reshape(n, 1, in_ch, 1, 1)  # [N, O, I, k, k]
-    if demodulate:
-        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(n, out_ch, 1, 1, 1)
-    x = x.reshape(1, n * in_ch, *x.shape[2:])
+    x = x * styles.reshape(n, in_ch, 1, 1)
     if not up:
-        x = F.conv2d(x, w.reshape(n * out_ch, in_ch, kh, kw), padding=kh // 2, groups=n)
-        return x.reshape(n, out_ch, *x.shape[2:])
-    # transposed conv: the weight as [N * I, O, k, k]; then the FIR with NVlabs' padding for a 3x3 kernel
-    w = w.transpose(1, 2).reshape(n * in_ch, out_ch, kh, kw)
-    x = F.conv_transpose2d(x, w, stride=2, groups=n)
-    x = x.reshape(n, out_ch, *x.shape[2:])
-    fw = f.shape[-1]
-    pad0 = kh // 2 + (fw + 1) // 2 - (kw - 1)  # NVlabs' conv2d_resample: 1 for a 3x3 kernel and a 4-tap filter
-    pad1 = kh // 2 + (fw - 2) // 2 - (kw - 2)
-    return fir(x, f, (pad0, pad1, pad0, pad1), gain=4.0)
+        x = F.conv2d(x, weight, padding=kh // 2)
+    else:
+        x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+        fw = f.shape[-1]
+        pad0 = kh // 2 + (fw + 1) // 2 - (kw - 1)  # NVlabs' conv2d_resample: 1 for a 3x3 kernel and a 4-tap filter
+        pad1 = kh // 2 + (fw - 2) // 2 - (kw - 2)
+        x = fir(x, f, (pad0, pad1, pad0, pad1), gain=4.0)
+    if demodulate:  # 1 / |W * s| per sample and output channel
+        w = weight.unsqueeze(0) * styles.reshape(n, 1, in_ch, 1, 1)
+        x = x * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(n, out_ch, 1, 1)
+    return x
 
 
 class SynthesisLayer(nn.Module):

@@ -94,3 +94,30 @@ def test_a_code_running_pickle_and_misfit_flags_write_nothing(tmp_path, capsys):
     assert main(["import", "stylegan2", str(FIXTURES / "G64.pkl"), "--out", str(out)]) == 2
     assert "exists; give --replace" in capsys.readouterr().err
     assert main(["import", "stylegan2", str(FIXTURES / "G64.pkl"), "--out", str(out), "--replace"]) == 0
+
+
+def test_an_imported_generator_exports_to_onnx_with_parity_at_any_batch(tmp_path):
+    """mapping and synthesis + a head as ONNX graphs: NVlabs' per-sample modulation is computed without batch-sized
+    groups, so the graph traced at one batch takes another."""
+    from export.onnx import PARITY_TOLERANCE
+    from export.onnx import export_onnx as export_graphs
+    from semgen.checkpoints import load_checkpoint, save_checkpoint
+    from semgen.networks.heads import HEAD_KINDS
+    from semgen.runtime.onnx import ort_session
+
+    out = tmp_path / "bundle"
+    assert main(["import", "stylegan2", str(FIXTURES / "G64.pkl"), "--out", str(out)]) == 0
+    g = load_checkpoint(out / "stylegan")
+    torch.manual_seed(0)
+    head = HEAD_KINDS["lse"](g.layer_channels(), 3, ("a", "b", "c"))  # a head the user trained for it
+    save_checkpoint(out / "heads" / "lse", head, head.config)
+    report = export_graphs(str(out), str(tmp_path / "onnx"))
+    for name in ("mapping", "synthesis_lse"):
+        assert report[f"{name}.parity"] and report[f"{name}.max_abs_diff"] <= PARITY_TOLERANCE
+    ws = torch.from_numpy(np.load(FIXTURES / "G64_ref.npz")["ws"][:3]).repeat(2, 1, 1)[:5]  # batch 5
+    image, logits = ort_session(report["synthesis_lse.path"], threads=1).run(None, {"ws": ws.numpy()})
+    with torch.no_grad():
+        want, features = g.synthesis(ws, return_features=True)
+        want_logits = head(features, 64)
+    assert image.shape == (5, 3, 64, 64) and np.abs(image - want.numpy()).max() <= 1e-4
+    assert np.abs(logits - want_logits.numpy()).max() <= 1e-4
