@@ -118,13 +118,13 @@ def read_network_pickle(path: str | Path) -> dict:
 
 
 # NVlabs' Generator init kwargs this project's StyleGAN2Generator reproduces, with their defaults; any other value
-# is refused by name rather than approximated
+# is refused by name rather than approximated, except num_fp16_res, fp16_channels_last and w_avg_beta (CUDA speed
+# and training only: any value gives the same outputs here)
 MAPPING_DEFAULTS = {"num_layers": 8, "lr_multiplier": 0.01, "embed_features": None, "layer_features": None,
                     "activation": "lrelu", "w_avg_beta": 0.995}
 SYNTHESIS_DEFAULTS = {"channel_base": 32768, "channel_max": 512, "num_fp16_res": 0, "conv_clamp": None,
                       "architecture": "skip", "resample_filter": [1, 3, 3, 1], "use_noise": True,
                       "activation": "lrelu", "fp16_channels_last": False}
-IGNORED = {"num_fp16_res", "fp16_channels_last", "w_avg_beta"}  # training or CUDA-only: no effect on the outputs
 
 
 def generator_config(obj: PersistentObject, network: str = "G_ema") -> dict:

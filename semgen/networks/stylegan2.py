@@ -156,9 +156,8 @@ class SynthesisLayer(nn.Module):
                                 device=x.device if generator is None else generator.device)
             x = x + noise.to(x.device) * self.noise_strength
         x = F.leaky_relu(x + self.bias.reshape(1, -1, 1, 1), 0.2) * LRELU_GAIN
-        if self.conv_clamp is not None:
-            x = x.clamp(-self.conv_clamp * LRELU_GAIN, self.conv_clamp * LRELU_GAIN)
-        return x
+        # NVlabs clamps after the activation's gain, at conv_clamp itself (their fp16 safety, e.g. 256)
+        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
 
 
 class ToRGBLayer(nn.Module):

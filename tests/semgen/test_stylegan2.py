@@ -66,6 +66,17 @@ def test_noise_modes_and_seeded_random_noise():
         run("sometimes")
 
 
+def test_conv_clamp_bounds_every_layer_and_torgb_at_its_value():
+    torch.manual_seed(0)
+    g = StyleGAN2Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=8, mapping_layers=1, channel_base=32,
+                           channel_max=8, conv_clamp=0.25).eval()
+    with torch.no_grad():
+        image, features = g.synthesis(g.mapping(torch.randn(4, 8) * 10), return_features=True)
+    assert all(f.abs().max() <= 0.25 for f in features) and max(f.abs().max() for f in features) == 0.25
+    # each toRGB is clamped too, and up-sampling averages (every phase of the filter sums to 1): two blocks, 0.5
+    assert image.abs().max() <= 0.5 + 1e-6
+
+
 def test_class_conditional_mapping_and_truncation_cutoff():
     torch.manual_seed(0)
     g = StyleGAN2Generator(z_dim=8, c_dim=3, w_dim=8, img_resolution=8, mapping_layers=2, channel_base=32,
