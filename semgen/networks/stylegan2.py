@@ -4,7 +4,7 @@ modulated / demodulated convs with the [1, 3, 3, 1] resampling filter, per-layer
 
 Parameter and buffer names are NVlabs' (mapping.fc0.weight, synthesis.b8.conv0.affine.bias, ...), so a state dict
 read from their pickle (semgen/nvlabs_pickle.py) loads as it is. Written here from the published architecture;
-fp16 layers run in fp32 (NVlabs does so off CUDA too).
+layers NVlabs runs in fp16 on a GPU (num_fp16_res) run in fp32 here, as their force_fp32 does.
 """
 
 from __future__ import annotations
