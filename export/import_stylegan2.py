@@ -18,21 +18,22 @@ from semgen.nvlabs_pickle import generator_from_pickle
 from semgen.stylegan2_port import generator_from_port
 
 FORMATS = ("auto", "nvlabs", "port")
+NETWORKS = {"nvlabs": "G_ema", "port": "g_ema"}  # the network each format's users serve
 
 
 def detect_format(path: Path) -> str:
-    """nvlabs for a plain pickle that names torch_utils.persistence, port for a torch.save zip."""
+    """nvlabs for a plain pickle that names torch_utils.persistence; port otherwise (a torch.save zip, or a file
+    the port's loader then names as unreadable)."""
     with path.open("rb") as f:
-        head = f.read(4)
-    if head.startswith(b"PK"):
-        return "port"
-    try:
-        with path.open("rb") as f:
-            for op, arg, _ in pickletools.genops(f):
-                if isinstance(arg, str) and arg.startswith("torch_utils.persistence"):
-                    return "nvlabs"
-    except Exception:  # not a pickle at all: the port's loader says what it is
-        return "port"
+        if f.read(2) == b"PK":
+            return "port"
+        f.seek(0)
+        try:
+            if any(isinstance(arg, str) and arg.startswith("torch_utils.persistence")
+                   for _, arg, _ in pickletools.genops(f)):
+                return "nvlabs"
+        except Exception:  # not a pickle
+            pass
     return "port"
 
 
@@ -49,16 +50,16 @@ def import_stylegan2(src: str | Path, out: str | Path, fmt: str = "auto", networ
     if target.exists() and not replace:
         raise ValueError(f"out: {target} exists; give --replace to overwrite it")
     fmt = detect_format(src) if fmt == "auto" else fmt
+    network = network or NETWORKS[fmt]
     if fmt == "nvlabs":
-        model, config = generator_from_pickle(src, network or "G_ema")
+        model, config = generator_from_pickle(src, network)
         w_avg_from = "w_avg"
     else:
         if size <= 0:
             raise ValueError("size: the port's checkpoints do not record their resolution; give --size (e.g. 256)")
         model, config, w_avg_from = generator_from_port(src, size, style_dim, n_mlp, channel_multiplier, lr_mlp,
-                                                        network or "g_ema")
-    source = {"imported_from": str(src), "format": fmt, "network": network or ("G_ema" if fmt == "nvlabs" else "g_ema"),
-              "w_avg_from": w_avg_from}
+                                                        network)
+    source = {"imported_from": str(src), "format": fmt, "network": network, "w_avg_from": w_avg_from}
     # written beside, then moved in place: a failed or killed import leaves the old folder (or none)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".stylegan-import-", dir=target.parent))

@@ -126,6 +126,12 @@ SYNTHESIS_DEFAULTS = {"channel_base": 32768, "channel_max": 512, "num_fp16_res":
                       "architecture": "skip", "resample_filter": [1, 3, 3, 1], "use_noise": True,
                       "activation": "lrelu", "fp16_channels_last": False}
 
+FIXED = {"activation", "architecture", "use_noise", "resample_filter"}  # only their default is reproduced
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
 
 def generator_config(obj: PersistentObject, network: str = "G_ema") -> dict:
     """StyleGAN2Generator's constructor kwargs from an NVlabs Generator's init kwargs (ValueError naming what is not
@@ -137,15 +143,11 @@ def generator_config(obj: PersistentObject, network: str = "G_ema") -> dict:
     m = {**MAPPING_DEFAULTS, **mapping}
     s = {**SYNTHESIS_DEFAULTS, **synthesis}
     w_dim = kwargs.get("w_dim")
-    unsupported = [f"mapping_kwargs.{k}={v!r}" for k, v in m.items() if k not in MAPPING_DEFAULTS]
-    unsupported += [f"synthesis_kwargs.{k}={v!r}" for k, v in s.items() if k not in SYNTHESIS_DEFAULTS]
-    unsupported += [f"mapping_kwargs.{k}={m[k]!r}" for k in ("activation",) if m[k] != "lrelu"]
+    sections = {"mapping_kwargs": (m, MAPPING_DEFAULTS), "synthesis_kwargs": (s, SYNTHESIS_DEFAULTS)}
+    unsupported = [f"{name}.{k}={v!r}" for name, (given, defaults) in sections.items() for k, v in given.items()
+                   if k not in defaults or (k in FIXED and _plain(v) != defaults[k])]
     unsupported += [f"mapping_kwargs.{k}={m[k]!r}" for k in ("embed_features", "layer_features")
                     if m[k] not in (None, w_dim)]
-    unsupported += [f"synthesis_kwargs.{k}={s[k]!r}" for k, want in (("architecture", "skip"), ("use_noise", True),
-                    ("activation", "lrelu")) if s[k] != want]
-    if list(s["resample_filter"]) != [1, 3, 3, 1]:
-        unsupported.append(f"synthesis_kwargs.resample_filter={s['resample_filter']!r}")
     unknown = sorted(set(kwargs) - {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"})
     unsupported += [f"{k}={kwargs[k]!r}" for k in unknown]
     if unsupported:

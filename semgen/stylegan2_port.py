@@ -28,17 +28,19 @@ def port_config(size: int, style_dim: int = 512, n_mlp: int = 8, channel_multipl
             "channel_max": 512, "conv_clamp": None}
 
 
-def _layer_name(port: str) -> str | None:
-    """The NVlabs prefix of a port layer (conv1, convs.3, to_rgb1, to_rgbs.0), None if it is not one."""
-    head, _, index = port.partition(".")
+def _layer(key: str) -> tuple[str, str] | None:
+    """(NVlabs' prefix, the rest of the key) for a key of a port layer (conv1.*, to_rgb1.*, convs.N.*,
+    to_rgbs.N.*); None for any other key."""
+    head, _, rest = key.partition(".")
     if head == "conv1":
-        return "synthesis.b4.conv1"
+        return "synthesis.b4.conv1", rest
     if head == "to_rgb1":
-        return "synthesis.b4.torgb"
+        return "synthesis.b4.torgb", rest
+    index, _, sub = rest.partition(".")
     if head == "convs" and index.isdigit():
-        return f"synthesis.b{2 ** (3 + int(index) // 2)}.conv{int(index) % 2}"
+        return f"synthesis.b{2 ** (3 + int(index) // 2)}.conv{int(index) % 2}", sub
     if head == "to_rgbs" and index.isdigit():
-        return f"synthesis.b{2 ** (3 + int(index))}.torgb"
+        return f"synthesis.b{2 ** (3 + int(index))}.torgb", sub
     return None
 
 
@@ -67,14 +69,11 @@ def rename(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         elif any(key.endswith("." + f) for f in FILTERS):
             if tensor.shape != expected_filter.shape or not torch.allclose(tensor, expected_filter):
                 raise ValueError(f"{key}: a resampling filter other than [1, 3, 3, 1] is not reproduced here")
+        elif (layer := _layer(key)) is not None and layer[1] in SUBKEYS:
+            name, reshape = SUBKEYS[layer[1]]
+            out[f"{layer[0]}.{name}"] = reshape(tensor) if reshape else tensor
         else:
-            prefix = next((p for p in (".".join(key.split(".")[:n]) for n in (1, 2)) if _layer_name(p)), None)
-            sub = key[len(prefix) + 1:] if prefix else None
-            if sub not in SUBKEYS:
-                out[key] = tensor
-                continue
-            name, reshape = SUBKEYS[sub]
-            out[f"{_layer_name(prefix)}.{name}"] = reshape(tensor) if reshape else tensor
+            out[key] = tensor
     return out
 
 

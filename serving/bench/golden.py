@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from PIL import Image
 
 PNG = b"\x89PNG\r\n\x1a\n"
+FLOATS = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
 INFER_RESPONSE = "inference.ModelInferResponse"
 # the Open Inference Protocol's datatypes as numpy's (little-endian on the wire)
 DATATYPES = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT8": "i1", "INT16": "<i2", "INT32": "<i4",
@@ -50,29 +50,16 @@ class Tolerance:
 FORWARD = Tolerance(max_px=4, mean_px=0.25, labels=0.01, rtol=1e-3, atol=1e-4)
 ITERATIVE = Tolerance(max_px=8, mean_px=0.5, labels=0.02, rtol=1e-2, atol=1e-3)
 IMAGINE = Tolerance(max_px=96, mean_px=1.0, labels=0.02, rtol=0.1, atol=0.05)
+EXACT = Tolerance(max_px=0, mean_px=0.0, labels=0.0, rtol=0.0, atol=0.0)  # one machine and build
 # the calls of serving/bench/catalogue.py that run an optimiser (FitHead also decides what sample_fitted shows)
 ITERATIVE_CALLS = frozenset({"fit_head", "sample_fitted", "sample_conditional", "edit_semantics"})
 
 
 def tolerance(call: str) -> Tolerance:
-    return IMAGINE if call == "imagine" else ITERATIVE if call in ITERATIVE_CALLS else FORWARD
-
-
-def output_type(method: str):
-    """The reply message class of a method path /package.Service/Method (the stubs must be imported)."""
-    service, name = method.strip("/").split("/")
-    output = descriptor_pool.Default().FindServiceByName(service).FindMethodByName(name).output_type
-    return message_factory.GetMessageClass(output)
-
-
-def canonical_sha256(messages: list) -> str:
-    """The sha256 of replies re-serialized deterministically (map fields have no fixed wire order): the exact
-    record of one machine and build."""
-    digest = hashlib.sha256()
-    for message in messages:
-        data = message.SerializeToString(deterministic=True)
-        digest.update(len(data).to_bytes(8, "little") + data)
-    return digest.hexdigest()
+    """The tolerance of a catalogue call, or of one run for a number of iterations (imagine_50, edit_semantics_10)."""
+    kind, _, count = call.rpartition("_")
+    kind = kind if count.isdigit() else call
+    return IMAGINE if kind == "imagine" else ITERATIVE if kind in ITERATIVE_CALLS else FORWARD
 
 
 class Recorder:
@@ -119,9 +106,6 @@ class Recorder:
     def put(self, key: str, array: np.ndarray) -> str:
         self.arrays[key] = array
         return key
-
-
-FLOATS = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
 
 
 def record_call(recorder: Recorder, name: str, code: str, replies: list, stream: bool) -> dict:
@@ -208,42 +192,7 @@ def _compare_floats(want: np.ndarray, got: np.ndarray, tol: Tolerance, diff: Dif
     diff.float_excess = max(diff.float_excess, float(excess.max()))
 
 
-# Kernel sets a machine may have, simulated on this one: the environment of the server process and its extra
-# flags. ATen (ATEN_CPU_CAPABILITY) and oneDNN (ONEDNN_MAX_CPU_ISA) pick their code paths from these variables;
-# ONNX Runtime's MLAS picks by CPUID with no switch, so its sums are moved by the thread count instead (a machine
-# with another core count splits them otherwise), and "default" runs the forward graphs on eager torch's
-# portable kernels instead of ONNX Runtime.
-KERNEL_SETS: dict[str, tuple[dict[str, str], list[str]]] = {
-    "native": ({}, []),
-    "avx2": ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"},
-             ["--ort-threads", "1"]),
-    "default": ({"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}, ["--runtime", "torch"]),
-}
-
-
-def collect(address: str, calls: list, timeout: float = 300.0) -> tuple[dict, dict, dict]:
-    """Sends each (name, method, stream, request bytes) in order: (records by name, their arrays, the exact
-    sha256 of each OK reply)."""
-    import grpc
-
-    recorder, records, hashes = Recorder(), {}, {}
-    with grpc.insecure_channel(address) as channel:
-        for name, method, stream, request in calls:
-            reply_type = output_type(method)
-            try:
-                if stream:
-                    raw = list(channel.unary_stream(method)(request, timeout=timeout))
-                else:
-                    raw = [channel.unary_unary(method)(request, timeout=timeout)]
-                replies = [reply_type.FromString(r) for r in raw]
-                records[name] = record_call(recorder, name, "OK", replies, stream)
-                hashes[name] = canonical_sha256(replies)
-            except grpc.RpcError as error:
-                records[name] = record_call(recorder, name, error.code().name, [], stream)
-    return records, recorder.arrays, hashes
-
-
-def compare(want: dict, want_arrays, got: dict, got_arrays, tolerance_of=tolerance) -> dict[str, dict]:
+def compare(want: dict, want_arrays, got: dict, got_arrays) -> dict[str, dict]:
     """Each recorded call against the one got: {name: {"code", "ok", difference summary...}}."""
     out = {}
     for name, record in want.items():
@@ -251,7 +200,7 @@ def compare(want: dict, want_arrays, got: dict, got_arrays, tolerance_of=toleran
         if mine["code"] != record["code"]:
             out[name] = {"code": f"{mine['code']} != {record['code']}", "ok": False}
             continue
-        tol = tolerance_of(name)
+        tol = tolerance(name)
         diff = compare_call(record, want_arrays, mine, got_arrays, tol)
         out[name] = {"code": record["code"], "ok": diff.within(tol), **diff.summary()}
     for name in got.keys() - want.keys():
@@ -294,5 +243,3 @@ def expected(golden: dict, stored: dict, engine: str) -> tuple[dict, dict]:
     arrays.update({k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)})
     return calls, arrays
 
-
-EXACT = Tolerance(max_px=0, mean_px=0.0, labels=0.0, rtol=0.0, atol=0.0)

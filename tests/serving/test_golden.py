@@ -7,8 +7,8 @@ is tests/serving/golden/rpcs.json (+ rpcs.npz: decoded images and float vectors)
 change of behaviour that is meant), run with SEMGEN_WRITE_GOLDEN=1 and say why in the commit.
 
 On one machine and build the bytes are exact: the engines are checked against each other byte for byte in one
-run. Another machine is simulated by running the server under other kernel sets (KERNEL_SETS: ATen's and
-oneDNN's instruction sets, ONNX Runtime's thread count, eager torch instead of ONNX Runtime), so a record that
+run. Another machine is simulated by running the server under other kernel sets (cross_kernels.KERNEL_SETS: ATen's
+and oneDNN's instruction sets, ONNX Runtime's thread count, eager torch instead of ONNX Runtime), so a record that
 only holds on the recording machine fails here, not on a user's box.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from serving.bench.catalogue import S, reseeded_calls, valid_calls
-from serving.bench.golden import (FORWARD, IMAGINE, KERNEL_SETS, collect, compare, expected, load_record,
-                                  save_record)
+from serving.bench.cross_kernels import KERNEL_SETS, collect, served_calls
+from serving.bench.golden import FORWARD, IMAGINE, compare, expected, load_record, save_record
 from serving.core.metrics import ServingMetrics
 from serving.core.protos import semantics_pb2
 from servingkit import serve_subprocess
@@ -43,12 +43,6 @@ RUNS = [("embedded", "native"), ("embedded", "avx2"), ("embedded", "default"), (
 EXACT_BYTES: dict[str, dict] = {}  # the embedded engine's sha256 of each reply in this run (this machine, build)
 
 
-def calls(eager: bool) -> list[tuple[str, str, bool, bytes]]:
-    """(name, method path, server-streaming, request bytes), in the order they are sent; the Open Inference
-    Protocol serves the exported graphs, so a server running eager torch (--runtime torch) has none of its calls."""
-    return [c for c in valid_calls(LATENT_SHAPE) if not (eager and c[0].startswith("oip_"))]
-
-
 def calls_by_name() -> dict[str, tuple[str, str, bool, bytes]]:
     return {call[0]: call for call in valid_calls(LATENT_SHAPE)}
 
@@ -65,12 +59,13 @@ def test_every_rpc_gives_the_recorded_reply(engine, kernels, tmp_path):
     env, flags = KERNEL_SETS[kernels]
     eager = "--runtime" in flags  # forward graphs on eager torch: no batched graph runs, no exported graphs
     with serve_subprocess([*serve_args(tmp_path), *ENGINES[engine], *flags], env=env) as server:
-        got, arrays, hashes = collect(server.address, calls(eager))
+        got, arrays, hashes = collect(server.address, served_calls(kernels, valid_calls(LATENT_SHAPE)))
         with urllib.request.urlopen(server.metrics_url, timeout=30) as reply:
             exposition = reply.read().decode()
     if os.environ.get("SEMGEN_WRITE_GOLDEN") and kernels == "native" and RECORDED[engine] == engine:
         save_record(GOLDEN, engine, got, arrays, base=BASE[engine])
-    want, want_arrays = expected(*load_record(GOLDEN), RECORDED[engine])
+    golden, stored = load_record(GOLDEN)
+    want, want_arrays = expected(golden, stored, RECORDED[engine])
     want = {name: record for name, record in want.items() if name in got}
     report = compare(want, want_arrays, got, arrays)
     assert {name: row for name, row in report.items() if not row["ok"]} == {}
@@ -83,7 +78,7 @@ def test_every_rpc_gives_the_recorded_reply(engine, kernels, tmp_path):
         if engine == "embedded":
             EXACT_BYTES.update(hashes)
         elif EXACT_BYTES:
-            own = load_record(GOLDEN)[0][engine]["calls"] if RECORDED[engine] == engine else {}
+            own = golden[engine]["calls"] if RECORDED[engine] == engine else {}
             same = [name for name in hashes if name not in own and name in EXACT_BYTES]
             assert {name: hashes[name] for name in same} == {name: EXACT_BYTES[name] for name in same}
     # the same metric names on every engine, and the engine's own series filled in (queue, compute, batch size)
