@@ -44,14 +44,23 @@ def op_args(method: str, i: int, image: np.ndarray, samples: int = 1) -> tuple[s
     return Op.SAMPLE, dict(seeds=list(range(i, i + samples)), latents=None, psi=PSI, predictor=HEAD)
 
 
-def load_pipelines(models: str, onnx_dir: str, methods: list[str]) -> dict:
+def load_pipelines(models: str, onnx_dir: str, methods: list[str], device: str = "cpu") -> dict:
+    """The pipelines with their modules on `device` and the forward graphs on ONNX Runtime (its CUDA
+    provider where onnxruntime has one and `device` is a GPU)."""
     from semgen.runtime.onnx import OnnxModels
     from semgen.pipelines.pyramid import PyramidPipeline
     from semgen.pipelines.semantics import SemanticsPipeline
 
-    onnx = OnnxModels(exported_onnx(models, onnx_dir), threads=ORT_THREADS)  # the server's cache, too
+    onnx = OnnxModels(exported_onnx(models, onnx_dir), threads=ORT_THREADS, device=device)  # the server's cache, too
     kinds = {"generate": PyramidPipeline, "sample": SemanticsPipeline}
-    return {m: kinds[m].from_dir(models, onnx=onnx) for m in methods}
+    return {m: kinds[m].from_dir(models, device=device, onnx=onnx) for m in methods}
+
+
+def eager(pipe):
+    """The same pipeline with its forward passes on torch (its modules, its device)."""
+    copied = copy.copy(pipe)
+    copied.onnx = None
+    return copied
 
 
 def inprocess_throughput(pipe, method: str, image: np.ndarray, requests: int, max_batch: int,
@@ -86,18 +95,18 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
 
 
 def ort_over_eager(pipe, method: str, image: np.ndarray, batches, repeats: int = 5) -> dict[int, float]:
-    """Eager torch seconds / ONNX Runtime seconds of one `run` over the same rows, per batch size."""
+    """Eager torch seconds / ONNX Runtime seconds of one `run` over the same rows, per batch size (torch on
+    the pipeline's device: on a GPU, eager CUDA against ONNX Runtime's provider)."""
     import torch
 
-    eager = copy.copy(pipe)  # the same modules, with the forward passes on torch
-    eager.onnx = None
+    on_torch = eager(pipe)
     threads = torch.get_num_threads()
     torch.set_num_threads(ORT_THREADS)  # as many threads as ONNX Runtime gets
     try:
         ratios = {}
         for b in batches:
             p = pipe.prepare(*op_args(method, 0, image, samples=b))
-            ratios[b] = (median_seconds(lambda: eager.run(p.key, p.rows), repeats)
+            ratios[b] = (median_seconds(lambda: on_torch.run(p.key, p.rows), repeats)
                          / median_seconds(lambda: pipe.run(p.key, p.rows), repeats))
         return ratios
     finally:

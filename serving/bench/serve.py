@@ -1,10 +1,11 @@
 """`semgen bench serve`: what the gRPC server delivers against what this machine can do.
 
     semgen bench serve --json        # prints the result; writes reports/bench/serve.json and serve.png
+    semgen bench serve --device cuda --runtime torch --engines embedded --out reports/bench_cuda --json
 
-1. In this process, the pipelines on ONNX Runtime run batches of `max_batch` requests back to back
-   (`run_batch`, what the server's batcher calls): the limit of this machine, `inprocess.<method>`.
-   Then ONNX Runtime against eager torch on identical rows, by batch size (`ort_over_eager.<batch>`).
+1. In this process, the pipelines (on --runtime, modules on --device) run batches of `max_batch` requests
+   back to back (`run_batch`, what the server's batcher calls): the limit of this machine, `inprocess.<method>`.
+   Then ONNX Runtime against eager torch on --device on identical rows, by batch size (`ort_over_eager.<batch>`).
 2. One server at a time (`python -m serving.server` on loopback, one per engine): an asyncio gRPC
    load generator keeps c requests in flight for every concurrency c until `requests` are done or
    `seconds` have passed; throughput and p50/p95/p99 latency per (engine, method, concurrency).
@@ -29,8 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 from semgen.options import opt
-from serving.bench.inprocess import (HEAD, LEVEL, ORT_THREADS, PASSES, PSI, inprocess_throughput, load_pipelines,
-                                     ort_over_eager, reference)
+from serving.bench.inprocess import (HEAD, LEVEL, ORT_THREADS, PASSES, PSI, eager, inprocess_throughput,
+                                     load_pipelines, ort_over_eager, reference)
 from serving.bench.process import ServerFailed, export_torchserve, own_cpu, process_tree_cpu, server_process
 
 TORCHSERVE_DIR = "var/torchserve"  # the server's default --torchserve-dir
@@ -52,6 +53,15 @@ class ServeBench:
     onnx_dir: str = opt("var/onnx", "the cache of exported graphs (shared with the server; exported into when "
                                     "missing)")
     seed: int = opt(0, "the scene rendered as Generate's reference image")
+    device: str = opt("cpu", "torch device of the pipelines in process and of the servers (--device): cpu, cuda")
+    runtime: str = opt("onnx", "forward work in process and on the servers (--runtime): onnx (ONNX Runtime, its "
+                               "CUDA provider where installed) or torch (eager on --device)")
+
+    def __post_init__(self):
+        if self.runtime not in ("onnx", "torch"):
+            raise ValueError(f"--runtime must be onnx or torch, got {self.runtime!r}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"--device must be cpu or cuda[:N], got {self.device!r}")
 
 
 def _stderr(message: str) -> None:
@@ -90,6 +100,7 @@ def running_server(opts: ServeBench, engine: str, heads_dir: str):
                            "--onnx-dir", opts.onnx_dir, "--ort-threads", str(ORT_THREADS),
                            "--max-batch", str(opts.max_batch), "--max-batch-delay-ms", str(opts.max_batch_delay_ms),
                            "--heads-dir", heads_dir, "--torchserve-dir", TORCHSERVE_DIR,
+                           "--device", opts.device, "--runtime", opts.runtime,
                            "--log-level", "WARNING"],  # per-request logs would cost the server CPU
                           name=f"server --engine {engine}")
 
@@ -155,7 +166,7 @@ async def drive(address: str, engine: str, methods: list[str], png: bytes, opts:
 
 # ---- the whole run --------------------------------------------------------------------------
 
-def device_info() -> dict:
+def device_info(device: str = "cpu") -> dict:
     import onnxruntime
     import torch
 
@@ -163,7 +174,9 @@ def device_info() -> dict:
     name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                 platform.processor())
     return {"cpu": name or platform.machine(), "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "platform": platform.platform(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
+            "platform": platform.platform(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+            "ort_providers": onnxruntime.get_available_providers(),
+            "torch_device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"}
 
 
 def bench_serve(opts: ServeBench = ServeBench(), progress: Callable[[str], None] = _stderr) -> dict:
@@ -171,16 +184,23 @@ def bench_serve(opts: ServeBench = ServeBench(), progress: Callable[[str], None]
     if not methods:
         raise FileNotFoundError(f"{opts.models} has neither pyramid/ nor stylegan/ with heads/{HEAD}/")
     png, image = reference(opts.seed)
-    result: dict = {"models": opts.models, "methods": methods, "device": device_info(),
+    if opts.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {opts.device}: no CUDA GPU is visible to torch {torch.__version__}")
+    result: dict = {"models": opts.models, "methods": methods, "device": device_info(opts.device),
+                    "runtime": opts.runtime,
                     "policy": {"max_batch": opts.max_batch, "max_batch_delay_ms": opts.max_batch_delay_ms,
                                "ort_threads": ORT_THREADS},
                     "load": {"concurrency": list(opts.concurrency), "requests": opts.requests, "seconds": opts.seconds},
                     "eager_batches": list(opts.eager_batches)}
     # 1. in process first: it exports the graphs the servers then find in the cache
-    pipes = load_pipelines(opts.models, opts.onnx_dir, methods)
+    pipes = load_pipelines(opts.models, opts.onnx_dir, methods, opts.device)
     for m in methods:
         cpu0 = own_cpu()
-        result[f"inprocess.{m}"] = round(inprocess_throughput(pipes[m], m, image, opts.requests, opts.max_batch), 3)
+        pipe = pipes[m] if opts.runtime == "onnx" else eager(pipes[m])  # the runtime the server is given
+        result[f"inprocess.{m}"] = round(inprocess_throughput(pipe, m, image, opts.requests, opts.max_batch), 3)
         result[f"inprocess_cpu_ms_per_request.{m}"] = round((own_cpu() - cpu0) / (PASSES * opts.requests + opts.max_batch) * 1e3, 2)
         progress(f"in-process {m}: {result[f'inprocess.{m}']} req/s in batches of {opts.max_batch}, "
                  f"{result[f'inprocess_cpu_ms_per_request.{m}']} ms CPU per request")

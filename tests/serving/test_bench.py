@@ -38,12 +38,23 @@ def test_inprocess_and_ort_over_eager_are_positive(bundle):
         assert set(ratios) == {1, 2} and all(math.isfinite(r) and r > 0 for r in ratios.values())
 
 
+def test_the_bench_refuses_an_unknown_runtime_or_device():
+    with pytest.raises(ValueError, match="--runtime must be onnx or torch, got 'tensorrt'"):
+        ServeBench(runtime="tensorrt")
+    with pytest.raises(ValueError, match="--device must be cpu or cuda"):
+        ServeBench(device="gpu0")
+
+
 def test_bench_serve_against_an_embedded_server(bundle):
+    """On eager torch (--runtime torch, what a GPU run measures), which the server is given too."""
     root, models = bundle
     opts = ServeBench(models=str(models), concurrency=(1, 2), requests=4, seconds=20, max_batch=2,
-                      engines=("embedded", "no-such-engine"), eager_batches=(1, 2), out=str(root / "report"), onnx_dir=str(root / "onnx"))
+                      engines=("embedded", "no-such-engine"), eager_batches=(1, 2), out=str(root / "report"),
+                      onnx_dir=str(root / "onnx"), runtime="torch")
     lines = []
     result = bench_serve(opts, progress=lines.append)
+    assert result["runtime"] == "torch" and result["device"]["torch_device"] == "cpu"
+    assert "CPUExecutionProvider" in result["device"]["ort_providers"]
     for key in ("inprocess.generate", "inprocess.sample", "ort_over_eager.2", "ort_over_eager_sample.2",
                 "served_over_inprocess.generate", "served_over_inprocess.sample", "served_over_inprocess",
                 "engines.embedded.throughput", "engines.embedded.p50", "engines.embedded.p99"):
