@@ -143,6 +143,29 @@ def import_stylegan2_command(o: ImportStyleGAN2) -> int:
     return 0
 
 
+@dataclass(frozen=True, kw_only=True)
+class ImportDirection:
+    name: str = opt(REQUIRED, "the attribute name Manipulate's edits use", positional=True)
+    npy: str = opt(REQUIRED, "the direction: a .npy of shape (1, w_dim) or (w_dim,) in the generator's w space",
+                   positional=True)
+    models: str = opt(REQUIRED, "the bundle (with stylegan/) that gets it in boundaries/")
+    layers: str = opt("", "the w+ layers an edit moves by default, e.g. 6,7,8 or 6-8 (default: every layer)")
+    replace: bool = opt(False, "overwrite a direction of that name")
+    json: bool = opt(False, JSON_HELP)
+
+
+def import_direction_command(o: ImportDirection) -> int:
+    from export.import_direction import import_direction
+
+    try:
+        result = import_direction(o.models, o.name, o.npy, o.layers, o.replace)
+    except ValueError as e:  # bad file, name or layers: one line, nothing written
+        print(f"semgen import direction: {e}", file=sys.stderr)
+        return 2
+    print_result(result, o.json)
+    return 0
+
+
 def register(parsers: dict) -> None:
     """`semgen export ...` and `semgen import ...` on the dispatcher's parsers (semgen_cli.py)."""
     if "import" in parsers:
@@ -150,6 +173,9 @@ def register(parsers: dict) -> None:
             "stylegan2", help="a StyleGAN2 checkpoint (NVlabs pickle, read without running it, or the PyTorch "
                               "port's) as a bundle folder that export and serve open"), ImportStyleGAN2,
             import_stylegan2_command)
+        command(subcommands(parsers["import"]).add_parser(
+            "direction", help="a w-space direction (.npy, as InterFaceGAN/HiGAN-style tools write) as a boundary "
+                              "Manipulate edits along"), ImportDirection, import_direction_command)
     if "export" not in parsers:
         return
     export = subcommands(parsers["export"])

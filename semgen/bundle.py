@@ -26,12 +26,13 @@ class Service(str, enum.Enum):
     HIGAN = "higan"
 
 
-# the folders a service needs; IMAGINE may also run on a classifier given outside the bundle
+# the folders a service needs; IMAGINE may also run on a classifier given outside the bundle. The parts a call
+# needs beyond these (a head, the segmenter, directions) are checked by the call: MissingPart.
 SERVICE_FOLDERS = {
     Service.PYRAMID: ("classifier", "pyramid"),
     Service.SEMANTICS: ("stylegan",),
     Service.IMAGINE: ("classifier",),
-    Service.HIGAN: ("stylegan", "classifier", "attributes", "boundaries"),
+    Service.HIGAN: ("stylegan",),
 }
 ONNX_HEAD = "lse"  # the head fused into the exported synthesis graph
 ONNX_FOLDERS = ("classifier", "pyramid", "stylegan", f"heads/{ONNX_HEAD}")  # what the exported graphs are made of
@@ -48,6 +49,34 @@ def torchserve_settings(batch_size: int, max_batch_delay_ms: float, ort_threads:
     """The settings a TorchServe store is built for (and keyed by), typed the same by export and server."""
     return {"batch_size": int(batch_size), "max_batch_delay_ms": float(max_batch_delay_ms),
             "ort_threads": int(ort_threads)}
+
+
+class MissingPart(RuntimeError):
+    """A call needs a part the bundle lacks (the segmenter, any head, directions, attribute predictors); the
+    message starts with the field, names the part and how to add it. Servers answer FAILED_PRECONDITION."""
+
+
+SEGMENTER = "segmenter"  # the predictor that reads pixels (every other predictor is a named head)
+
+
+def unknown_head(name: str, heads, segmenter: bool) -> Exception:
+    """The error for a head `name` that the bundle's `heads` (names) and segmenter do not have: MissingPart where
+    the bundle has no such part at all, else a KeyError "head: ..." naming the known ones (NOT_FOUND)."""
+    if name == SEGMENTER and not segmenter:
+        return MissingPart(f"head: this bundle has no segmenter/ (the predictor that reads pixels); train one for the "
+                           f"scene world with `semgen train segmenter`, or fit a head of your own masks with FitHead")
+    if not heads and not segmenter:
+        return MissingPart(f"head: this bundle has no heads and no segmenter, so there is no {name!r}; fit one of your "
+                           f"own masks with FitHead (a few masks at the generator's size), or train one with "
+                           f"`semgen train heads`")
+    known = sorted(heads) + ([SEGMENTER] if segmenter else [])
+    return KeyError(f"head: no head named {name!r}; known: {', '.join(known)}")
+
+
+def no_directions(field: str = "attribute") -> MissingPart:
+    """HiGAN edits on a bundle without boundaries/."""
+    return MissingPart(f"{field}: this bundle has no directions (boundaries/); import one with `semgen import "
+                       f"direction NAME FILE.npy --models DIR`, or train them with `semgen train boundaries`")
 
 
 class ExportMissing(FileNotFoundError):

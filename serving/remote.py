@@ -19,12 +19,12 @@ import numpy as np
 from semgen.bundle import Bundle, Service
 from semgen.pipelines.forward import Op
 from serving.engines import Engines
-from serving.core.errors import NotFound, Unsupported
+from serving.core.errors import Unsupported
 from serving.core.graphs import graph_specs_of
-from serving.core.validation import quote
 from serving.imagine.engine import ImagineEngine, ImagineInfo, ImagineJob, StepProgress, Variations
 from serving.pyramid.engine import Engine, Generated, ModelInfo
 from serving.semantics.engine import HeadSummary, Progress, Samples, SemanticsEngine, SemanticsInfo
+from serving.semantics.validation import known_head
 
 
 
@@ -111,8 +111,7 @@ class RemoteSemanticsEngine(RemoteGraphCalls, SemanticsEngine):
         return self._info
 
     def _classes(self, head: str) -> tuple[str, ...]:
-        if head not in self._info.heads:
-            raise NotFound(f"head: no head named {quote(head)}; known: {', '.join(sorted(self._info.heads))}")
+        known_head(head, self._info)
         return self._info.heads[head].class_names
 
     async def sample(self, seeds, latents, psi, head) -> Samples:

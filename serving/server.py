@@ -7,8 +7,9 @@ Order of events: bind gRPC + metrics ports with health NOT_SERVING, load the mod
 event loop, attach them and switch health to SERVING. The bundle decides what is served:
 PyramidService if <models>/pyramid exists, SemanticsService if <models>/stylegan exists,
 ImagineService if <models>/classifier exists or --imagine-classifier is given, HiganService if
-<models>/stylegan, classifier, attributes and boundaries all exist; a service whose model is
-missing answers NOT_FOUND and its health stays NOT_SERVING. Iterative jobs of every
+<models>/stylegan exists (its directions, boundaries/, and the attribute predictors that score edits are
+optional: a call that needs a part the bundle lacks answers FAILED_PRECONDITION naming it); a service whose
+model is missing answers NOT_FOUND and its health stays NOT_SERVING. Iterative jobs of every
 service share one limit, --max-jobs.
 Engines: --engine embedded (default) runs the models here, forward-only work on ONNX Runtime
 through the dynamic batcher (--runtime onnx: the graphs `semgen export onnx` wrote to --onnx-dir) or
@@ -39,7 +40,6 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from semgen.bundle import SERVICE_FOLDERS, Service
 from serving.core.admission import Admission
 from serving.core.auth import BearerTokenInterceptor
 from serving.core.interceptors import TelemetryInterceptor
@@ -133,12 +133,11 @@ async def set_health(health: health_aio.HealthServicer, status, services=("", *S
 async def attach_engines(gateway: Gateway, engines: Engines, models: str) -> None:
     """Attach what the bundle has, mark the rest not served, and switch health to SERVING."""
     served = [""]
-    higan_lacks = f"lacks one of {', '.join(f'{f}/' for f in SERVICE_FOLDERS[Service.HIGAN])}"
     for servicer, engine, service, lacks in (
             (gateway.pyramid, engines.pyramid, PYRAMID_SERVICE, "has no pyramid/"),
             (gateway.semantics, engines.semantics, SEMANTICS_SERVICE, "has no stylegan/"),
             (gateway.imagine, engines.imagine, IMAGINE_SERVICE, "has no classifier/"),
-            (gateway.higan, engines.higan, HIGAN_SERVICE, higan_lacks)):
+            (gateway.higan, engines.higan, HIGAN_SERVICE, "has no stylegan/")):
         if engine is None:
             servicer.not_served(f"model: this server's bundle ({models}) {lacks}, so {service} is not served here")
         else:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from semgen.bundle import MissingPart, no_directions
 from semgen.checkpoints import load_checkpoint
 from semgen.data.loaders import to_uint8
 from semgen.pipelines.semantics import SemanticsPipeline
@@ -83,30 +84,38 @@ def load_boundaries(folder: str | Path) -> dict[str, Boundary]:
 
 
 class HiganPipeline:
-    def __init__(self, generator, predictor, classifier, segmenter=None, boundaries: dict[str, Boundary] | None = None,
-                 device: str = "cpu"):
+    """`predictor` and `classifier` score the images (both optional: a bundle imported with its own directions has
+    neither, and its edits come back without scores; re-scoring needs them)."""
+
+    def __init__(self, generator, predictor=None, classifier=None, segmenter=None,
+                 boundaries: dict[str, Boundary] | None = None, device: str = "cpu"):
         self.device = torch.device(device)
         self.gan = SemanticsPipeline(generator, segmenter, device=device)  # latents, synthesis, segmentation
         self.generator = self.gan.generator
-        self.predictor = predictor.to(self.device).eval().requires_grad_(False)
-        self.classifier = classifier.to(self.device).eval().requires_grad_(False)
-        if predictor.image_size != generator.image_size or classifier.image_size != generator.image_size:
+        self.predictor, self.classifier = (None if m is None else m.to(self.device).eval().requires_grad_(False)
+                                           for m in (predictor, classifier))
+        if any(m is not None and m.image_size != generator.image_size for m in (predictor, classifier)):
             raise ValueError("the predictor, the classifier and the generator must share one image size")
         self.num_ws, self.w_dim = self.gan.latent_shape
         self.image_size = generator.image_size
-        categories = tuple(classifier.class_names) or tuple(f"class_{i}" for i in range(classifier.num_classes))
-        self.score_names = tuple(predictor.attribute_names) + categories
-        self.score_levels = tuple(predictor.levels) + ("category",) * len(categories)
+        categories = () if classifier is None else (
+            tuple(classifier.class_names) or tuple(f"class_{i}" for i in range(classifier.num_classes)))
+        attributes = () if predictor is None else tuple(predictor.attribute_names)
+        self.score_names = attributes + categories
+        self.score_levels = (() if predictor is None else tuple(predictor.levels)) + ("category",) * len(categories)
         self.boundaries: dict[str, Boundary] = dict(boundaries or {})
 
     @classmethod
     def from_dir(cls, models: str | Path, device: str = "cpu") -> "HiganPipeline":
-        """<models>/stylegan, attributes, classifier, segmenter (optional), boundaries (optional)."""
+        """<models>/stylegan, and what of attributes, classifier, segmenter and boundaries it has."""
         models = Path(models)
-        segmenter = load_checkpoint(models / "segmenter") if (models / "segmenter").exists() else None
+
+        def optional(folder):
+            return load_checkpoint(models / folder) if (models / folder).exists() else None
+
         boundaries = load_boundaries(models / "boundaries") if (models / "boundaries").exists() else {}
-        return cls(load_checkpoint(models / "stylegan"), load_checkpoint(models / "attributes"),
-                   load_checkpoint(models / "classifier"), segmenter, boundaries, device)
+        return cls(load_checkpoint(models / "stylegan"), optional("attributes"), optional("classifier"),
+                   optional("segmenter"), boundaries, device)
 
     # ---- scores ---------------------------------------------------------------------------
 
@@ -114,9 +123,9 @@ class HiganPipeline:
     def score(self, images: torch.Tensor) -> np.ndarray:
         """images [N, 3, S, S] in [-1, 1] -> scores [N, len(score_names)]: attributes, then category
         probabilities."""
-        attrs = self.predictor(images)
-        probs = self.classifier(images).softmax(1)
-        return torch.cat([attrs, probs], 1).cpu().numpy()
+        parts = ([] if self.predictor is None else [self.predictor(images)]) + (
+            [] if self.classifier is None else [self.classifier(images).softmax(1)])
+        return torch.cat(parts, 1).cpu().numpy() if parts else np.zeros((len(images), 0), np.float32)
 
     @torch.no_grad()
     def render(self, ws: torch.Tensor, batch_size: int = 250) -> tuple[torch.Tensor, np.ndarray]:
@@ -127,6 +136,8 @@ class HiganPipeline:
     # ---- directions and edits -------------------------------------------------------------
 
     def boundary(self, name: str) -> Boundary:
+        if not self.boundaries:
+            raise no_directions()
         if name not in self.boundaries:
             raise KeyError(f"attribute: no boundary named {name!r}; known: {', '.join(self.boundaries) or 'none'}")
         return self.boundaries[name]
@@ -203,6 +214,9 @@ class HiganPipeline:
         """Δs per layer group: the mean over the latents of max(0, F(G(w moved on that group only)) − F(G(w)))
         for the boundary's score (its own name, or the target category of a transfer boundary).
         `base_scores` (= render(ws)[1]) saves rendering the unmoved latents again for every boundary."""
+        if score_of(name) not in self.score_names:
+            raise MissingPart(f"attribute: re-scoring {name!r} needs a predictor of that score (attributes/ or "
+                              f"classifier/ in the bundle); this bundle scores {list(self.score_names) or 'nothing'}")
         column = self.score_names.index(score_of(name))
         base = (self.render(ws)[1] if base_scores is None else base_scores)[:, column]
         deltas = []

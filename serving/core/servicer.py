@@ -15,6 +15,7 @@ import logging
 import grpc
 from google.protobuf import message_factory
 
+from semgen.bundle import MissingPart
 from serving.core.admission import DEFAULT_DECODED_BYTES_IN_FLIGHT, Admission
 from serving.core.errors import (
     AlreadyExists,
@@ -40,6 +41,7 @@ _STATUS_CODES = (
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (Unsupported, grpc.StatusCode.UNIMPLEMENTED),
+    (MissingPart, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 

@@ -21,8 +21,6 @@ from serving.core.workers import WorkerPool
 from serving.core.metrics import ServingMetrics
 
 OP = "manipulate"  # the engine op in the metrics
-# What the pipeline needs under <models>; the server serves HiganService only when all exist.
-BUNDLE_FOLDERS = ("stylegan", "classifier", "attributes", "boundaries")
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ class EmbeddedHiganEngine(HiganEngine):
     @classmethod
     def from_dir(cls, models_dir: str | Path, device: str = "auto", workers: int = 1,
                  metrics: ServingMetrics | None = None) -> "EmbeddedHiganEngine":
-        """Load <models>/stylegan, attributes, classifier, boundaries (+ segmenter), blocking."""
+        """Load <models>/stylegan and what it has of attributes, classifier, boundaries and segmenter, blocking."""
         import torch
         from semgen.pipelines.higan import HiganPipeline
 

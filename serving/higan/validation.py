@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from semgen.bundle import no_directions
 from serving.core.errors import NotFound
 from serving.higan.engine import AttributeEdit, HiganInfo
 from serving.core.validation import Limits, check_latents, choices, quote, raise_invalid
@@ -93,5 +94,7 @@ def _check_amount(value: float, field: str, meaning: str, errors: list) -> None:
 
 
 def _known_attribute(name: str, field: str, info: HiganInfo) -> None:
+    if not info.attributes:
+        raise no_directions(field)
     if name not in info.attributes:
         raise NotFound(f"{field}: no boundary named {quote(name)}; known: {choices(tuple(info.attributes))}")

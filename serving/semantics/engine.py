@@ -21,6 +21,7 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 
+from semgen.bundle import SEGMENTER
 from semgen.pipelines.forward import Op, run_batch
 from serving.core.batcher import DynamicBatcher
 from serving.core.errors import AlreadyExists, ResourceExhausted, not_found_errors
@@ -31,7 +32,7 @@ from serving.core.metrics import ServingMetrics
 
 log = logging.getLogger("serving.semantics")
 
-SEGMENTER = "segmenter"  # the pipeline's name for its pixel-space segmenter (semgen.pipelines.semantics)
+
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from semgen.bundle import unknown_head
 from serving.core.errors import NotFound
 from serving.semantics.engine import SEGMENTER, SemanticsInfo
 from serving.core.validation import (DEFAULT_NUM_SAMPLES, Limits, check_image_bytes, check_latents, choices,
-                                     default_count, quote, raise_invalid)
+                                     default_count, raise_invalid)
 
 MAX_SHOTS = 16  # few-shot heads: the paper fits from 1 to 16 samples
 MAX_CLASSES = 256  # masks are 8-bit
@@ -102,7 +103,7 @@ def check_sample(request, info: SemanticsInfo, limits: Limits) -> SamplingArgs:
     raise_invalid(errors)
     head = request.head or None
     if head:
-        _known_head(head, info)
+        known_head(head, info)
     return SamplingArgs(seeds=seeds, latents=latents, psi=psi, head=head)
 
 
@@ -111,7 +112,7 @@ def check_segment(request, info: SemanticsInfo, limits: Limits) -> SegmentArgs:
     latents = check_latents(request.latents, "latents", info.latent_shape, 1, limits.max_samples, errors)
     _check_head_given(request.head, info, errors)
     raise_invalid(errors)
-    _known_head(request.head, info)
+    known_head(request.head, info)
     return SegmentArgs(latents=latents, head=request.head)
 
 
@@ -182,7 +183,7 @@ def check_sample_conditional(request, info: SemanticsInfo, limits: Limits) -> Co
     optimise = _check_optimise(request, info, limits, errors)
     psi = _check_psi(request, errors)
     raise_invalid(errors)
-    _known_head(request.head, info)
+    known_head(request.head, info)
     return ConditionalArgs(**optimise, num_samples=num_samples, seed=request.seed, n_init=n_init, psi=psi)
 
 
@@ -192,7 +193,7 @@ def check_edit(request, info: SemanticsInfo, limits: Limits) -> EditArgs:
     check_image_bytes(request.target_mask, "target_mask", limits, errors)
     optimise = _check_optimise(request, info, limits, errors)
     raise_invalid(errors)
-    _known_head(request.head, info)
+    known_head(request.head, info)
     return EditArgs(**optimise, latent=latent)
 
 
@@ -225,6 +226,9 @@ def _check_head_given(head: str, info: SemanticsInfo, errors: list) -> None:
         errors.append(f"head: missing; expected one of {choices(sorted(info.heads))}")
 
 
-def _known_head(head: str, info: SemanticsInfo) -> None:
+def known_head(head: str, info: SemanticsInfo) -> None:
+    """NOT_FOUND for a head the server does not have; FAILED_PRECONDITION where the bundle has no such part at all
+    (no segmenter; no head and no segmenter), naming how to add it."""
     if head not in info.heads:
-        raise NotFound(f"head: no head named {quote(head)}; known: {choices(sorted(info.heads))}")
+        error = unknown_head(head, [h for h in info.heads if h != SEGMENTER], SEGMENTER in info.heads)
+        raise NotFound(error.args[0]) if isinstance(error, KeyError) else error

@@ -17,6 +17,7 @@ from semgen.data.loaders import to_uint8
 import semgen_cli
 from serving.bench.process import export_onnx, server_process
 from serving.core.images import pil_images
+from serving.higan.client import HiganClient
 from serving.semantics.client import SemanticsClient, job_result, mask_array
 
 FIXTURES = Path(__file__).resolve().parents[1] / "semgen" / "fixtures" / "stylegan2"
@@ -58,6 +59,10 @@ def test_the_nvlabs_fixture_imported_exported_and_served_gives_nvlabs_images(tmp
         heads = [head.name for head in client.list_heads()]
         with pytest.raises(grpc.RpcError) as missing:
             client.segment(ws, "lse")
+        with HiganClient(server.address, timeout=60) as higan:  # no directions imported yet
+            attributes = higan.list_attributes()
+            with pytest.raises(grpc.RpcError) as no_directions:
+                higan.manipulate([("smile", 1.0)], seeds=[0])
     served = np.stack([np.asarray(image) for image in pil_images(reply.images)])
     want = to_uint8(torch.from_numpy(ref["img_psi07_const"]))
     assert served.shape == (4, 64, 64, 3) and np.abs(served.astype(int) - want.astype(int)).max() <= 1
@@ -65,6 +70,9 @@ def test_the_nvlabs_fixture_imported_exported_and_served_gives_nvlabs_images(tmp
     assert (info.name, info.shots, heads) == ("halves", 4, ["halves"]) and np.mean(segmented == halves) > 0.9
     assert len(conditional.images) == 1 and len(edited.images) == 1
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "known: halves" in missing.value.details()
+    assert (list(attributes.attributes), attributes.num_layers) == ([], 10)
+    assert no_directions.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "`semgen import direction NAME FILE.npy --models DIR`" in no_directions.value.details()
 
 
 class RunsCode:

@@ -20,7 +20,7 @@ def test_services_follow_the_folders(higan_bundle, tmp_path):
     assert all(Bundle(higan_bundle).serves(s) for s in (Service.SEMANTICS, Service.IMAGINE, Service.HIGAN))
     pyramid_only = Bundle(make_random_bundle(tmp_path / "pyramid", image_size=32))
     assert pyramid_only.serves(Service.PYRAMID) and not pyramid_only.serves(Service.SEMANTICS)
-    assert pyramid_only.missing(Service.HIGAN) == ["stylegan/", "attributes/", "boundaries/"]
+    assert pyramid_only.missing(Service.HIGAN) == ["stylegan/"]  # directions and predictors: optional parts
     with pytest.raises(FileNotFoundError, match="none of pyramid/, stylegan/ and classifier/"):
         Bundle(tmp_path / "empty").check()
 

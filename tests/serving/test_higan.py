@@ -243,8 +243,7 @@ def test_malformed_bytes_metrics_and_a_server_without_higan_models(server):
             client.manipulate([("horizon", 1.0)], seeds=[1])
         assert health_check(s.address, SERVICE) == "NOT_SERVING"
     assert absent.value.code() == NOT_FOUND
-    assert "lacks one of stylegan/, classifier/, attributes/, boundaries/, so semgen.v1.HiganService is not served" \
-        in absent.value.details()
+    assert "has no stylegan/, so semgen.v1.HiganService is not served" in absent.value.details()
 
 
 def test_reflection_lists_the_service(server):
@@ -256,7 +255,9 @@ def test_reflection_lists_the_service(server):
     assert SERVICE in services and proto == "semgen/v1/higan.proto"
 
 
-def test_the_server_serves_higan_only_when_the_bundle_has_its_models(bundle, tmp_path, caplog):
+def test_the_server_serves_higan_whenever_the_bundle_has_a_generator(bundle, tmp_path, caplog):
+    """Directions and the attribute predictors are optional parts: without them the service is up, ListAttributes
+    says what there is and an edit answers FAILED_PRECONDITION (tests/export/test_import_stylegan2.py)."""
     from serving.higan.engine import EmbeddedHiganEngine
     from serving.core.metrics import ServingMetrics
     from serving.engines import load_embedded
@@ -271,13 +272,17 @@ def test_the_server_serves_higan_only_when_the_bundle_has_its_models(bundle, tmp
         return engines
 
     assert isinstance(load(bundle).higan, EmbeddedHiganEngine)
-    partial = tmp_path / "partial"
-    shutil.copytree(bundle, partial, ignore=shutil.ignore_patterns("boundaries"))
+    generator_only = tmp_path / "generator_only"
+    shutil.copytree(bundle, generator_only, ignore=shutil.ignore_patterns("boundaries", "attributes", "classifier", "pyramid"))
+    engines = load(generator_only)
+    assert engines.higan.info.attributes == {} and engines.semantics is not None
+    no_generator = tmp_path / "no_generator"
+    shutil.copytree(bundle, no_generator, ignore=shutil.ignore_patterns("stylegan"))
     with caplog.at_level(logging.INFO, logger="serving.server"):
-        engines = load(partial)
-    assert engines.higan is None and engines.semantics is not None
+        engines = load(no_generator)
+    assert engines.higan is None and engines.semantics is None
     lines = [r.getMessage() for r in caplog.records if "HiganService" in r.getMessage()]
-    assert lines == [f"HiganService not served: {partial} has no boundaries/"]
+    assert lines == [f"HiganService not served: {no_generator} has no stylegan/"]
 
 
 # ---- `semgen client attributes|manipulate` --------------------------------------------------------

@@ -13,9 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from semgen.bundle import SEGMENTER, unknown_head
 from semgen.networks.heads import SemanticHead
 
-SEGMENTER = "segmenter"  # the predictor that reads pixels (every other predictor is a named head)
 LATENT_SPACES = ("w", "w+")
 
 # Called after every optimisation step with (iteration, loss, current images [N, 3, S, S]).
@@ -71,8 +71,7 @@ class SemanticModels:
             return self.segmenter
         if predictor in self.heads:
             return self.heads[predictor]
-        known = sorted(self.heads) + ([SEGMENTER] if self.segmenter is not None else [])
-        raise KeyError(f"head: no head named {predictor!r}; known: {', '.join(known)}")
+        raise unknown_head(predictor, self.heads, self.segmenter is not None)
 
     def predict(self, predictor: str, images: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
         """Class logits [N, C, S, S] of `predictor` for images and their generator features."""
