@@ -3,6 +3,7 @@ checked with `onnx.checker` and against eager PyTorch (max abs difference).
 
     classifier.onnx   image [B, 3, S, S] in [-1, 1] -> one output per level (conv1 … fc8)
     mapping.onnx      z [B, z_dim] -> w [B, w_dim] (no truncation)
+    synthesis.onnx    ws [B, num_ws, w_dim] -> image [B, 3, S, S] in [-1, 1] (const noise): the generator alone
     synthesis_<head>.onnx
                       ws [B, num_ws, w_dim] -> image [B, 3, S, S], logits [B, classes, S, S]
                       (the layer-wise generator fused with a semantic head)
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from semgen.bundle import ONNX_HEAD, Bundle
+from semgen.bundle import ONNX_EXPORT_VERSION, ONNX_HEAD, Bundle
 from semgen.checkpoints import load_checkpoint
 from semgen.runtime.onnx import ort_session
 
@@ -43,6 +44,15 @@ class _Mapping(nn.Module):
 
     def forward(self, z):
         return self.generator.mapping_w(z)
+
+
+class _Synthesis(nn.Module):
+    def __init__(self, generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, ws):
+        return self.generator.synthesis(ws, noise_mode="const")
 
 
 class _SynthesisWithHead(nn.Module):
@@ -110,10 +120,11 @@ def export_onnx(models: str = "artifacts", out: str = "exports/onnx", head: str 
             jobs.append(_pyramid_job(load_checkpoint(models / "pyramid"), classifier, gen))
     if (models / "stylegan").exists():
         g = load_checkpoint(models / "stylegan")
+        ws = lambda b: g.broadcast(g.mapping_w(torch.randn(b, g.z_dim, generator=gen))).contiguous().detach()
         jobs.append(("mapping", _Mapping(g), lambda b: torch.randn(b, g.z_dim, generator=gen), "z", ("w",)))
+        jobs.append(("synthesis", _Synthesis(g), ws, "ws", ("image",)))
         if (models / "heads" / head).exists():
             fused = _SynthesisWithHead(g, load_checkpoint(models / "heads" / head))
-            ws = lambda b: g.broadcast(g.mapping_w(torch.randn(b, g.z_dim, generator=gen))).contiguous().detach()
             jobs.append((f"synthesis_{head}", fused, ws, "ws", ("image", "logits")))
     for name, module, example, input_name, output_names in jobs:
         path = export_model(module, example(2), out / f"{name}.onnx", input_name, output_names)
@@ -136,7 +147,7 @@ def ensure_exported(models: str | Path, cache: str | Path) -> Path:
     failed = [k.split(".")[0] for k, ok in report.items() if k.endswith(".parity") and not ok]
     if failed:
         raise RuntimeError(f"ONNX export of {', '.join(failed)} does not match eager PyTorch; see {out}/parity.json")
-    stamp = {"models": str(models), "fingerprint": bundle.fingerprint()}
+    stamp = {"models": str(models), "fingerprint": bundle.fingerprint(), "export_version": ONNX_EXPORT_VERSION}
     (out / "bundle.json").write_text(json.dumps(stamp))  # only graphs that passed
     return out
 

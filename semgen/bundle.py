@@ -36,11 +36,12 @@ SERVICE_FOLDERS = {
 }
 ONNX_HEAD = "lse"  # the head fused into the exported synthesis graph
 ONNX_FOLDERS = ("classifier", "pyramid", "stylegan", f"heads/{ONNX_HEAD}")  # what the exported graphs are made of
+ONNX_EXPORT_VERSION = 2  # which graphs an export holds; 2: + synthesis.onnx (the generator alone). Older: export again
 # TorchServe archive -> (bundle folders it packs, ONNX graphs it runs, batched by TorchServe?)
 TORCHSERVE_MODELS = {
     "pyramid": (("classifier", "pyramid"), ("classifier", "pyramid"), True),
-    "semantics": (("stylegan", "segmenter", "heads"), ("mapping", f"synthesis_{ONNX_HEAD}"), True),
-    "semantics_jobs": (("stylegan", "segmenter", "heads"), ("mapping", f"synthesis_{ONNX_HEAD}"), False),
+    "semantics": (("stylegan", "segmenter", "heads"), ("mapping", "synthesis", f"synthesis_{ONNX_HEAD}"), True),
+    "semantics_jobs": (("stylegan", "segmenter", "heads"), ("mapping", "synthesis", f"synthesis_{ONNX_HEAD}"), False),
     "imagine": (("classifier",), (), False),
 }
 
@@ -124,12 +125,16 @@ class Bundle:
 
     def onnx_up_to_date(self, cache: str | Path) -> bool:
         stamp = self.onnx_dir(cache) / "bundle.json"
-        return stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == self.fingerprint()
+        if not stamp.exists():
+            return False
+        made = json.loads(stamp.read_text())
+        return made.get("fingerprint") == self.fingerprint() and made.get("export_version", 1) == ONNX_EXPORT_VERSION
 
     def exported_onnx(self, cache: str | Path) -> Path:
         """The folder of the bundle's exported graphs; ExportMissing (naming the command) if absent or stale."""
         if not self.onnx_up_to_date(cache):
-            raise ExportMissing(f"no ONNX export of {self.root} in {cache} (missing, or made from other weights); "
+            raise ExportMissing(f"no ONNX export of {self.root} in {cache} (missing, made from other weights, "
+                                f"or by an older semgen); "
                                 f"run `semgen export onnx --models {self.root} --cache {cache}` first")
         return self.onnx_dir(cache)
 
@@ -138,5 +143,5 @@ class Bundle:
         keyed by everything they pack, so a change to any of them gets a new store."""
         folders = tuple(sorted({f for needs, _, _ in TORCHSERVE_MODELS.values() for f in needs}))
         key = hashlib.sha256(json.dumps([self.fingerprint(folders), Path(handler).read_text(),
-                                         sorted(settings.items())]).encode()).hexdigest()
+                                         sorted(settings.items()), ONNX_EXPORT_VERSION]).encode()).hexdigest()
         return Path(store) / key[:16]

@@ -98,7 +98,8 @@ class RemoteSemanticsEngine(RemoteGraphCalls, SemanticsEngine):
     def __init__(self, client: Client, info: dict):
         self._client = client
         heads = {name: _head_summary(h) for name, h in info["heads"].items()}
-        self._info = SemanticsInfo(int(info["image_size"]), tuple(info["latent_shape"]), heads)
+        self._info = SemanticsInfo(int(info["image_size"]), tuple(info["latent_shape"]), heads,
+                                   int(info.get("sample_bytes", 0)))
 
     @classmethod
     async def connect(cls, client: Client) -> "RemoteSemanticsEngine":

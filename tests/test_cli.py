@@ -40,6 +40,7 @@ REQUIRED_FLAGS = {
     "--name": ("mine", "mine"), "--masks": ("m.png", ("m.png",)), "--class-names": ("a,b", ("a", "b")),
     "--target": ("t.png", "t.png"), "--edit": ("horizon:2", (("horizon", 2.0, None),)), "--handler": ("h.py", "h.py"),
     "--checkpoints": ("a,b", ("a", "b")), "--out": ("o", "o"), "--src": ("g.pkl", "g.pkl"),  # src: positional
+    "--npy": ("d.npy", "d.npy"), "--models": ("m", "m"),  # import direction: name and npy positional
 }
 ONE_OF = {("client", "semantics", "sample"): ("--seeds", "1,2", "seeds", (1, 2)),
           ("client", "manipulate"): ("--seed", "3", "seeds", (3,)),

@@ -38,6 +38,7 @@ class Prepared:
     key: str  # the graph the rows go through; requests with the same key can share a batch
     rows: Rows  # every array has one row per output image
     finish: Callable[[Rows], Any]  # this request's output rows -> its result
+    nbytes: int = 0  # estimated working memory of running its rows (0: not estimated); the batcher caps a batch by it
 
     def __len__(self) -> int:
         return len(next(iter(self.rows.values())))

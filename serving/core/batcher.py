@@ -2,8 +2,9 @@
 
 A request is first prepared (checked, its rows made: `ops.prepare`) on a small thread pool, so bad
 input fails at once and preparing overlaps the running batch. Prepared requests wait in a bounded
-queue. The batch loop takes the oldest and waits until `max_batch` requests for the same graph are
-there or the oldest has waited `max_delay` seconds, then runs them as one graph run
+queue. The batch loop takes the oldest and waits until `max_batch` requests for the same graph (or
+`max_batch_bytes` of their estimated working memory) are there or the oldest has waited `max_delay`
+seconds, then runs them as one graph run
 (`semgen.pipelines.forward.run_prepared`) on its own thread; the next batch gathers meanwhile. A
 full queue refuses at once (RESOURCE_EXHAUSTED) instead of letting latency grow without bound.
 """
@@ -26,10 +27,13 @@ class BatchPolicy:
     max_batch: int = 8  # requests per graph run (like TorchServe's batchSize)
     max_delay: float = 0.005  # seconds from its arrival the oldest request may wait for others (maxBatchDelay)
     max_queue: int = 64  # requests waiting; one more is refused
+    # estimated working bytes of one graph run (Prepared.nbytes): a 1024 px sample needs ~250x a 64 px one, so a
+    # batch is also capped by bytes; a request over it alone still runs, alone (its size is bounded per request)
+    max_batch_bytes: int = 256 * 1024 * 1024
 
     def check(self) -> None:
-        if self.max_batch < 1 or self.max_queue < 1 or self.max_delay < 0:
-            raise ValueError("--max-batch and --max-queue must be >= 1 and --max-batch-delay-ms >= 0")
+        if self.max_batch < 1 or self.max_queue < 1 or self.max_delay < 0 or self.max_batch_bytes < 1:
+            raise ValueError("--max-batch, --max-queue and --max-batch-bytes must be >= 1 and --max-batch-delay-ms >= 0")
 
 
 @dataclass
@@ -132,15 +136,17 @@ class DynamicBatcher:
                 await self._arrived.wait()
             oldest = self._queue[0]
             deadline = oldest.arrived + self.policy.max_delay  # preparing took part of it already
-            while self._same_graph(oldest) < self.policy.max_batch and (left := deadline - time.perf_counter()) > 0:
+            while not self._full(oldest) and (left := deadline - time.perf_counter()) > 0:
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), left)
                 except asyncio.TimeoutError:
                     break
-            batch, rest = [], collections.deque()
+            batch, rest, nbytes = [], collections.deque(), 0
             for w in self._queue:
-                fits = len(batch) < self.policy.max_batch and w.prepared.key == oldest.prepared.key
+                fits = (w.prepared.key == oldest.prepared.key and len(batch) < self.policy.max_batch
+                        and (not batch or nbytes + w.prepared.nbytes <= self.policy.max_batch_bytes))
+                nbytes += w.prepared.nbytes if fits else 0
                 (batch if fits else rest).append(w)
             self._queue = rest
             for w in batch:
@@ -149,8 +155,10 @@ class DynamicBatcher:
             if live:
                 return live
 
-    def _same_graph(self, oldest: _Waiting) -> int:
-        return sum(w.prepared.key == oldest.prepared.key for w in self._queue)
+    def _full(self, oldest: _Waiting) -> bool:
+        """Whether the requests queued for the oldest one's graph fill a batch, by count or by bytes."""
+        same = [w.prepared.nbytes for w in self._queue if w.prepared.key == oldest.prepared.key]
+        return len(same) >= self.policy.max_batch or sum(same) >= self.policy.max_batch_bytes
 
     async def close(self) -> None:
         """Refuse new calls, finish every admitted one (the server's grace has passed already), stop."""

@@ -49,6 +49,7 @@ class SemanticsInfo:
     image_size: int
     latent_shape: tuple[int, int]  # (num_ws, w_dim)
     heads: dict[str, HeadSummary]  # every predictor by name, "segmenter" included when there is one
+    sample_bytes: int = 0  # estimated working memory of one sample with the largest head (0: not known)
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class EmbeddedSemanticsEngine(GraphCalls, SemanticsEngine):
         for name, head in list(p.heads.items()):  # a job thread may add a head meanwhile
             heads[name] = HeadSummary(name, head.kind, p.predictor_classes(name), self._heads.is_bundled(name),
                                       self._heads.shots(name))
-        return SemanticsInfo(int(p.image_size), tuple(p.latent_shape), heads)
+        return SemanticsInfo(int(p.image_size), tuple(p.latent_shape), heads, int(p.sample_bytes()))
 
     # ---- forward work -------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ MAX_SHOTS = 16  # few-shot heads: the paper fits from 1 to 16 samples
 MAX_CLASSES = 256  # masks are 8-bit
 MAX_CLASS_NAME_CHARS = 64
 SHOWN_CHARS = 40  # a bad value is quoted cut to this many characters
+MiB = 1024 * 1024
 SHOWN_PROBLEMS = 5  # class names with a problem named one by one in the message; the rest are counted
 # Saved heads travel in every ListHeads reply, which is not paged: it stays bounded because a user head's
 # HeadInfo is at most this many bytes (the 64-character ASCII name, the kind, shots, and MAX_CLASSES names of
@@ -99,6 +100,8 @@ def check_sample(request, info: SemanticsInfo, limits: Limits) -> SamplingArgs:
         errors.append(f"seeds: give 1 to {limits.max_samples} seeds (or latents), got {len(request.seeds)}")
     else:
         seeds = list(request.seeds)
+    _check_working_bytes(len(seeds) if seeds else len(latents) if latents is not None else 0,
+                         "seeds" if seeds else "latents", info, limits, errors)
     psi = _check_psi(request, errors)
     raise_invalid(errors)
     head = request.head or None
@@ -111,9 +114,20 @@ def check_segment(request, info: SemanticsInfo, limits: Limits) -> SegmentArgs:
     errors = []
     latents = check_latents(request.latents, "latents", info.latent_shape, 1, limits.max_samples, errors)
     _check_head_given(request.head, info, errors)
+    _check_working_bytes(0 if latents is None else len(latents), "latents", info, limits, errors)
     raise_invalid(errors)
     known_head(request.head, info)
     return SegmentArgs(latents=latents, head=request.head)
+
+
+def _check_working_bytes(samples: int, field: str, info: SemanticsInfo, limits: Limits, errors: list) -> None:
+    """Samples x the generator's bytes per sample within the request limit: at 1024 px one sample takes ~250x
+    the working memory of a 64 px one, so a count limit alone does not bound memory."""
+    need, limit = samples * info.sample_bytes, limits.max_request_working_bytes
+    if need > limit:
+        errors.append(f"{field}: {samples} samples of {info.image_size} px need about {need / MiB:.0f} MiB of working "
+                      f"memory, over the limit of {limit / MiB:.0f} MiB per request (--max-request-working-bytes); "
+                      f"ask for at most {limit // info.sample_bytes}")
 
 
 def check_fit_head(request, info: SemanticsInfo, limits: Limits) -> FitHeadArgs:

@@ -120,7 +120,7 @@ def test_an_imported_generator_exports_to_onnx_with_parity_at_any_batch(tmp_path
     head = HEAD_KINDS["lse"](g.layer_channels(), 3, ("a", "b", "c"))  # a head the user trained for it
     save_checkpoint(out / "heads" / "lse", head, head.config)
     report = export_graphs(str(out), str(tmp_path / "onnx"))
-    for name in ("mapping", "synthesis_lse"):
+    for name in ("mapping", "synthesis", "synthesis_lse"):
         assert report[f"{name}.parity"] and report[f"{name}.max_abs_diff"] <= PARITY_TOLERANCE
     ws = torch.from_numpy(np.load(FIXTURES / "G64_ref.npz")["ws"][:3]).repeat(2, 1, 1)[:5]  # batch 5
     image, logits = ort_session(report["synthesis_lse.path"], threads=1).run(None, {"ws": ws.numpy()})

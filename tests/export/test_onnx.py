@@ -10,7 +10,7 @@ from semgen.checkpoints import load_checkpoint
 def test_every_exported_model_passes_the_checker_and_matches_eager(tmp_path):
     bundle = make_random_semantics_bundle(make_random_bundle(tmp_path / "models", image_size=32), image_size=32)
     report = export_onnx(str(bundle), str(tmp_path / "onnx"))
-    for name in ("classifier", "mapping", "synthesis_lse", "pyramid"):
+    for name in ("classifier", "mapping", "synthesis", "synthesis_lse", "pyramid"):
         assert report[f"{name}.parity"] and report[f"{name}.max_abs_diff"] <= PARITY_TOLERANCE
         onnx.checker.check_model(onnx.load(report[f"{name}.path"]))
     # the batch axis is dynamic: 5 images through the classifier graph traced with 2
@@ -33,5 +33,5 @@ def test_a_class_conditional_layer_wise_generator_exports_with_parity(tmp_path):
     """The class is picked from z inside the mapping graph (erf, floor, gather): same numbers as eager."""
     bundle = make_random_semantics_bundle(tmp_path / "models", image_size=16, num_classes=8)
     report = export_onnx(str(bundle), str(tmp_path / "onnx"))
-    for name in ("mapping", "synthesis_lse"):
+    for name in ("mapping", "synthesis", "synthesis_lse"):
         assert report[f"{name}.parity"] and report[f"{name}.max_abs_diff"] <= PARITY_TOLERANCE

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from random_bundles import make_random_bundle, make_random_higan_bundle
-from semgen.bundle import Bundle, ExportMissing, Service, torchserve_settings
+from semgen.bundle import ONNX_EXPORT_VERSION, Bundle, ExportMissing, Service, torchserve_settings
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,11 @@ def test_a_missing_or_stale_export_names_the_command(higan_bundle, tmp_path):
     (folder / "bundle.json").write_text(json.dumps({"fingerprint": "other weights"}))
     with pytest.raises(ExportMissing):
         bundle.exported_onnx(tmp_path)
-    (folder / "bundle.json").write_text(json.dumps({"fingerprint": bundle.fingerprint()}))
+    (folder / "bundle.json").write_text(json.dumps({"fingerprint": bundle.fingerprint()}))  # an older export
+    with pytest.raises(ExportMissing, match="or by an older semgen"):
+        bundle.exported_onnx(tmp_path)
+    (folder / "bundle.json").write_text(json.dumps({"fingerprint": bundle.fingerprint(),
+                                                    "export_version": ONNX_EXPORT_VERSION}))
     assert bundle.exported_onnx(tmp_path) == folder
 
 

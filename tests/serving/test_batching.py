@@ -120,7 +120,7 @@ class BlockingOps:
 
         if args["n"] < 0:
             raise ValueError("n: must be >= 0")
-        return Prepared("k", {"x": np.full(1, args["n"])}, lambda out: int(out["x"][0]))
+        return Prepared("k", {"x": np.full(1, args["n"])}, lambda out: int(out["x"][0]), nbytes=args.get("nbytes", 0))
 
     def run(self, key, rows):
         self.release.wait(10)
@@ -152,6 +152,42 @@ def test_full_queue_is_refused_and_the_rest_complete():
     assert depth == 3
     assert results == [2, 4, 6, 8]
     assert ops.batches[:3] == [1, 2, 1]  # max_batch 2: the three waiting ones ran as 2 + 1
+
+
+def test_a_batch_is_cut_by_bytes_as_well_as_by_count():
+    """Requests of a large generator (nbytes: their estimated working memory) share fewer to a batch; one over
+    the cap alone still runs, alone."""
+    ops = BlockingOps()
+
+    async def scenario():
+        batcher = DynamicBatcher(ops, "test", BatchPolicy(max_batch=8, max_delay=0.0, max_queue=16,
+                                                          max_batch_bytes=100))
+        first = asyncio.ensure_future(batcher.call("op", {"n": 0, "nbytes": 10}))  # taken at once, blocks in run
+        await asyncio.sleep(0.1)
+        sizes = [40, 40, 40, 150, 30, 30]
+        queued = [asyncio.ensure_future(batcher.call("op", {"n": n, "nbytes": b})) for n, b in enumerate(sizes, 1)]
+        await asyncio.sleep(0.05)
+        ops.release.set()
+        results = await asyncio.gather(first, *queued)
+        await batcher.close()
+        return results
+
+    assert asyncio.run(scenario()) == [0, 2, 4, 6, 8, 10, 12]
+    # in queue order, what fits 100 bytes: 40 + 40; then 40 + 30 + 30; then 150 alone
+    assert ops.batches == [1, 2, 3, 1]
+
+
+def test_the_working_memory_of_a_sample_grows_with_the_generator(bundle):
+    """The estimate the batcher and the per-request limit use: the image alone without a head; with one, every
+    feature map a head reads and its logits."""
+    models, _ = bundle
+    pipe = SemanticsPipeline.from_dir(models)
+    g, side = pipe.generator, pipe.image_size
+    features = sum(c * r * r for c, r in zip(g.layer_channels(), g.layer_resolutions()))
+    classes = len(pipe.predictor_classes("lse"))
+    assert pipe.sample_bytes("lse") == 4 * (3 * side * side + features + classes * side * side)
+    assert pipe.prepare("sample", dict(seeds=[1, 2, 3], predictor="lse")).nbytes == 3 * pipe.sample_bytes("lse")
+    assert pipe.prepare("sample", dict(seeds=[1])).nbytes == pipe.sample_bytes(None) >= pipe.sample_bytes("lse")
 
 
 def test_a_failing_graph_is_an_internal_error_not_bad_input():

@@ -12,7 +12,10 @@ import torch
 import semgen_cli
 from semgen.checkpoints import save_checkpoint
 from semgen.networks.stylegan2 import StyleGAN2Generator
+from semgen.data.loaders import to_uint8
+from serving.bench.catalogue import infer
 from serving.bench.process import export_onnx, server_process
+from serving.core.protos import OIP_SERVICE, oip_pb2
 from serving.core.images import pil_images
 from serving.higan.client import HiganClient, frame_latents
 from serving.semantics.client import SemanticsClient, job_result, mask_array
@@ -63,6 +66,11 @@ def test_every_stylegan_rpc_answers_on_an_imported_bundle(tmp_path, size):
         heads = [head.name for head in client.list_heads()]
         attributes = higan.list_attributes()
         frames = higan.manipulate([("smile", 2.0)], seeds=[5], sweep=(0, 1))
+        with grpc.insecure_channel(server.address) as channel:  # the Open Inference Protocol's plain generator
+            synthesis = channel.unary_unary(f"/{OIP_SERVICE}/ModelInfer",
+                                            request_serializer=oip_pb2.ModelInferRequest.SerializeToString,
+                                            response_deserializer=oip_pb2.ModelInferResponse.FromString)(
+                infer("synthesis", "ws", ws[:1]), timeout=60)
     images = np.stack([np.asarray(image) for image in pil_images(sampled.images)])
     assert images.shape == (4, size, size, 3) and images.std() > 1  # 4 images at the generator's size, not blank
     num_ws = 2 * size.bit_length() - 4  # NVlabs: 2 per resolution from 4 px, one more for toRGB at the top
@@ -80,3 +88,7 @@ def test_every_stylegan_rpc_answers_on_an_imported_bundle(tmp_path, size):
     assert np.abs(np.linalg.norm(moved[:4], axis=1) - 2.0 * smile.scale).max() < 1e-3 and not moved[4:].any()
     before, after = (np.asarray(image, int) for image in pil_images([f.image_png for f in frames.frames]))
     assert dict(frames.frames[0].scores) == {} and np.abs(after - before).mean() > 0.5
+    (output,) = synthesis.outputs  # w+ -> image, FP32 NCHW in [-1, 1]: Sample's first image before quantising
+    assert (output.name, output.datatype, list(output.shape)) == ("image", "FP32", [1, 3, size, size])
+    image = np.frombuffer(synthesis.raw_output_contents[0], "<f4").reshape(1, 3, size, size)
+    assert np.abs(to_uint8(torch.from_numpy(image.copy()))[0].astype(int) - images[0]).max() <= 1

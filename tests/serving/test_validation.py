@@ -172,3 +172,24 @@ def test_16_bit_images_keep_their_brightness(channels):
     expected = np.round(ramp * 255).astype(int)
     expected = np.repeat(expected[..., None], 3, axis=2) if channels == 1 else expected
     assert decoded.shape == (16, 16, 3) and np.abs(decoded.astype(int) - expected).max() <= 1
+
+
+def test_samples_of_a_large_generator_are_bounded_by_working_memory_before_any_work():
+    """A count limit alone does not bound memory: 16 samples of a 1024 px generator with a head need gigabytes.
+    The estimate per sample comes from the engine (SemanticsInfo.sample_bytes); over the limit is INVALID_ARGUMENT
+    naming the field, the size and how many fit."""
+    from serving.core.protos import semantics_pb2 as spb
+    from serving.semantics.engine import SemanticsInfo
+    from serving.semantics.validation import check_sample, check_segment
+
+    mib = 1024 * 1024
+    info = SemanticsInfo(image_size=1024, latent_shape=(18, 4), heads={}, sample_bytes=300 * mib)
+    limits = Limits(max_request_working_bytes=1024 * mib)
+    assert check_sample(spb.SampleRequest(seeds=[1, 2, 3]), info, limits).seeds == [1, 2, 3]  # 900 MiB fit
+    with pytest.raises(InvalidInput) as seeds:
+        check_sample(spb.SampleRequest(seeds=[1, 2, 3, 4]), info, limits)
+    assert str(seeds.value) == ("seeds: 4 samples of 1024 px need about 1200 MiB of working memory, over the limit of "
+                                "1024 MiB per request (--max-request-working-bytes); ask for at most 3")
+    latents = spb.Latents(shape=[4, 4], values=[0.0] * 16)
+    with pytest.raises(InvalidInput, match="^latents: 4 samples of 1024 px"):
+        check_segment(spb.SegmentRequest(latents=latents, head="lse"), info, limits)

@@ -39,9 +39,13 @@ class SemanticsPipeline(SemanticModels):
             pipe.add_head(name, head)
         if onnx is not None:
             pipe.onnx_heads = {name for name in pipe.heads if onnx.has(f"synthesis_{name}")}
-            pipe.onnx_synthesis = f"synthesis_{min(pipe.onnx_heads)}" if pipe.onnx_heads else None
+            # samples without masks: a fused graph where there is one (the bundled models' bytes stay as they were),
+            # else the generator alone (exports since the plain graph was added)
+            plain = "synthesis" if onnx.has("synthesis") else None
+            pipe.onnx_synthesis = f"synthesis_{min(pipe.onnx_heads)}" if pipe.onnx_heads else plain
             # the exported graphs a client may call by tensor (Op.GRAPH)
-            pipe.graphs = graph_specs(onnx, ["mapping", *(f"synthesis_{h}" for h in sorted(pipe.onnx_heads))])
+            pipe.graphs = graph_specs(onnx, ["mapping", *([plain] if plain else []),
+                                             *(f"synthesis_{h}" for h in sorted(pipe.onnx_heads))])
         for name, head in load_heads(extra_heads_dir) if extra_heads_dir else []:
             pipe.add_head(name, head)
         return pipe

@@ -61,7 +61,7 @@ def prepare_sample(models: SemanticModels, seeds=None, latents=None, psi: float 
     if models.onnx is not None and models.onnx_graph(predictor) is None:
         # eager torch is not batch-size invariant: such a request never shares a batch
         key += f":alone-{next(_ALONE)}"
-    return Prepared(key, {"ws": ws}, finish)
+    return Prepared(key, {"ws": ws}, finish, nbytes=len(ws) * models.sample_bytes(predictor))
 
 
 @torch.no_grad()
