@@ -49,7 +49,7 @@ class SemanticsInfo:
     image_size: int
     latent_shape: tuple[int, int]  # (num_ws, w_dim)
     heads: dict[str, HeadSummary]  # every predictor by name, "segmenter" included when there is one
-    sample_bytes: int = 0  # estimated working memory of one sample with the largest head (0: not known)
+    sample_bytes: int = 0  # estimated working memory of one sample read by the largest head (0: not known)
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,8 @@ class EmbeddedSemanticsEngine(GraphCalls, SemanticsEngine):
         for name, head in list(p.heads.items()):  # a job thread may add a head meanwhile
             heads[name] = HeadSummary(name, head.kind, p.predictor_classes(name), self._heads.is_bundled(name),
                                       self._heads.shots(name))
-        return SemanticsInfo(int(p.image_size), tuple(p.latent_shape), heads, int(p.sample_bytes()))
+        largest = max((p.sample_bytes(name) for name in heads), default=0)
+        return SemanticsInfo(int(p.image_size), tuple(p.latent_shape), heads, int(largest))
 
     # ---- forward work -------------------------------------------------------------------
 

@@ -101,7 +101,7 @@ def check_sample(request, info: SemanticsInfo, limits: Limits) -> SamplingArgs:
     else:
         seeds = list(request.seeds)
     _check_working_bytes(len(seeds) if seeds else len(latents) if latents is not None else 0,
-                         "seeds" if seeds else "latents", info, limits, errors)
+                         "seeds" if seeds else "latents", bool(request.head), info, limits, errors)
     psi = _check_psi(request, errors)
     raise_invalid(errors)
     head = request.head or None
@@ -114,20 +114,23 @@ def check_segment(request, info: SemanticsInfo, limits: Limits) -> SegmentArgs:
     errors = []
     latents = check_latents(request.latents, "latents", info.latent_shape, 1, limits.max_samples, errors)
     _check_head_given(request.head, info, errors)
-    _check_working_bytes(0 if latents is None else len(latents), "latents", info, limits, errors)
+    _check_working_bytes(0 if latents is None else len(latents), "latents", True, info, limits, errors)
     raise_invalid(errors)
     known_head(request.head, info)
     return SegmentArgs(latents=latents, head=request.head)
 
 
-def _check_working_bytes(samples: int, field: str, info: SemanticsInfo, limits: Limits, errors: list) -> None:
-    """Samples x the generator's bytes per sample within the request limit: at 1024 px one sample takes ~250x
-    the working memory of a 64 px one, so a count limit alone does not bound memory."""
-    need, limit = samples * info.sample_bytes, limits.max_request_working_bytes
+def _check_working_bytes(samples: int, field: str, head: bool, info: SemanticsInfo, limits: Limits,
+                         errors: list) -> None:
+    """Samples x the generator's bytes per sample (read by a head: its features and logits too) within the request
+    limit: at 1024 px one sample takes ~260x the working memory of a 64 px one, so a count limit alone does not
+    bound memory."""
+    per_sample = info.sample_bytes if head else 4 * 3 * info.image_size ** 2
+    need, limit = samples * per_sample, limits.max_request_working_bytes
     if need > limit:
         errors.append(f"{field}: {samples} samples of {info.image_size} px need about {need / MiB:.0f} MiB of working "
                       f"memory, over the limit of {limit / MiB:.0f} MiB per request (--max-request-working-bytes); "
-                      f"ask for at most {limit // info.sample_bytes}")
+                      f"ask for at most {limit // per_sample}")
 
 
 def check_fit_head(request, info: SemanticsInfo, limits: Limits) -> FitHeadArgs:

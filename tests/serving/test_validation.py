@@ -184,10 +184,12 @@ def test_samples_of_a_large_generator_are_bounded_by_working_memory_before_any_w
 
     mib = 1024 * 1024
     info = SemanticsInfo(image_size=1024, latent_shape=(18, 4), heads={}, sample_bytes=300 * mib)
+    info.heads["lse"] = None  # a head the bundle has (its summary is not read here)
     limits = Limits(max_request_working_bytes=1024 * mib)
-    assert check_sample(spb.SampleRequest(seeds=[1, 2, 3]), info, limits).seeds == [1, 2, 3]  # 900 MiB fit
+    assert check_sample(spb.SampleRequest(seeds=[1, 2, 3], head="lse"), info, limits).seeds == [1, 2, 3]  # 900 MiB
+    assert len(check_sample(spb.SampleRequest(seeds=range(16)), info, limits).seeds) == 16  # images alone: 192 MiB
     with pytest.raises(InvalidInput) as seeds:
-        check_sample(spb.SampleRequest(seeds=[1, 2, 3, 4]), info, limits)
+        check_sample(spb.SampleRequest(seeds=[1, 2, 3, 4], head="lse"), info, limits)
     assert str(seeds.value) == ("seeds: 4 samples of 1024 px need about 1200 MiB of working memory, over the limit of "
                                 "1024 MiB per request (--max-request-working-bytes); ask for at most 3")
     latents = spb.Latents(shape=[4, 4], values=[0.0] * 16)
