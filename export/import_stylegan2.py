@@ -59,6 +59,9 @@ def import_stylegan2(src: str | Path, out: str | Path, fmt: str = "auto", networ
             raise ValueError("size: the port's checkpoints do not record their resolution; give --size (e.g. 256)")
         model, config, w_avg_from = generator_from_port(src, size, style_dim, n_mlp, channel_multiplier, lr_mlp,
                                                         network)
+    if config.get("c_dim"):
+        raise ValueError(f"{src}: {network} is class-conditional ({config['c_dim']} classes); semgen's requests carry "
+                         f"no class label yet, so only unconditional generators are imported")
     source = {"imported_from": str(src), "format": fmt, "network": network, "w_avg_from": w_avg_from}
     # written beside, then moved in place: a failed or killed import leaves the old folder (or none)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -52,10 +52,10 @@ def serialized(requests: list) -> list[Call]:
     return [(name, method, stream, request.SerializeToString()) for name, method, stream, request in requests]
 
 
-def valid_calls(latent_shape: tuple[int, int]) -> list[Call]:
+def valid_calls(latent_shape: tuple[int, int], size: int = 64) -> list[Call]:
     """One or more calls of each of the 13 RPCs on the bundled models (heads lse, lse-8shot, nse1), and of the
     Open Inference Protocol's, in the order the golden test sends them; `latent_shape` is the generator's w+
-    (layers, width; the width is also z's)."""
+    (layers, width; the width is also z's), `size` its image size (the class masks'; the pyramid's are 64 px)."""
     z = np.random.default_rng(14).normal(size=(2, latent_shape[1])).astype(np.float32)
     ws = np.random.default_rng(15).normal(0, 0.5, (1, *latent_shape)).astype(np.float32)
     half = pyramid_pb2.Mask(array=pyramid_pb2.MaskArray(width=64, height=64, values=[1.0] * 2048 + [0.0] * 2048))
@@ -80,15 +80,15 @@ def valid_calls(latent_shape: tuple[int, int]) -> list[Call]:
          semantics_pb2.SegmentRequest(latents=latents(9, 1, latent_shape), head="segmenter")),
         ("list_heads", S + "ListHeads", False, semantics_pb2.ListHeadsRequest()),
         ("fit_head", S + "FitHead", False, semantics_pb2.FitHeadRequest(
-            name="golden", latents=latents(10, 2, latent_shape), masks=[class_mask(1), class_mask(1)],
+            name="golden", latents=latents(10, 2, latent_shape), masks=[class_mask(1, size), class_mask(1, size)],
             class_names=["ground", "sky"], seed=3, iterations=5)),
         ("list_heads_after_fit", S + "ListHeads", False, semantics_pb2.ListHeadsRequest()),
         ("sample_fitted", S + "Sample", False, semantics_pb2.SampleRequest(seeds=[11], head="golden")),
         ("sample_conditional", S + "SampleConditional", True, semantics_pb2.SampleConditionalRequest(
-            target_mask=class_mask(2), head="lse", num_samples=1, seed=4, n_init=4, iterations=3,
+            target_mask=class_mask(2, size), head="lse", num_samples=1, seed=4, n_init=4, iterations=3,
             preview_every=2)),
         ("edit_semantics", S + "EditSemantics", True, semantics_pb2.EditSemanticsRequest(
-            latent=latents(12, 1, latent_shape), target_mask=class_mask(2), head="lse", iterations=3,
+            latent=latents(12, 1, latent_shape), target_mask=class_mask(2, size), head="lse", iterations=3,
             preview_every=1)),
         ("imagine_info", I + "GetImagineInfo", False, imagine_pb2.GetImagineInfoRequest()),
         ("imagine", I + "Imagine", True, imagine_pb2.ImagineRequest(
@@ -105,17 +105,17 @@ def valid_calls(latent_shape: tuple[int, int]) -> list[Call]:
     ])
 
 
-def long_jobs(latent_shape: tuple[int, int]) -> list[Call]:
+def long_jobs(latent_shape: tuple[int, int], size: int = 64) -> list[Call]:
     """Iterative jobs that run for seconds to minutes: the soak bench cancels them or lets their deadline pass."""
     return serialized([
         ("long_imagine", I + "Imagine", True, imagine_pb2.ImagineRequest(
             reference_png=png(20), num_variations=4, seed=1, stage1_iterations=2000, stage2_iterations=2000)),
         ("long_scs", S + "SampleConditional", True, semantics_pb2.SampleConditionalRequest(
-            target_mask=class_mask(2), head="lse", num_samples=8, seed=2, n_init=256, iterations=500)),
+            target_mask=class_mask(2, size), head="lse", num_samples=8, seed=2, n_init=256, iterations=500)),
         ("long_edit", S + "EditSemantics", True, semantics_pb2.EditSemanticsRequest(
-            latent=latents(21, 1, latent_shape), target_mask=class_mask(1), head="lse", iterations=500)),
+            latent=latents(21, 1, latent_shape), target_mask=class_mask(1, size), head="lse", iterations=500)),
         ("long_fit", S + "FitHead", False, semantics_pb2.FitHeadRequest(
-            name="soak-long", latents=latents(22, 8, latent_shape), masks=[class_mask(1)] * 8,
+            name="soak-long", latents=latents(22, 8, latent_shape), masks=[class_mask(1, size)] * 8,
             class_names=["ground", "sky"], seed=1, iterations=2000)),
     ])
 
@@ -154,7 +154,7 @@ def iterative_jobs(latent_shape: tuple[int, int], iterations: int) -> list[Call]
     ])
 
 
-def crafted_calls(latent_shape: tuple[int, int]) -> list[Call]:
+def crafted_calls(latent_shape: tuple[int, int], size: int = 64) -> list[Call]:
     """Requests built to hurt: images whose header promises far more pixels than their bytes hold, 16-bit
     images, a truncated PNG, huge strings and counts, a latent shape that lies. None may answer INTERNAL."""
     big = np.zeros((4096, 4096), np.uint8)
@@ -181,7 +181,7 @@ def crafted_calls(latent_shape: tuple[int, int]) -> list[Call]:
         ("many_samples", P + "Generate", False,
          pyramid_pb2.GenerateRequest(image=png(5), level="conv5", num_samples=1 << 30)),
         ("long_class_name", S + "FitHead", False, semantics_pb2.FitHeadRequest(
-            name="soak-names", latents=latents(6, 1, latent_shape), masks=[class_mask(1)],
+            name="soak-names", latents=latents(6, 1, latent_shape), masks=[class_mask(1, size)],
             class_names=["ground", long_name])),
         ("unknown_head", S + "Sample", False, semantics_pb2.SampleRequest(seeds=[1], head=long_name)),
         ("lying_latents", S + "Segment", False, semantics_pb2.SegmentRequest(latents=lying, head="lse")),

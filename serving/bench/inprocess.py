@@ -41,7 +41,8 @@ def op_args(method: str, i: int, image: np.ndarray, samples: int = 1) -> tuple[s
     """Request i as the pipeline's (op, args): what the servicer hands the engine."""
     if method == "generate":
         return Op.GENERATE, dict(image=image, levels={LEVEL: None}, num_samples=samples, seed=i, class_index=None)
-    return Op.SAMPLE, dict(seeds=list(range(i, i + samples)), latents=None, psi=PSI, predictor=HEAD)
+    head = HEAD if method == "sample" else None  # "sample_plain": a bundle without heads/lse (an imported generator)
+    return Op.SAMPLE, dict(seeds=list(range(i, i + samples)), latents=None, psi=PSI, predictor=head)
 
 
 def load_pipelines(models: str, onnx_dir: str, methods: list[str], device: str = "cpu") -> dict:
@@ -52,7 +53,7 @@ def load_pipelines(models: str, onnx_dir: str, methods: list[str], device: str =
     from semgen.pipelines.semantics import SemanticsPipeline
 
     onnx = OnnxModels(exported_onnx(models, onnx_dir), threads=ORT_THREADS, device=device)  # the server's cache, too
-    kinds = {"generate": PyramidPipeline, "sample": SemanticsPipeline}
+    kinds = {"generate": PyramidPipeline, "sample": SemanticsPipeline, "sample_plain": SemanticsPipeline}
     return {m: kinds[m].from_dir(models, device=device, onnx=onnx) for m in methods}
 
 

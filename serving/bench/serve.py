@@ -35,7 +35,8 @@ from serving.bench.inprocess import (HEAD, LEVEL, ORT_THREADS, PASSES, PSI, eage
 from serving.bench.process import ServerFailed, export_torchserve, own_cpu, process_tree_cpu, server_process
 
 TORCHSERVE_DIR = "var/torchserve"  # the server's default --torchserve-dir
-RATIO_KEYS = {"generate": "ort_over_eager", "sample": "ort_over_eager_sample"}
+RATIO_KEYS = {"generate": "ort_over_eager", "sample": "ort_over_eager_sample",
+              "sample_plain": "ort_over_eager_sample_plain"}
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,11 @@ def summarize(latencies: list[float], codes: list[str], wall: float) -> dict:
 
 
 def bundle_methods(models: str | Path) -> list[str]:
+    """generate (a pyramid), and sample with masks by heads/lse, or sample_plain (images only) for a generator
+    without that head (an imported one)."""
     m = Path(models)
-    return [name for name, there in (("generate", (m / "pyramid").exists()),
-                                     ("sample", (m / "stylegan").exists() and (m / "heads" / HEAD).exists())) if there]
+    sample = ("sample" if (m / "heads" / HEAD).exists() else "sample_plain") if (m / "stylegan").exists() else None
+    return [name for name, there in (("generate", (m / "pyramid").exists()), (sample, sample is not None)) if there]
 
 
 # ---- 2. served ------------------------------------------------------------------------------
@@ -140,7 +143,9 @@ async def drive(address: str, engine: str, methods: list[str], png: bytes, opts:
         rpcs = {"generate": (pyramid_pb2_grpc.PyramidServiceStub(channel).Generate,
                              lambda i: pyramid_pb2.GenerateRequest(image=png, level=LEVEL, num_samples=1, seed=i)),
                 "sample": (semantics_pb2_grpc.SemanticsServiceStub(channel).Sample,
-                           lambda i: semantics_pb2.SampleRequest(seeds=[i], head=HEAD, truncation_psi=PSI))}
+                           lambda i: semantics_pb2.SampleRequest(seeds=[i], head=HEAD, truncation_psi=PSI)),
+                "sample_plain": (semantics_pb2_grpc.SemanticsServiceStub(channel).Sample,
+                                 lambda i: semantics_pb2.SampleRequest(seeds=[i], truncation_psi=PSI))}
         for method in methods:
             call, request = rpcs[method]
             await run_level(call, request, opts.max_batch, opts.max_batch, opts.seconds)  # warm-up, not counted
@@ -182,7 +187,7 @@ def device_info(device: str = "cpu") -> dict:
 def bench_serve(opts: ServeBench = ServeBench(), progress: Callable[[str], None] = _stderr) -> dict:
     methods = bundle_methods(opts.models)
     if not methods:
-        raise FileNotFoundError(f"{opts.models} has neither pyramid/ nor stylegan/ with heads/{HEAD}/")
+        raise FileNotFoundError(f"{opts.models} has neither pyramid/ nor stylegan/")
     png, image = reference(opts.seed)
     if opts.device.startswith("cuda"):
         import torch

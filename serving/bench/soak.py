@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from semgen.options import opt
-from serving.bench.catalogue import S, crafted_calls, long_jobs, mutated, valid_calls
+from serving.bench.catalogue import S, class_mask, crafted_calls, long_jobs, mutated, valid_calls
 from serving.bench.process import export_onnx, export_torchserve, server_process
 
 MiB = 1024 * 1024
@@ -199,9 +199,12 @@ def bench_soak(opts: SoakBench = SoakBench(), progress: Callable[[str], None] = 
             export_torchserve(opts.models, opts.onnx_dir, opts.torchserve_dir)
         progress(f"starting the {opts.engine} server")
         with server_process(args, name=f"server --engine {opts.engine}") as server:
-            shape = asyncio.run(latent_shape(server.address))
-            calls = {"valid": valid_calls(shape), "long": long_jobs(shape), "crafted": crafted_calls(shape)}
+            shape, size, fitted = asyncio.run(generator_and_head(server.address))
+            result.update({"image_size": size, "latent_shape": list(shape), "fitted_lse": fitted})
+            calls = {"valid": valid_calls(shape, size), "long": long_jobs(shape, size),
+                     "crafted": crafted_calls(shape, size)}
             result["warm_up"] = asyncio.run(each_once(server.address, calls["valid"]))
+            check = next(c for c in calls["valid"] if result["warm_up"][c[0]] == "OK")  # served here; asked again
             # then the mix for a while: models loaded and thread pools grown before the baseline
             warm = asyncio.run(mixed_load(server.address, WARM_S, opts.seed + 1, opts, calls, progress))
             settle(server.metrics_url, SETTLE_S)
@@ -211,7 +214,7 @@ def bench_soak(opts: SoakBench = SoakBench(), progress: Callable[[str], None] = 
                 jobs_left, waited = settle(server.metrics_url, SETTLE_S)
                 time.sleep(1.0)  # threads and fds of the last calls wind down
                 end = sampler.now()
-            after = asyncio.run(each_once(server.address, calls["valid"][:1]))
+            after = asyncio.run(each_once(server.address, [check]))
     samples = [start, *sampler.samples, end]
     peak = max(samples, key=lambda s: s["rss_mib"])
     result.update(summarize(records))
@@ -229,7 +232,7 @@ def bench_soak(opts: SoakBench = SoakBench(), progress: Callable[[str], None] = 
         "rss peak - start <= budget + working": growth <= result["rss_limit_mib"],
         f"fds end <= start + {SLACK}": end["fds"] <= start["fds"] + SLACK,
         f"threads end <= start + {SLACK}": end["threads"] <= start["threads"] + SLACK,
-        "serves after": after == {"generate": "OK"},
+        "serves after": after == {check[0]: "OK"},
     }
     result["passed"] = all(result["targets"].values())
     out = Path(opts.out)
@@ -251,16 +254,29 @@ async def each_once(address: str, calls: list) -> dict[str, str]:
                 for name, method, stream, request in calls}
 
 
-async def latent_shape(address: str) -> tuple[int, int]:
-    """The generator's w+ (layers, width), read from a Sample reply: the catalogue's latents must match it."""
+async def generator_and_head(address: str) -> tuple[tuple[int, int], int, bool]:
+    """The generator's w+ (layers, width) and image size, read from a Sample reply: the catalogue's latents and
+    masks must match them. A bundle without a head "lse" (an imported generator) gets one fitted here from
+    four half-and-half masks, so that the mix's Sample, Segment, SampleConditional and EditSemantics run; the
+    last value says whether it was."""
     import grpc
-    from serving.core.protos import semantics_pb2
+    from serving.core.protos import semantics_pb2 as pb
+    from serving.core.images import pil_images
 
     async with grpc.aio.insecure_channel(address) as channel:
-        reply = await channel.unary_unary(S + "Sample")(semantics_pb2.SampleRequest(seeds=[0]).SerializeToString(),
-                                                        timeout=300)
-    layers, width = semantics_pb2.SampleResponse.FromString(reply).latents.shape[1:]
-    return layers, width
+        reply = pb.SampleResponse.FromString(await channel.unary_unary(S + "Sample")(
+            pb.SampleRequest(seeds=[0, 1, 2, 3]).SerializeToString(), timeout=300))
+        size = pil_images(reply.images[:1])[0].size[0]
+        heads = pb.ListHeadsResponse.FromString(await channel.unary_unary(S + "ListHeads")(
+            pb.ListHeadsRequest().SerializeToString(), timeout=60)).heads
+        fit = "lse" not in {h.name for h in heads}
+        if fit:
+            await channel.unary_unary(S + "FitHead")(pb.FitHeadRequest(
+                name="lse", latents=reply.latents, masks=[class_mask(1, size)] * 4,
+                class_names=["ground", "sky", "other"],  # the mix asks for class 2 as well
+                seed=0, iterations=5).SerializeToString(), timeout=600)  # within the bench server's 30 s job limit
+    layers, width = reply.latents.shape[1:]
+    return (layers, width), size, fit
 
 
 def plot(result: dict, samples: list[dict], path: Path) -> None:

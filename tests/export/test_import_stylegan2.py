@@ -104,6 +104,20 @@ def test_a_code_running_pickle_and_misfit_flags_write_nothing(tmp_path, capsys):
     assert main(["import", "stylegan2", str(FIXTURES / "G64.pkl"), "--out", str(out), "--replace"]) == 0
 
 
+def test_a_class_conditional_generator_is_refused_with_the_reason(tmp_path, capsys, monkeypatch):
+    import export.import_stylegan2 as importer
+    from semgen.nvlabs_pickle import generator_from_pickle
+
+    def conditional(src, network):  # the fixture, as if NVlabs had recorded c_dim 10
+        model, config = generator_from_pickle(src, network)
+        return model, {**config, "c_dim": 10}
+
+    monkeypatch.setattr(importer, "generator_from_pickle", conditional)
+    assert main(["import", "stylegan2", str(FIXTURES / "G64.pkl"), "--out", str(tmp_path / "b")]) == 2
+    assert "G_ema is class-conditional (10 classes); semgen's requests carry no class label" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "stylegan").exists()
+
+
 def test_an_imported_generator_exports_to_onnx_with_parity_at_any_batch(tmp_path):
     """mapping and synthesis + a head as ONNX graphs: NVlabs' per-sample modulation is computed without batch-sized
     groups, so the graph traced at one batch takes another."""

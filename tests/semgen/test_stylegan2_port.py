@@ -14,7 +14,13 @@ from semgen.stylegan2_port import generator_from_port
 STYLE, N_MLP, CH = 8, 2, 512  # the port is 512 wide up to 32 px whatever its channel multiplier
 
 
-def port_checkpoint(size: int = 8, latent_avg: bool = True) -> dict:
+def port_channels(res: int, channel_multiplier: int = 2) -> int:
+    """The port's width at a resolution: 512 up to 32 px, then 256, 128, 64, 32, 16 times the multiplier."""
+    return CH if res <= 32 else min(CH, 16384 * channel_multiplier // res)
+
+
+def port_checkpoint(size: int = 8, latent_avg: bool = True, channel_multiplier: int = 2) -> dict:
+    """The port's g_ema at `size` (and latent_avg), random weights in its key layout."""
     g = torch.Generator().manual_seed(0)
 
     def r(*shape, scale=1.0):
@@ -26,25 +32,27 @@ def port_checkpoint(size: int = 8, latent_avg: bool = True) -> dict:
     sd["input.input"] = r(1, CH, 4, 4)
     kernel = resample_filter() * 4
 
-    def styled(prefix, up):
-        sd[f"{prefix}.conv.weight"] = r(1, CH, CH, 3, 3)
-        sd[f"{prefix}.conv.modulation.weight"], sd[f"{prefix}.conv.modulation.bias"] = r(CH, STYLE), 1 + r(CH, scale=.1)
-        sd[f"{prefix}.noise.weight"], sd[f"{prefix}.activate.bias"] = r(1, scale=0.3), r(CH, scale=0.1)
+    def styled(prefix, up, cin, cout):
+        sd[f"{prefix}.conv.weight"] = r(1, cout, cin, 3, 3)
+        sd[f"{prefix}.conv.modulation.weight"], sd[f"{prefix}.conv.modulation.bias"] = r(cin, STYLE), 1 + r(cin, scale=.1)
+        sd[f"{prefix}.noise.weight"], sd[f"{prefix}.activate.bias"] = r(1, scale=0.3), r(cout, scale=0.1)
         if up:
             sd[f"{prefix}.conv.blur.kernel"] = kernel
 
-    def to_rgb(prefix, up):
-        sd[f"{prefix}.conv.weight"] = r(1, 3, CH, 1, 1)
-        sd[f"{prefix}.conv.modulation.weight"], sd[f"{prefix}.conv.modulation.bias"] = r(CH, STYLE), 1 + r(CH, scale=.1)
+    def to_rgb(prefix, up, cin):
+        sd[f"{prefix}.conv.weight"] = r(1, 3, cin, 1, 1)
+        sd[f"{prefix}.conv.modulation.weight"], sd[f"{prefix}.conv.modulation.bias"] = r(cin, STYLE), 1 + r(cin, scale=.1)
         sd[f"{prefix}.bias"] = r(1, 3, 1, 1, scale=0.1)
         if up:
             sd[f"{prefix}.upsample.kernel"] = kernel
 
-    styled("conv1", False), to_rgb("to_rgb1", False)
+    styled("conv1", False, CH, CH), to_rgb("to_rgb1", False, CH)
     sd["noises.noise_0"] = r(1, 1, 4, 4)
     k, res = 0, 8
     while res <= size:
-        styled(f"convs.{2 * k}", True), styled(f"convs.{2 * k + 1}", False), to_rgb(f"to_rgbs.{k}", True)
+        cin, cout = port_channels(res // 2, channel_multiplier), port_channels(res, channel_multiplier)
+        styled(f"convs.{2 * k}", True, cin, cout), styled(f"convs.{2 * k + 1}", False, cout, cout)
+        to_rgb(f"to_rgbs.{k}", True, cout)
         sd[f"noises.noise_{2 * k + 1}"], sd[f"noises.noise_{2 * k + 2}"] = r(1, 1, res, res), r(1, 1, res, res)
         k, res = k + 1, res * 2
     return {"g_ema": sd, "latent_avg": r(STYLE)} if latent_avg else {"g_ema": sd}

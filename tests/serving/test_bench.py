@@ -71,3 +71,21 @@ def test_bench_serve_against_an_embedded_server(bundle):
     assert result["engines.no-such-engine.error"].startswith("server --engine no-such-engine exited with code 2")
     assert not any(key.startswith("engines.no-such-engine.") and key != "engines.no-such-engine.error"
                    for key in result)
+
+
+def test_a_generator_without_the_lse_head_is_benched_on_plain_samples(tmp_path):
+    """An imported generator has no heads/lse: Sample is measured without masks (the plain synthesis graph)."""
+    import shutil
+
+    from random_bundles import make_random_semantics_bundle
+    from serving.bench.serve import bundle_methods
+
+    models = make_random_semantics_bundle(tmp_path / "models", image_size=32)
+    assert bundle_methods(models) == ["sample"]
+    shutil.rmtree(models / "heads" / "lse")
+    assert bundle_methods(models) == ["sample_plain"]
+    pipe = load_pipelines(str(models), str(tmp_path / "onnx"), ["sample_plain"])["sample_plain"]
+    assert pipe.onnx_graph(None) == "synthesis"  # the plain graph, exported for it
+    _, image = reference(0)
+    assert inprocess_throughput(pipe, "sample_plain", image, requests=4, max_batch=2) > 0
+    assert set(ort_over_eager(pipe, "sample_plain", image, batches=(2,), repeats=1)) == {2}
