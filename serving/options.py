@@ -73,12 +73,13 @@ class ServeOptions:
     max_batch_delay_ms: float = opt(5.0, "how long the oldest request waits for others to batch with")
     max_queue: int = opt(64, "requests waiting for a batch (with --engine torchserve: calls waiting for "
                              "TorchServe); more are refused with RESOURCE_EXHAUSTED")
-    max_batch_bytes: int = opt(256 * MiB, "estimated working memory of one batched graph run (generated images, the "
+    max_batch_bytes: int = opt(1024 * MiB, "estimated working memory of one batched graph run (generated images, the "
                                           "features a head reads, its logits): a batch is cut here as well as at "
                                           "--max-batch, so large generators batch fewer requests")
-    max_request_working_bytes: int = opt(1024 * MiB, "largest estimated working memory of one Sample or Segment "
-                                                     "(samples x the generator's bytes per sample); over it is "
-                                                     "refused with INVALID_ARGUMENT before any work")
+    max_request_working_bytes: int = opt(4096 * MiB, "largest estimated working memory of one Sample, Segment, "
+                                                     "FitHead or SampleConditional (samples x the generator's bytes "
+                                                     "per sample); over it is refused with INVALID_ARGUMENT before "
+                                                     "any work")
     max_samples: int = opt(16, "largest num_samples per request")
     max_image_bytes: int = opt(8 * MiB, "largest encoded reference image")
     max_image_pixels: int = opt(4096 * 4096, "largest reference width*height")

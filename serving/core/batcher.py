@@ -29,7 +29,7 @@ class BatchPolicy:
     max_queue: int = 64  # requests waiting; one more is refused
     # estimated working bytes of one graph run (Prepared.nbytes): a 1024 px sample needs ~250x a 64 px one, so a
     # batch is also capped by bytes; a request over it alone still runs, alone (its size is bounded per request)
-    max_batch_bytes: int = 256 * 1024 * 1024
+    max_batch_bytes: int = 1024 * 1024 * 1024
 
     def check(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1 or self.max_delay < 0 or self.max_batch_bytes < 1:

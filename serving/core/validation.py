@@ -31,8 +31,8 @@ class Limits:
     # Decoded bytes of a request's images and masks, from their headers (serving/core/admission.py):
     # one 4096 x 4096 RGB image (48 MiB) fits; over it is INVALID_ARGUMENT before anything is decoded.
     max_request_decoded_bytes: int = 64 * 1024 * 1024
-    # Estimated working memory of one Sample/Segment: samples x SemanticsInfo.sample_bytes (0: not known).
-    max_request_working_bytes: int = 1024 * 1024 * 1024
+    # Estimated working memory of one Sample/Segment/FitHead/SampleConditional: samples x SemanticsInfo.sample_bytes.
+    max_request_working_bytes: int = 4096 * 1024 * 1024
 
 
 def choices(names: tuple[str, ...], limit: int = 20) -> str:

@@ -16,13 +16,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from semgen.bundle import MissingPart
 from serving.core.errors import (AlreadyExists, DeadlineExceeded, InvalidInput, NotFound, ResourceExhausted,
                                  Unavailable, Unsupported, client_error)
 
 _STRUCTURE = "__structure__"
 # the engine errors a reply names; any other name is a bug over there (INTERNAL here)
 _ERRORS = {cls.__name__: cls for cls in (InvalidInput, NotFound, AlreadyExists, ResourceExhausted, DeadlineExceeded,
-                                         Unavailable, Unsupported)}
+                                         Unavailable, Unsupported, MissingPart)}
 
 
 def reply(result) -> dict:

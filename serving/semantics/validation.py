@@ -123,8 +123,8 @@ def check_segment(request, info: SemanticsInfo, limits: Limits) -> SegmentArgs:
 def _check_working_bytes(samples: int, field: str, head: bool, info: SemanticsInfo, limits: Limits,
                          errors: list) -> None:
     """Samples x the generator's bytes per sample (read by a head: its features and logits too) within the request
-    limit: at 1024 px one sample takes ~260x the working memory of a 64 px one, so a count limit alone does not
-    bound memory."""
+    limit: at 1024 px one sample takes ~270x the working memory of a 64 px one, so a count limit alone does not
+    bound memory. (SampleConditional's candidates go through in chunks of PASS_BYTES: not counted here.)"""
     per_sample = info.sample_bytes if head else 4 * 3 * info.image_size ** 2
     need, limit = samples * per_sample, limits.max_request_working_bytes
     if need > limit:
@@ -160,6 +160,7 @@ def check_fit_head(request, info: SemanticsInfo, limits: Limits) -> FitHeadArgs:
     if not 0 <= request.iterations <= limits.max_fit_iterations:
         errors.append(f"iterations: must be between 1 and {limits.max_fit_iterations} "
                       f"(0 = the paper's schedule), got {request.iterations}")
+    _check_working_bytes(shots or 0, "latents", True, info, limits, errors)  # every shot's features are kept
     raise_invalid(errors)
     return FitHeadArgs(name=name, latents=latents, class_names=class_names, seed=request.seed,
                        iterations=request.iterations or None, replace=request.replace)
@@ -199,6 +200,7 @@ def check_sample_conditional(request, info: SemanticsInfo, limits: Limits) -> Co
     n_init = default_count(request.n_init, "n_init", DEFAULT_N_INIT, limits.max_candidates, errors)
     optimise = _check_optimise(request, info, limits, errors)
     psi = _check_psi(request, errors)
+    _check_working_bytes(num_samples or 0, "num_samples", True, info, limits, errors)  # optimised together
     raise_invalid(errors)
     known_head(request.head, info)
     return ConditionalArgs(**optimise, num_samples=num_samples, seed=request.seed, n_init=n_init, psi=psi)

@@ -13,6 +13,7 @@ from semgen.pipelines.forward import complete, run_batch
 from semgen.runtime.onnx import OnnxModels
 from semgen.pipelines.pyramid import PyramidPipeline
 from semgen.pipelines.semantics import SemanticsPipeline
+from semgen.pipelines.semantics.models import TRANSIENT_FACTOR
 from serving.core.batcher import BatchPolicy, DynamicBatcher
 from serving.core.errors import InvalidInput, ResourceExhausted
 from serving.pyramid.engine import EmbeddedEngine
@@ -185,7 +186,7 @@ def test_the_working_memory_of_a_sample_grows_with_the_generator(bundle):
     g, side = pipe.generator, pipe.image_size
     features = sum(c * r * r for c, r in zip(g.layer_channels(), g.layer_resolutions()))
     classes = len(pipe.predictor_classes("lse"))
-    assert pipe.sample_bytes("lse") == 4 * (3 * side * side + features + classes * side * side)
+    assert pipe.sample_bytes("lse") == 4 * (3 * side * side + TRANSIENT_FACTOR * features + classes * side * side)
     assert pipe.prepare("sample", dict(seeds=[1, 2, 3], predictor="lse")).nbytes == 3 * pipe.sample_bytes("lse")
     assert pipe.prepare("sample", dict(seeds=[1])).nbytes == pipe.sample_bytes(None) == 4 * 3 * side * side
 

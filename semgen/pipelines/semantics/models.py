@@ -17,6 +17,12 @@ from semgen.bundle import SEGMENTER, unknown_head
 from semgen.networks.heads import SemanticHead
 
 LATENT_SPACES = ("w", "w+")
+# estimated working memory (sample_bytes) of one generator pass over many latents: SCS's candidates go through in
+# chunks this size, so a 256-1024 px generator takes one or two at a time where the 64 px one takes 64
+PASS_BYTES = 1024 * 1024 * 1024
+# a pass's short-lived tensors (the modulated convs' scaled inputs, outputs before noise and activation, the
+# head's upsampled logits) next to the feature maps it keeps: measured 5.6x the kept bytes at 256 px, eager torch
+TRANSIENT_FACTOR = 5
 
 # Called after every optimisation step with (iteration, loss, current images [N, 3, S, S]).
 # It may raise to stop the job (cancel, deadline): the pipeline stops within one iteration.
@@ -54,13 +60,15 @@ class SemanticModels:
 
     def sample_bytes(self, predictor: str | None = None) -> int:
         """Estimated working memory of one generated sample, float32: its image and, with a predictor, every
-        generator feature map a head reads and the logits. What batches and requests are bounded by: with a head,
-        an FFHQ-sized 1024 px generator needs ~260x what the bundled 64 px one does."""
+        generator feature map a head reads (with the pass's short-lived tensors: TRANSIENT_FACTOR) and the logits.
+        What batches, requests and SCS's candidate chunks are bounded by: with a head, an FFHQ-sized 1024 px
+        generator needs ~270x what the bundled 64 px one does."""
         g, side = self.generator, self.image_size
         if predictor is None:
             return 4 * 3 * side * side
         features = sum(c * r * r for c, r in zip(g.layer_channels(), g.layer_resolutions()))
-        return 4 * (3 * side * side + features + len(self.predictor_classes(predictor)) * side * side)
+        classes = len(self.predictor_classes(predictor))
+        return 4 * (3 * side * side + TRANSIENT_FACTOR * features + classes * side * side)
 
     # ---- predictors ---------------------------------------------------------------------
 

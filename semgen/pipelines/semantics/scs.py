@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from semgen.pipelines.semantics.models import Samples, SemanticModels, StepCallback
+from semgen.pipelines.semantics.models import PASS_BYTES, Samples, SemanticModels, StepCallback
 from semgen.pipelines.semantics.optimise import optimise, result, semantic_loss
 
 # Called with (latents scored so far, pool size) before the candidate stage's first batch of generator
@@ -67,7 +67,9 @@ def conditional_batch(models: SemanticModels, targets: torch.Tensor, predictor: 
 def candidate_pool(models: SemanticModels, predictor: str, n: int, seed: int, psi: float = 1.0,
                    batch_size: int = 64, on_candidates: CandidateCallback | None = None) -> CandidatePool:
     """n random latents (seeded) and their masks by `predictor`, `batch_size` generator passes at a
-    time; `on_candidates(done, n)` before the first batch and after every batch."""
+    time (fewer where PASS_BYTES of working memory hold fewer); `on_candidates(done, n)` before the first batch
+    and after every batch."""
+    batch_size = max(1, min(batch_size, PASS_BYTES // models.sample_bytes(predictor)))
     seeds = [(int(seed) * 1_000_003 + i) % 2**63 for i in range(n)]
     ws = models.latents_from_seeds(seeds, psi)
     masks, done = [], 0
