@@ -1,5 +1,6 @@
 """Requests for every RPC, as raw bytes for `channel.unary_unary(method)`: the valid calls the golden test
-records and the soak bench replays, and the crafted ones the soak bench attacks the server with."""
+records and the soak bench replays, and the crafted ones the soak bench attacks the server with; fitted to the
+served generator's size and heads by `generator_and_head`."""
 
 from __future__ import annotations
 
@@ -207,3 +208,28 @@ def mutated(request: bytes, rng: random.Random) -> bytes:
         return bytes(data)
     at = rng.randrange(len(data))
     return bytes(data[:at] + rng.randbytes(rng.randint(1, 64)) + data[at:])
+
+
+async def generator_and_head(address: str) -> tuple[tuple[int, int], int, bool]:
+    """The generator's w+ (layers, width) and image size, read from a Sample reply: the catalogue's latents and
+    masks must match them. A bundle without a head "lse" (an imported generator) gets one fitted here from
+    four half-and-half masks, so that the mix's Sample, Segment, SampleConditional and EditSemantics run; the
+    last value says whether it was."""
+    import grpc
+    from serving.core.protos import semantics_pb2 as pb
+    from serving.core.images import pil_images
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply = pb.SampleResponse.FromString(await channel.unary_unary(S + "Sample")(
+            pb.SampleRequest(seeds=[0, 1, 2, 3]).SerializeToString(), timeout=300))
+        size = pil_images(reply.images[:1])[0].size[0]
+        heads = pb.ListHeadsResponse.FromString(await channel.unary_unary(S + "ListHeads")(
+            pb.ListHeadsRequest().SerializeToString(), timeout=60)).heads
+        fit = "lse" not in {h.name for h in heads}
+        if fit:
+            await channel.unary_unary(S + "FitHead")(pb.FitHeadRequest(
+                name="lse", latents=reply.latents, masks=[class_mask(1, size)] * 4,
+                class_names=["ground", "sky", "other"],  # the mix asks for class 2 as well
+                seed=0, iterations=5).SerializeToString(), timeout=600)  # within the bench server's 30 s job limit
+    layers, width = reply.latents.shape[1:]
+    return (layers, width), size, fit

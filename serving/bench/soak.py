@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from semgen.options import opt
-from serving.bench.catalogue import S, class_mask, crafted_calls, long_jobs, mutated, valid_calls
+from serving.bench.catalogue import crafted_calls, generator_and_head, long_jobs, mutated, valid_calls
 from serving.bench.process import export_onnx, export_torchserve, server_process
 
 MiB = 1024 * 1024
@@ -252,31 +252,6 @@ async def each_once(address: str, calls: list) -> dict[str, str]:
     async with grpc.aio.insecure_channel(address) as channel:
         return {name: await one_call(channel, method, stream, request, 300.0)
                 for name, method, stream, request in calls}
-
-
-async def generator_and_head(address: str) -> tuple[tuple[int, int], int, bool]:
-    """The generator's w+ (layers, width) and image size, read from a Sample reply: the catalogue's latents and
-    masks must match them. A bundle without a head "lse" (an imported generator) gets one fitted here from
-    four half-and-half masks, so that the mix's Sample, Segment, SampleConditional and EditSemantics run; the
-    last value says whether it was."""
-    import grpc
-    from serving.core.protos import semantics_pb2 as pb
-    from serving.core.images import pil_images
-
-    async with grpc.aio.insecure_channel(address) as channel:
-        reply = pb.SampleResponse.FromString(await channel.unary_unary(S + "Sample")(
-            pb.SampleRequest(seeds=[0, 1, 2, 3]).SerializeToString(), timeout=300))
-        size = pil_images(reply.images[:1])[0].size[0]
-        heads = pb.ListHeadsResponse.FromString(await channel.unary_unary(S + "ListHeads")(
-            pb.ListHeadsRequest().SerializeToString(), timeout=60)).heads
-        fit = "lse" not in {h.name for h in heads}
-        if fit:
-            await channel.unary_unary(S + "FitHead")(pb.FitHeadRequest(
-                name="lse", latents=reply.latents, masks=[class_mask(1, size)] * 4,
-                class_names=["ground", "sky", "other"],  # the mix asks for class 2 as well
-                seed=0, iterations=5).SerializeToString(), timeout=600)  # within the bench server's 30 s job limit
-    layers, width = reply.latents.shape[1:]
-    return (layers, width), size, fit
 
 
 def plot(result: dict, samples: list[dict], path: Path) -> None:
