@@ -15,6 +15,8 @@ def start_ray(address: str | None, cpus: float = 0.0) -> bool:
     replicas asked for share this machine's cores; a cluster must have them (ValueError)."""
     if not ray.is_initialized():
         if address:
+            if is_loopback(address):
+                keep_loopback()
             ray.init(address=address, log_to_driver=False)
         else:
             start_local_ray(max(os.cpu_count() or 1, math.ceil(cpus)))
@@ -24,6 +26,23 @@ def start_ray(address: str | None, cpus: float = 0.0) -> bool:
         raise ValueError(f"the Ray cluster has {has:g} CPUs; the replicas asked for need {cpus:g} "
                          "(--ray-replicas, --ray-job-replicas, --ray-replica-cpus)")
     return False
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a cluster address (host:port, ray://host:port) names this machine's loopback interface."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def keep_loopback() -> None:
+    """Connect to a cluster on loopback as given. Ray on Linux replaces a loopback address with this machine's
+    routable IP before connecting (its services.resolve_ip_for_localhost), where a head started with
+    `--node-ip-address 127.0.0.1` does not listen: the gateway then times out against its own machine. Ray's switch
+    for single-machine clusters (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, read into ray_constants at import) keeps
+    loopback; it is set here because ray is imported before the address is known."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def start_local_ray(num_cpus: int, attempts: int = 2) -> None:

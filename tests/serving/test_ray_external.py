@@ -1,0 +1,84 @@
+"""`semgen serve --engine ray --ray-address` joining a cluster it did not start: two Ray nodes on loopback (1 CPU
+each, made with Ray's own test cluster in a process of their own), the replicas across both, Sample served, and
+the cluster torn down with nothing of it left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import psutil
+import pytest
+
+from random_bundles import make_random_bundle, make_random_semantics_bundle
+from serving.ray.cluster import is_loopback
+from serving.semantics.client import SemanticsClient, mask_array
+from servingkit import serve_subprocess
+
+SIZE = 32
+CLUSTER = textwrap.dedent("""
+    import signal, sys
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+                                                            "include_dashboard": False})
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(cluster.address, flush=True)
+    try:
+        signal.pause()
+    finally:
+        cluster.shutdown()
+""")
+
+
+def ray_processes() -> set[int]:
+    return {p.pid for p in psutil.process_iter(["name", "cmdline"])
+            if any(part in " ".join(p.info["cmdline"] or []) for part in ("raylet", "gcs_server"))}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The address of a two-node cluster on loopback; afterwards, every raylet and GCS it started is gone."""
+    before = ray_processes()
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        address = proc.stdout.readline().strip()
+        assert is_loopback(address), address
+        yield address
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        left = psutil.wait_procs([psutil.Process(p) for p in ray_processes() - before if psutil.pid_exists(p)],
+                                 timeout=30)[1]
+        assert not left, f"left running: {left}"
+
+
+def test_loopback_addresses_are_recognised():
+    assert all(is_loopback(a) for a in ("127.0.0.1:6379", "localhost:6379", "ray://127.0.0.1:10001", "[::1]:6379"))
+    assert not any(is_loopback(a) for a in ("10.0.0.5:6379", "auto", "ray://head.example:10001"))
+
+
+def test_the_gateway_serves_from_a_two_node_cluster_on_loopback(cluster, tmp_path):
+    """Two forward replicas and one jobs replica of 0.5 CPU: 1.5 CPUs, more than either 1-CPU node holds, so the
+    replicas run on both nodes."""
+    models = make_random_semantics_bundle(make_random_bundle(tmp_path / "models", image_size=SIZE), image_size=SIZE)
+    args = ["--models", str(models), "--onnx-dir", str(tmp_path / "onnx"), "--heads-dir", str(tmp_path / "heads"),
+            "--engine", "ray", "--ray-address", cluster, "--ray-replicas", "2", "--ray-replica-cpus", "0.5"]
+    with serve_subprocess(args) as server, SemanticsClient(server.address, timeout=120) as client:
+        replies = [client.sample(seeds=[i, i + 1], head="lse") for i in range(6)]  # over both forward replicas
+        again = client.sample(seeds=[0, 1], head="lse")
+    assert all(len(r.images) == 2 and len(r.masks) == 2 for r in replies)
+    assert list(again.images) == list(replies[0].images)  # the same bytes from whichever replica answered
+    assert {mask_array(m).shape for r in replies for m in r.masks} == {(SIZE, SIZE)}
+    assert np.asarray(again.latents.shape).tolist() == [2, *np.asarray(replies[0].latents.shape)[1:].tolist()]
