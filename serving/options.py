@@ -63,6 +63,8 @@ class ServeOptions:
     ray_max_replicas: int = opt(0, "with --engine ray: the most forward replicas autoscaling may run (0: fixed)")
     ray_job_replicas: int = opt(1, "with --engine ray: replicas for the iterative jobs (--max-jobs each)")
     ray_replica_cpus: float = opt(1.0, "with --engine ray: CPUs Ray reserves for each replica")
+    ray_bundle_cache: str = opt("", "with --engine ray: where each node keeps the bundles the gateway sends its "
+                                    "replicas through Ray's object store (default: <tmp>/semgen-bundles)")
     runtime: str = opt("onnx", "forward-only work (Generate, Repaint, Composite, Sample, Segment) on ONNX Runtime "
                                "with the dynamic batcher, or on eager torch one call at a time",
                        choices=("onnx", "torch"))

@@ -24,6 +24,7 @@ from serving.core.metrics import ServingMetrics
 from serving.engines import embedded_higan
 from serving.ray.client import RayServeClient
 from serving.ray.cluster import start_ray
+from serving.ray.package import pack_bundle
 from serving.ray.replica import Replica
 from serving.remote import connect_engines
 
@@ -43,10 +44,21 @@ def replica_options(opts) -> dict:
             "tls_cert": "", "tls_key": "", "tls_client_ca": ""}
 
 
+def publish_bundle(opts) -> dict:
+    """The bundle (and the export it serves) packed once into Ray's object store: what a replica on any node
+    unpacks into its node's cache (serving/ray/package.py), so no node needs the gateway's disk."""
+    import ray
+
+    export = Bundle(opts.models).exported_onnx(opts.onnx_dir) if opts.runtime == "onnx" else None
+    key, blob = pack_bundle(opts.models, export)
+    log.info("bundle %s: %.1f MiB in the object store", key, len(blob) / 2**20)
+    return {"key": key, "blob": ray.put(blob)}  # in a dict: Ray hands the replica the reference, not the bytes
+
+
 def deploy(opts) -> tuple:
     """Run both applications on the cluster; their handles."""
     serve.start(http_options={"location": "NoServer"})  # handles only: no HTTP proxy
-    options = replica_options(opts)
+    options, package = replica_options(opts), publish_bundle(opts)
     actor = {"num_cpus": opts.ray_replica_cpus}
     scaling = ({"autoscaling_config": {"min_replicas": opts.ray_replicas, "max_replicas": opts.ray_max_replicas,
                                        "target_ongoing_requests": opts.max_batch}}
@@ -57,7 +69,8 @@ def deploy(opts) -> tuple:
         ray_actor_options=actor, num_replicas=opts.ray_job_replicas, max_ongoing_requests=opts.max_jobs)
     handles = []
     for app, deployment in ((FORWARD_APP, forward), (JOBS_APP, jobs)):
-        handles.append(serve.run(deployment.bind(options, torch.get_num_threads()), name=app, route_prefix=None))
+        handles.append(serve.run(deployment.bind(options, torch.get_num_threads(), package), name=app,
+                                 route_prefix=None))
         log.info("Ray Serve application %s is running", app)
     return tuple(handles)
 

@@ -22,6 +22,7 @@ from semgen.pipelines.forward import Op
 from serving.core import wire
 from serving.core.errors import DeadlineExceeded, InvalidInput
 from serving.core.graphs import graph_table
+from serving.ray.package import DEFAULT_CACHE, materialize
 
 FORWARD_OPS = tuple(Op)
 SLOT_WAIT_S = 30.0  # the longest a job waits on its replica for a cancelled job's slot
@@ -30,7 +31,8 @@ JOB_OPS = {"sample_conditional": "semantics_jobs", "edit": "semantics_jobs", "fi
 
 
 class Replica:
-    def __init__(self, options: dict, torch_threads: int):
+    def __init__(self, options: dict, torch_threads: int, package: dict | None = None):
+        import ray
         import torch
 
         from serving.core.metrics import ServingMetrics
@@ -40,6 +42,11 @@ class Replica:
         # Ray gives an actor OMP_NUM_THREADS = its CPUs; eager torch's sums depend on the thread count, so the jobs
         # run with the gateway's count to give the embedded engine's bytes
         torch.set_num_threads(torch_threads)
+        if package is not None:  # the gateway's bundle, from this node's cache or fetched into it
+            folder, fetched = materialize(package["key"], lambda: ray.get(package["blob"]),
+                                          options["ray_bundle_cache"] or DEFAULT_CACHE)
+            options = {**options, "models": str(folder / "models"), "onnx_dir": str(folder / "onnx")}
+            self.bundle = {"key": package["key"], "folder": str(folder), "fetched": fetched}
         opts = ServeOptions(**options)
         self.max_jobs = opts.max_jobs
         self.engines = load_embedded(opts, ServingMetrics())

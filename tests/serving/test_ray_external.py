@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from random_bundles import make_random_bundle, make_random_semantics_bundle
+from semgen.bundle import Bundle
 from serving.ray.cluster import is_loopback
 from serving.semantics.client import SemanticsClient, mask_array
 from servingkit import serve_subprocess
@@ -71,10 +72,13 @@ def test_loopback_addresses_are_recognised():
 
 def test_the_gateway_serves_from_a_two_node_cluster_on_loopback(cluster, tmp_path):
     """Two forward replicas and one jobs replica of 0.5 CPU: 1.5 CPUs, more than either 1-CPU node holds, so the
-    replicas run on both nodes."""
+    replicas run on both nodes. They open the bundle and its export from their node's cache, unpacked from the
+    object store (the nodes share this machine's disk, and so one cache: one unpacked copy)."""
     models = make_random_semantics_bundle(make_random_bundle(tmp_path / "models", image_size=SIZE), image_size=SIZE)
+    cache = tmp_path / "node-cache"
     args = ["--models", str(models), "--onnx-dir", str(tmp_path / "onnx"), "--heads-dir", str(tmp_path / "heads"),
-            "--engine", "ray", "--ray-address", cluster, "--ray-replicas", "2", "--ray-replica-cpus", "0.5"]
+            "--engine", "ray", "--ray-address", cluster, "--ray-replicas", "2", "--ray-replica-cpus", "0.5",
+            "--ray-bundle-cache", str(cache)]
     with serve_subprocess(args) as server, SemanticsClient(server.address, timeout=120) as client:
         replies = [client.sample(seeds=[i, i + 1], head="lse") for i in range(6)]  # over both forward replicas
         again = client.sample(seeds=[0, 1], head="lse")
@@ -82,3 +86,6 @@ def test_the_gateway_serves_from_a_two_node_cluster_on_loopback(cluster, tmp_pat
     assert list(again.images) == list(replies[0].images)  # the same bytes from whichever replica answered
     assert {mask_array(m).shape for r in replies for m in r.masks} == {(SIZE, SIZE)}
     assert np.asarray(again.latents.shape).tolist() == [2, *np.asarray(replies[0].latents.shape)[1:].tolist()]
+    (copy,) = cache.iterdir()
+    assert Bundle(copy / "models").fingerprint() == Bundle(models).fingerprint()
+    assert Bundle(copy / "models").exported_onnx(copy / "onnx").is_dir()
