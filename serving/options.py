@@ -63,6 +63,8 @@ class ServeOptions:
     ray_max_replicas: int = opt(0, "with --engine ray: the most forward replicas autoscaling may run (0: fixed)")
     ray_job_replicas: int = opt(1, "with --engine ray: replicas for the iterative jobs (--max-jobs each)")
     ray_replica_cpus: float = opt(1.0, "with --engine ray: CPUs Ray reserves for each replica")
+    ray_replica_gpus: float = opt(0.0, "with --engine ray: GPUs each replica takes (a fraction shares one; its "
+                                       "models then run on CUDA there)")
     ray_bundle_cache: str = opt("", "with --engine ray: where each node keeps the bundles the gateway sends its "
                                     "replicas through Ray's object store (default: <tmp>/semgen-bundles)")
     runtime: str = opt("onnx", "forward-only work (Generate, Repaint, Composite, Sample, Segment) on ONNX Runtime "
@@ -122,8 +124,9 @@ class ServeOptions:
             raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine != "ray" and self.ray_address:
             raise ValueError("--ray-address goes with --engine ray")
-        if min(self.ray_replicas, self.ray_job_replicas) < 1 or self.ray_replica_cpus <= 0:
-            raise ValueError("--ray-replicas and --ray-job-replicas must be >= 1, --ray-replica-cpus > 0")
+        if min(self.ray_replicas, self.ray_job_replicas) < 1 or self.ray_replica_cpus <= 0 or self.ray_replica_gpus < 0:
+            raise ValueError("--ray-replicas and --ray-job-replicas must be >= 1, --ray-replica-cpus > 0, "
+                             "--ray-replica-gpus >= 0")
         if self.torchserve_address and not self.torchserve_address.startswith("http://"):
             raise ValueError(f"--torchserve-address must be an http:// URL, got {self.torchserve_address!r}")
         if self.torchserve_key_file and not (self.torchserve_address and Path(self.torchserve_key_file).is_file()):

@@ -9,10 +9,11 @@ import os
 import ray
 
 
-def start_ray(address: str | None, cpus: float = 0.0) -> bool:
+def start_ray(address: str | None, cpus: float = 0.0, gpus: float = 0.0) -> bool:
     """Join `address` (auto, ray://host:10001), or start a local Ray on 127.0.0.1 when it is empty; True when we
     started it (and must stop it with `ray.shutdown()`). A local Ray offers at least `cpus` logical CPUs: the
-    replicas asked for share this machine's cores; a cluster must have them (ValueError)."""
+    replicas asked for share this machine's cores; a cluster must have them, and `gpus` GPUs (ValueError)."""
+    started = False
     if not ray.is_initialized():
         if address:
             if is_loopback(address):
@@ -20,12 +21,15 @@ def start_ray(address: str | None, cpus: float = 0.0) -> bool:
             ray.init(address=address, log_to_driver=False)
         else:
             start_local_ray(max(os.cpu_count() or 1, math.ceil(cpus)))
-            return True
-    has = ray.cluster_resources().get("CPU", 0.0)
-    if has < cpus:
-        raise ValueError(f"the Ray cluster has {has:g} CPUs; the replicas asked for need {cpus:g} "
-                         "(--ray-replicas, --ray-job-replicas, --ray-replica-cpus)")
-    return False
+            started = True
+    resources = ray.cluster_resources()
+    for kind, need, flag in (("CPU", cpus, "--ray-replica-cpus"), ("GPU", gpus, "--ray-replica-gpus")):
+        if resources.get(kind, 0.0) < need:
+            if started:
+                ray.shutdown()
+            raise ValueError(f"the Ray cluster has {resources.get(kind, 0.0):g} {kind}s; the replicas asked for need "
+                             f"{need:g} (--ray-replicas, --ray-job-replicas, {flag})")
+    return started
 
 
 def is_loopback(address: str) -> bool:

@@ -59,7 +59,7 @@ def deploy(opts) -> tuple:
     """Run both applications on the cluster; their handles."""
     serve.start(http_options={"location": "NoServer"})  # handles only: no HTTP proxy
     options, package = replica_options(opts), publish_bundle(opts)
-    actor = {"num_cpus": opts.ray_replica_cpus}
+    actor = {"num_cpus": opts.ray_replica_cpus, "num_gpus": opts.ray_replica_gpus}
     scaling = ({"autoscaling_config": {"min_replicas": opts.ray_replicas, "max_replicas": opts.ray_max_replicas,
                                        "target_ongoing_requests": opts.max_batch}}
                if opts.ray_max_replicas > opts.ray_replicas else {"num_replicas": opts.ray_replicas})
@@ -80,7 +80,8 @@ def load_ray(opts, metrics: ServingMetrics):
     if opts.runtime == "onnx":
         Bundle(opts.models).exported_onnx(opts.onnx_dir)  # ExportMissing names the command, before Ray starts
     # the least the cluster must hold; autoscaling adds forward replicas up to --ray-max-replicas where it can
-    started_here = start_ray(opts.ray_address, opts.ray_replica_cpus * (opts.ray_replicas + opts.ray_job_replicas))
+    replicas = opts.ray_replicas + opts.ray_job_replicas
+    started_here = start_ray(opts.ray_address, opts.ray_replica_cpus * replicas, opts.ray_replica_gpus * replicas)
 
     def stop() -> None:
         import ray

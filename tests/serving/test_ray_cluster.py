@@ -34,3 +34,20 @@ def test_other_failures_and_the_last_timeout_are_raised(monkeypatch):
     with pytest.raises(Exception, match="timed out during startup"):
         cluster.start_local_ray(2)
     assert calls == ["init", "shutdown", "init", "shutdown"]
+
+
+def test_a_cluster_without_the_gpus_asked_for_is_refused_by_flag(monkeypatch):
+    calls = _fake_ray(monkeypatch, [])
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    assert cluster.start_ray("10.0.0.5:6379", cpus=1.5) is False  # joined: not ours to stop
+    with pytest.raises(ValueError, match=r"has 0 GPUs; the replicas asked for need 1 .*--ray-replica-gpus\)"):
+        cluster.start_ray("10.0.0.5:6379", cpus=1.0, gpus=1.0)
+    assert calls == ["init", "init"]  # a cluster we joined is left as it is
+    with pytest.raises(ValueError, match="GPUs"):
+        cluster.start_ray("", gpus=0.5)  # a local Ray we started is stopped again
+    assert calls[-2:] == ["init", "shutdown"]
+    from serving.options import ServeOptions
+
+    with pytest.raises(ValueError, match="--ray-replica-gpus >= 0"):
+        ServeOptions(engine="ray", ray_replica_gpus=-1).check()
