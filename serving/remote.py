@@ -134,7 +134,11 @@ class RemoteSemanticsEngine(RemoteGraphCalls, SemanticsEngine):
             name=name, latents=latents, masks=masks, class_names=list(class_names), seed=seed, iterations=iterations,
             replace=replace, time_remaining=time_remaining))
         head = _head_summary(v)
-        # the backend's replicas take the head in from the shared heads folder; the gateway's list learns it here
+        keep = getattr(self._client, "head_fitted", None)  # Ray: into the gateway's --heads-dir, the record
+        if keep is not None:
+            await keep(name)
+        # the backend's replicas take the head in (from the heads mirror, or a shared folder); the gateway's list
+        # learns it here
         self._info = dataclasses.replace(self._info, heads={**self._info.heads, name: head})
         return head
 

@@ -24,16 +24,17 @@ FORWARD_MODELS = ("pyramid", "semantics")
 
 class RayServeClient:
     backend = "Ray Serve"
-    fits_heads = True  # the replicas share the heads folder (the gateway's --heads-dir, by absolute path)
+    fits_heads = True  # a fitted head reaches every replica through the heads mirror (serving/ray/heads.py)
 
     def __init__(self, forward, jobs, metrics: ServingMetrics | None = None, max_in_flight: int = 64,
-                 max_job_seconds: float | None = None, on_close=None):
+                 max_job_seconds: float | None = None, on_close=None, head_fitted=None):
         self._forward, self._jobs = forward, jobs.options(stream=True)  # DeploymentHandles
         self._metrics = metrics or ServingMetrics()
         self._max_in_flight, self._in_flight = max_in_flight, 0
         self._metrics.engine_queue_limit.inc(max_in_flight)
         self._max_job_seconds = max_job_seconds
         self._on_close, self._closed = on_close, False
+        self.head_fitted = head_fitted  # async (name): keep a fitted head where the gateway keeps its record
 
     async def call(self, model: str, op: str, args: dict | None = None) -> Any:
         """The single result of a forward op or `info` (any model's: a forward replica loads them all)."""

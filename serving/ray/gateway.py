@@ -4,8 +4,9 @@ Two applications of the same replica class (serving/ray/replica.py) run on a Ray
 the forward models (Generate, Repaint, Composite, Sample, Segment; `--ray-replicas`, autoscaled up to
 `--ray-max-replicas`) and "semgen-jobs" for the iterative jobs (SampleConditional, EditSemantics, Imagine;
 `--ray-job-replicas`). The gateway stays ours: the same gRPC API, checks and metrics; the engines are
-serving/remote.py's, on a RayServeClient. HiganService stays embedded in the gateway, FitHead is not served (a
-fitted head would live in one replica). With --ray-address the applications join that cluster (and are deleted
+serving/remote.py's, on a RayServeClient. HiganService stays embedded in the gateway. The bundle travels to the
+replicas through the object store (serving/ray/package.py); user heads through a mirror actor, with the gateway's
+--heads-dir as their record (serving/ray/heads.py). With --ray-address the applications join that cluster (and are deleted
 from it at the end); otherwise a local Ray is started on loopback and stopped at the end.
 """
 
@@ -16,6 +17,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import ray
 import torch
 from ray import serve
 
@@ -24,6 +26,7 @@ from serving.core.metrics import ServingMetrics
 from serving.engines import embedded_higan
 from serving.ray.client import RayServeClient
 from serving.ray.cluster import start_ray
+from serving.ray.heads import mirror, unpack_head, user_heads
 from serving.ray.package import pack_bundle
 from serving.ray.replica import Replica
 from serving.remote import connect_engines
@@ -47,8 +50,6 @@ def replica_options(opts) -> dict:
 def publish_bundle(opts) -> dict:
     """The bundle (and the export it serves) packed once into Ray's object store: what a replica on any node
     unpacks into its node's cache (serving/ray/package.py), so no node needs the gateway's disk."""
-    import ray
-
     export = Bundle(opts.models).exported_onnx(opts.onnx_dir) if opts.runtime == "onnx" else None
     key, blob = pack_bundle(opts.models, export)
     log.info("bundle %s: %.1f MiB in the object store", key, len(blob) / 2**20)
@@ -59,6 +60,8 @@ def deploy(opts) -> tuple:
     """Run both applications on the cluster; their handles."""
     serve.start(http_options={"location": "NoServer"})  # handles only: no HTTP proxy
     options, package = replica_options(opts), publish_bundle(opts)
+    # the gateway's --heads-dir is the record of the user heads: the mirror starts from it
+    ray.get(mirror().seed.remote(user_heads(Path(opts.heads_dir))))
     actor = {"num_cpus": opts.ray_replica_cpus, "num_gpus": opts.ray_replica_gpus}
     scaling = ({"autoscaling_config": {"min_replicas": opts.ray_replicas, "max_replicas": opts.ray_max_replicas,
                                        "target_ongoing_requests": opts.max_batch}}
@@ -84,10 +87,9 @@ def load_ray(opts, metrics: ServingMetrics):
     started_here = start_ray(opts.ray_address, opts.ray_replica_cpus * replicas, opts.ray_replica_gpus * replicas)
 
     def stop() -> None:
-        import ray
-
         for app in (FORWARD_APP, JOBS_APP):
             serve.delete(app)
+        ray.kill(mirror())  # the heads are kept in --heads-dir; the next gateway seeds a new mirror
         if started_here:
             serve.shutdown()
             ray.shutdown()
@@ -97,7 +99,11 @@ def load_ray(opts, metrics: ServingMetrics):
     except BaseException:
         stop()
         raise
-    client = RayServeClient(forward, jobs, metrics, opts.max_queue, opts.max_job_seconds, on_close=stop)
+    async def keep_head(name: str) -> None:  # a head a replica fitted, into the gateway's record
+        unpack_head(await mirror().get.remote(name), Path(opts.heads_dir) / name)
+
+    client = RayServeClient(forward, jobs, metrics, opts.max_queue, opts.max_job_seconds, on_close=stop,
+                            head_fitted=keep_head)
     try:
         engines = asyncio.run(connect_engines(client, opts.models))
         engines.higan = embedded_higan(opts, metrics)

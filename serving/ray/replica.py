@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import tempfile
 import time
+from pathlib import Path
 
 from ray import serve
 
@@ -22,6 +24,7 @@ from semgen.pipelines.forward import Op
 from serving.core import wire
 from serving.core.errors import DeadlineExceeded, InvalidInput
 from serving.core.graphs import graph_table
+from serving.ray.heads import HeadsFollower
 from serving.ray.package import DEFAULT_CACHE, materialize
 
 FORWARD_OPS = tuple(Op)
@@ -42,16 +45,25 @@ class Replica:
         # Ray gives an actor OMP_NUM_THREADS = its CPUs; eager torch's sums depend on the thread count, so the jobs
         # run with the gateway's count to give the embedded engine's bytes
         torch.set_num_threads(torch_threads)
+        self.heads = None
         if package is not None:  # the gateway's bundle, from this node's cache or fetched into it
-            folder, fetched = materialize(package["key"], lambda: ray.get(package["blob"]),
-                                          options["ray_bundle_cache"] or DEFAULT_CACHE)
-            options = {**options, "models": str(folder / "models"), "onnx_dir": str(folder / "onnx")}
+            cache = Path(options["ray_bundle_cache"] or DEFAULT_CACHE)
+            folder, fetched = materialize(package["key"], lambda: ray.get(package["blob"]), cache)
+            # user heads: a folder of this replica's own, kept in step with the cluster's mirror
+            self.heads = HeadsFollower(Path(tempfile.mkdtemp(prefix="heads-", dir=cache)))
+            self.heads.sync_now()
+            options = {**options, "models": str(folder / "models"), "onnx_dir": str(folder / "onnx"),
+                       "heads_dir": str(self.heads.folder)}
             self.bundle = {"key": package["key"], "folder": str(folder), "fetched": fetched}
         opts = ServeOptions(**options)
         self.max_jobs = opts.max_jobs
         self.engines = load_embedded(opts, ServingMetrics())
         self._forward.set_max_batch_size(opts.max_batch)
         self._forward.set_batch_wait_timeout_s(opts.max_batch_delay_ms / 1000)
+
+    async def _sync_heads(self, model: str) -> None:
+        if self.heads is not None and model.startswith("semantics"):
+            await self.heads.sync()
 
     def _engine(self, model: str):
         engine = {"pyramid": self.engines.pyramid, "semantics": self.engines.semantics,
@@ -68,6 +80,7 @@ class Replica:
         op, args = request.get("op"), request.get("args", {})
         size, compute = 0, 0.0
         try:
+            await self._sync_heads(model)
             if op == "info":
                 result = self._engine(model).info
             elif op == "graphs":
@@ -109,11 +122,15 @@ class Replica:
                 args["time_remaining"] -= max(0.0, time.time() - sent_at)
                 if args["time_remaining"] <= 0:
                     raise DeadlineExceeded("deadline: passed while the job waited for a Ray Serve replica")
+            await self._sync_heads(model)
             engine = self._engine(model)
             await self._until_a_slot_is_free(engine, args.get("time_remaining"))
             job = getattr(engine, op)(**args)
             if inspect.iscoroutine(job):  # FitHead: one result, no progress
-                yield wire.pack(wire.reply(await job))
+                result = await job
+                if self.heads is not None:  # every replica, and the gateway's record, take it from the mirror
+                    await self.heads.publish(args["name"])
+                yield wire.pack(wire.reply(result))
                 return
             async with contextlib.aclosing(job) as events:
                 async for event in events:

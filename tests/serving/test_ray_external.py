@@ -73,19 +73,32 @@ def test_loopback_addresses_are_recognised():
 def test_the_gateway_serves_from_a_two_node_cluster_on_loopback(cluster, tmp_path):
     """Two forward replicas and one jobs replica of 0.5 CPU: 1.5 CPUs, more than either 1-CPU node holds, so the
     replicas run on both nodes. They open the bundle and its export from their node's cache, unpacked from the
-    object store (the nodes share this machine's disk, and so one cache: one unpacked copy)."""
+    object store (the nodes share this machine's disk, and so one cache: one unpacked copy), and keep user heads in
+    folders of their own: a head fitted on the jobs replica reaches the forward replicas through the heads mirror,
+    lands in the gateway's --heads-dir, and a new gateway serves it again."""
     models = make_random_semantics_bundle(make_random_bundle(tmp_path / "models", image_size=SIZE), image_size=SIZE)
-    cache = tmp_path / "node-cache"
-    args = ["--models", str(models), "--onnx-dir", str(tmp_path / "onnx"), "--heads-dir", str(tmp_path / "heads"),
+    cache, heads = tmp_path / "node-cache", tmp_path / "heads"
+    args = ["--models", str(models), "--onnx-dir", str(tmp_path / "onnx"), "--heads-dir", str(heads),
             "--engine", "ray", "--ray-address", cluster, "--ray-replicas", "2", "--ray-replica-cpus", "0.5",
             "--ray-bundle-cache", str(cache)]
+    halves = np.zeros((2, SIZE, SIZE), np.uint8)
+    halves[:, : SIZE // 2] = 1
     with serve_subprocess(args) as server, SemanticsClient(server.address, timeout=120) as client:
         replies = [client.sample(seeds=[i, i + 1], head="lse") for i in range(6)]  # over both forward replicas
         again = client.sample(seeds=[0, 1], head="lse")
+        ws = np.asarray(replies[0].latents.values, np.float32).reshape(tuple(replies[0].latents.shape))
+        client.fit_head("mine", ws, list(halves), ["bottom", "top"], seed=1, iterations=30)
+        fitted = [client.sample(latents=ws, head="mine") for _ in range(6)]
     assert all(len(r.images) == 2 and len(r.masks) == 2 for r in replies)
     assert list(again.images) == list(replies[0].images)  # the same bytes from whichever replica answered
     assert {mask_array(m).shape for r in replies for m in r.masks} == {(SIZE, SIZE)}
-    assert np.asarray(again.latents.shape).tolist() == [2, *np.asarray(replies[0].latents.shape)[1:].tolist()]
-    (copy,) = cache.iterdir()
+    assert all(list(r.masks) == list(fitted[0].masks) and tuple(r.class_names) == ("bottom", "top") for r in fitted)
+    (copy,) = [p for p in cache.iterdir() if not p.name.startswith("heads-")]
     assert Bundle(copy / "models").fingerprint() == Bundle(models).fingerprint()
     assert Bundle(copy / "models").exported_onnx(copy / "onnx").is_dir()
+    own = sorted(cache.glob("heads-*"))
+    assert len(own) == 3 and all((folder / "mine" / "config.json").is_file() for folder in own)  # 3 replicas
+    assert (heads / "mine" / "config.json").is_file()  # the gateway's record
+    with serve_subprocess(args) as server, SemanticsClient(server.address, timeout=120) as client:
+        assert "mine" in [h.name for h in client.list_heads()]
+        assert list(client.sample(latents=ws, head="mine").masks) == list(fitted[0].masks)
