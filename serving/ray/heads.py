@@ -21,7 +21,10 @@ from pathlib import Path
 
 import ray
 
+from serving.core.errors import Unavailable
+
 MIRROR, NAMESPACE = "semgen-heads", "semgen"
+HEAD_NODE = "node:__internal_head__"  # the resource only Ray's head node has
 
 
 @ray.remote(num_cpus=0)
@@ -53,8 +56,10 @@ class HeadsMirror:
 
 
 def mirror():
-    """The cluster's mirror, made on first use; it outlives whoever made it (a gateway restart finds it)."""
-    return HeadsMirror.options(name=MIRROR, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+    """The cluster's mirror, made on first use on the head node (the cluster lives and dies with it; a lost worker
+    node does not take the heads with it); it outlives whoever made it (a gateway restart finds it)."""
+    return HeadsMirror.options(name=MIRROR, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                               resources={HEAD_NODE: 0.001}).remote()
 
 
 def pack_head(folder: Path) -> bytes:
@@ -94,8 +99,13 @@ class HeadsFollower:
         self.folder, self.version, self.mirror = folder, -1, mirror()
 
     async def sync(self) -> bool:
-        """Bring the folder up to the mirror's version; whether anything changed."""
-        version, changed, names = await self.mirror.since.remote(self.version)
+        """Bring the folder up to the mirror's version; whether anything changed. Unavailable (retryable) while the
+        mirror cannot be reached."""
+        try:
+            version, changed, names = await self.mirror.since.remote(self.version)
+        except ray.exceptions.RayError as e:
+            raise Unavailable(f"heads: the cluster's heads mirror cannot be reached ({type(e).__name__}); "
+                              "retry shortly") from None
         return self._apply(version, changed, names)
 
     def sync_now(self) -> None:

@@ -4,12 +4,16 @@ the cluster torn down with nothing of it left running."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
+import grpc
 import numpy as np
 import psutil
 import pytest
@@ -22,17 +26,22 @@ from servingkit import serve_subprocess
 
 SIZE = 32
 CLUSTER = textwrap.dedent("""
-    import signal, sys
+    import sys
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
                                                             "include_dashboard": False})
-    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(cluster.address, flush=True)
     try:
-        signal.pause()
+        for line in sys.stdin:  # "remove": the worker node's processes killed at once; "add": a new worker node
+            if line.strip() == "remove":
+                cluster.remove_node(worker, allow_graceful=False)
+            elif line.strip() == "add":
+                worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+                cluster.wait_for_nodes()
+            print("done", flush=True)
     finally:
         cluster.shutdown()
 """)
@@ -43,18 +52,30 @@ def ray_processes() -> set[int]:
             if any(part in " ".join(p.info["cmdline"] or []) for part in ("raylet", "gcs_server"))}
 
 
+@dataclasses.dataclass
+class LoopbackCluster:
+    address: str
+    proc: subprocess.Popen
+
+    def tell(self, command: str) -> None:
+        """"remove" the worker node (its processes killed) or "add" one, and wait until it is done."""
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "done"
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """The address of a two-node cluster on loopback; afterwards, every raylet and GCS it started is gone."""
+    """A two-node cluster on loopback; afterwards, every raylet and GCS it started is gone."""
     before = ray_processes()
-    proc = subprocess.Popen([sys.executable, "-c", CLUSTER], stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         address = proc.stdout.readline().strip()
         assert is_loopback(address), address
-        yield address
+        yield LoopbackCluster(address, proc)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.stdin.close()  # the script shuts the cluster down
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
@@ -79,7 +100,7 @@ def test_the_gateway_serves_from_a_two_node_cluster_on_loopback(cluster, tmp_pat
     models = make_random_semantics_bundle(make_random_bundle(tmp_path / "models", image_size=SIZE), image_size=SIZE)
     cache, heads = tmp_path / "node-cache", tmp_path / "heads"
     args = ["--models", str(models), "--onnx-dir", str(tmp_path / "onnx"), "--heads-dir", str(heads),
-            "--engine", "ray", "--ray-address", cluster, "--ray-replicas", "2", "--ray-replica-cpus", "0.5",
+            "--engine", "ray", "--ray-address", cluster.address, "--ray-replicas", "2", "--ray-replica-cpus", "0.5",
             "--ray-bundle-cache", str(cache)]
     halves = np.zeros((2, SIZE, SIZE), np.uint8)
     halves[:, : SIZE // 2] = 1
@@ -102,3 +123,46 @@ def test_the_gateway_serves_from_a_two_node_cluster_on_loopback(cluster, tmp_pat
     with serve_subprocess(args) as server, SemanticsClient(server.address, timeout=120) as client:
         assert "mine" in [h.name for h in client.list_heads()]
         assert list(client.sample(latents=ws, head="mine").masks) == list(fitted[0].masks)
+
+
+def test_a_node_lost_under_load_fails_only_its_calls_and_the_rest_go_on(cluster, tmp_path):
+    """Four callers keep Sample busy; the worker node's processes are killed. Calls in flight there answer
+    UNAVAILABLE (never INTERNAL, never a hang), the later ones are served by what runs on the head node, and the
+    node comes back for the next test run. The time from the loss to the first of five OK calls in a row is printed."""
+    models = make_random_semantics_bundle(make_random_bundle(tmp_path / "models", image_size=SIZE), image_size=SIZE)
+    args = ["--models", str(models), "--onnx-dir", str(tmp_path / "onnx"), "--heads-dir", str(tmp_path / "heads"),
+            "--engine", "ray", "--ray-address", cluster.address, "--ray-replicas", "2", "--ray-replica-cpus", "0.5",
+            "--ray-bundle-cache", str(tmp_path / "cache")]
+    records, stop = [], threading.Event()
+
+    def caller(address: str, k: int) -> None:
+        with SemanticsClient(address, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    client.sample(seeds=[k], head="lse")
+                    code = "OK"
+                except grpc.RpcError as e:
+                    code = e.code().name
+                records.append((time.monotonic(), code))
+
+    with serve_subprocess(args) as server:
+        callers = [threading.Thread(target=caller, args=(server.address, k)) for k in range(4)]
+        for t in callers:
+            t.start()
+        time.sleep(3)
+        lost = time.monotonic()
+        cluster.tell("remove")
+        time.sleep(20)
+        stop.set()
+        for t in callers:
+            t.join(60)
+        with SemanticsClient(server.address, timeout=30) as client:
+            later = [client.sample(seeds=[k], head="lse") for k in range(5)]
+    cluster.tell("add")
+    codes = {code for _, code in records}
+    assert codes <= {"OK", "UNAVAILABLE"}, codes
+    assert sum(code == "OK" for t, code in records if t < lost) > 0 and len(later) == 5
+    after = [(t, code) for t, code in sorted(records) if t >= lost]
+    streak = next(i for i in range(len(after)) if all(code == "OK" for _, code in after[i:i + 5]))
+    print(f"node lost: {sum(c != 'OK' for _, c in after)} of {len(after)} calls after it failed UNAVAILABLE; "
+          f"5 OK in a row {after[streak][0] - lost:.2f} s after the loss")
