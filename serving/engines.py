@@ -29,6 +29,8 @@ class Engines:
     higan: HiganEngine | None = None
     # whether the separate backend that runs pyramid, semantics and imagine (TorchServe) is up; None: in process
     backend_up: Callable[[], bool] | None = None
+    # what capacity the backend lacks while it still serves ("" when none; Ray: replicas lost with a node)
+    backend_degraded: Callable[[], str] | None = None
 
     def loaded(self) -> list:
         return [e for e in (self.pyramid, self.semantics, self.imagine, self.higan) if e is not None]

@@ -143,7 +143,7 @@ async def attach_engines(gateway: Gateway, engines: Engines, models: str) -> Non
         else:
             servicer.attach(engine)
             served.append(service)
-    gateway.tensor_models.attach(engines.loaded(), engines.backend_up)
+    gateway.tensor_models.attach(engines.loaded(), engines.backend_up, engines.backend_degraded)
     served.append(OIP_SERVICE)
     await set_health(gateway.health, health_pb2.HealthCheckResponse.SERVING, served)
 

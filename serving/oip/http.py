@@ -48,7 +48,7 @@ def create_app(models: TensorModels, metrics: ServingMetrics, token: str = "", m
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
     app.router.add_get("/healthz", _health(lambda: True, "ok"), name="health_live")
-    app.router.add_get("/readyz", _health(models.ready, "ready"), name="health_ready")
+    app.router.add_get("/readyz", _health(models.ready, "ready", models.degraded), name="health_ready")
     app.router.add_get("/v2/health/live", _v2_health(lambda: True, "live"), name="health_v2_live")
     app.router.add_get("/v2/health/ready", _v2_health(models.ready, "ready"), name="health_v2_ready")
     app.router.add_get("/v2", _server_metadata(models), name="ServerMetadata")
@@ -60,10 +60,11 @@ def create_app(models: TensorModels, metrics: ServingMetrics, token: str = "", m
     return app
 
 
-def _health(ready, word: str):
+def _health(ready, word: str, degraded=lambda: ""):
     async def handle(request):
-        if ready():
-            return web.Response(text=f"{word}\n")
+        if ready():  # degraded: still serving (200), and says what capacity is lost
+            lacking = degraded()
+            return web.Response(text=f"{word} (degraded: {lacking})\n" if lacking else f"{word}\n")
         return web.Response(status=503, text="not ready: loading models, or the backend is down\n")
 
     return handle

@@ -46,13 +46,19 @@ class TensorModels:
         self._models: dict[str, TensorModel] = {}
         self._attached = False
         self._backend_up: Callable[[], bool] | None = None
+        self._backend_degraded: Callable[[], str] | None = None
 
-    def attach(self, engines: list, backend_up: Callable[[], bool] | None = None) -> None:
+    def attach(self, engines: list, backend_up: Callable[[], bool] | None = None,
+               backend_degraded: Callable[[], str] | None = None) -> None:
         for engine in engines:
             for name, spec in getattr(engine, "graphs", {}).items():
                 self._models[name] = TensorModel(spec, engine)
-        self._backend_up = backend_up
+        self._backend_up, self._backend_degraded = backend_up, backend_degraded
         self._attached = True
+
+    def degraded(self) -> str:
+        """What capacity the backend lacks while serving ("" when none)."""
+        return self._backend_degraded() if self._attached and self._backend_degraded else ""
 
     def names(self) -> list[str]:
         return sorted(self._models)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 
 import ray
@@ -78,6 +79,45 @@ def deploy(opts) -> tuple:
     return tuple(handles)
 
 
+def lacking_replicas() -> str:
+    """What of the two applications Ray Serve does not run as asked ("" when all is healthy), e.g.
+    "semgen-forward: UNHEALTHY (RUNNING 1, PENDING_ALLOCATION 1)": replicas lost with a node and not placed again."""
+    problems = []
+    for app, overview in sorted(serve.status().applications.items()):
+        for deployment in overview.deployments.values():
+            if str(deployment.status) not in ("HEALTHY", "DeploymentStatus.HEALTHY"):
+                states = ", ".join(f"{getattr(k, 'value', k)} {n}" for k, n in sorted(deployment.replica_states.items()))
+                problems.append(f"{app}: {getattr(deployment.status, 'value', deployment.status)} ({states})")
+    return "; ".join(problems)
+
+
+class CapacityWatch:
+    """`lacking_replicas`, polled on a thread every `period` seconds (a call to Serve's controller must not block
+    the gateway's loop); `now()` is the last answer, a change is logged."""
+
+    def __init__(self, period: float = 1.0):
+        self.state, self._stop = "", threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(period,), daemon=True, name="semgen-ray-capacity")
+        self._thread.start()
+
+    def now(self) -> str:
+        return self.state
+
+    def _run(self, period: float) -> None:
+        while not self._stop.wait(period):
+            try:
+                state = lacking_replicas()
+            except Exception as e:  # the controller unreachable for a moment: say so, keep watching
+                state = f"Ray Serve status unavailable ({type(e).__name__})"
+            if state != self.state:
+                log.warning("Ray Serve capacity: %s", state or "all replicas running again")
+                self.state = state
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def load_ray(opts, metrics: ServingMetrics):
     """Engines for `opts` (a ServeOptions) that forward to Ray Serve; blocking (runs in a thread)."""
     if opts.runtime == "onnx":
@@ -86,7 +126,11 @@ def load_ray(opts, metrics: ServingMetrics):
     replicas = opts.ray_replicas + opts.ray_job_replicas
     started_here = start_ray(opts.ray_address, opts.ray_replica_cpus * replicas, opts.ray_replica_gpus * replicas)
 
+    watch: list[CapacityWatch] = []
+
     def stop() -> None:
+        for w in watch:
+            w.stop()
         for app in (FORWARD_APP, JOBS_APP):
             serve.delete(app)
         ray.kill(mirror())  # the heads are kept in --heads-dir; the next gateway seeds a new mirror
@@ -107,6 +151,8 @@ def load_ray(opts, metrics: ServingMetrics):
     try:
         engines = asyncio.run(connect_engines(client, opts.models))
         engines.higan = embedded_higan(opts, metrics)
+        watch.append(CapacityWatch())
+        engines.backend_degraded = watch[0].now
     except BaseException:
         asyncio.run(client.close())
         raise

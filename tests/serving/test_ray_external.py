@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -125,10 +126,16 @@ def test_the_gateway_serves_from_a_two_node_cluster_on_loopback(cluster, tmp_pat
         assert list(client.sample(latents=ws, head="mine").masks) == list(fitted[0].masks)
 
 
+def readyz(http_url: str) -> str:
+    with urllib.request.urlopen(f"{http_url}/readyz", timeout=10) as reply:
+        return reply.read().decode().strip()
+
+
 def test_a_node_lost_under_load_fails_only_its_calls_and_the_rest_go_on(cluster, tmp_path):
     """Four callers keep Sample busy; the worker node's processes are killed. Calls in flight there answer
-    UNAVAILABLE (never INTERNAL, never a hang), the later ones are served by what runs on the head node, and the
-    node comes back for the next test run. The time from the loss to the first of five OK calls in a row is printed."""
+    UNAVAILABLE (never INTERNAL, never a hang), the later ones are served by what runs on the head node, /readyz
+    stays 200 and says what capacity is lost; a node added back gets the lost replica again, and /readyz says
+    "ready" once more. The times to five OK calls in a row and to full capacity are printed."""
     models = make_random_semantics_bundle(make_random_bundle(tmp_path / "models", image_size=SIZE), image_size=SIZE)
     args = ["--models", str(models), "--onnx-dir", str(tmp_path / "onnx"), "--heads-dir", str(tmp_path / "heads"),
             "--engine", "ray", "--ray-address", cluster.address, "--ray-replicas", "2", "--ray-replica-cpus", "0.5",
@@ -146,23 +153,31 @@ def test_a_node_lost_under_load_fails_only_its_calls_and_the_rest_go_on(cluster,
                 records.append((time.monotonic(), code))
 
     with serve_subprocess(args) as server:
+        assert readyz(server.http_url) == "ready"
         callers = [threading.Thread(target=caller, args=(server.address, k)) for k in range(4)]
         for t in callers:
             t.start()
         time.sleep(3)
         lost = time.monotonic()
         cluster.tell("remove")
-        time.sleep(20)
+        time.sleep(15)
+        degraded = readyz(server.http_url)  # 200 all the while: urlopen raises on any other status
         stop.set()
         for t in callers:
             t.join(60)
+        cluster.tell("add")
+        back = time.monotonic()
+        while (state := readyz(server.http_url)) != "ready" and time.monotonic() - back < 120:
+            time.sleep(0.5)
+        full = time.monotonic() - back
         with SemanticsClient(server.address, timeout=30) as client:
             later = [client.sample(seeds=[k], head="lse") for k in range(5)]
-    cluster.tell("add")
     codes = {code for _, code in records}
     assert codes <= {"OK", "UNAVAILABLE"}, codes
     assert sum(code == "OK" for t, code in records if t < lost) > 0 and len(later) == 5
+    assert degraded.startswith("ready (degraded: semgen-") and state == "ready", (degraded, state)
     after = [(t, code) for t, code in sorted(records) if t >= lost]
     streak = next(i for i in range(len(after)) if all(code == "OK" for _, code in after[i:i + 5]))
     print(f"node lost: {sum(c != 'OK' for _, c in after)} of {len(after)} calls after it failed UNAVAILABLE; "
-          f"5 OK in a row {after[streak][0] - lost:.2f} s after the loss")
+          f"5 OK in a row {after[streak][0] - lost:.2f} s after the loss; /readyz said {degraded!r}; "
+          f"full capacity {full:.1f} s after a node came back")
