@@ -80,6 +80,10 @@ class ServingMetrics:
             "semgen_engine_queue_limit", "Engine calls that may wait before more are refused (RESOURCE_EXHAUSTED), "
             "summed over the engine's queues.", registry=r,
         )
+        self.backend_degraded = Gauge(
+            "semgen_backend_degraded", "1 while the backend serves with replicas missing (Ray Serve: a deployment "
+            "not HEALTHY, e.g. after a node was lost), else 0.", registry=r,
+        )
         # Iterative jobs (head fitting, SCS, SIE): how many run now, and how each ended
         # (ok, cancelled, deadline, invalid, error; rejected = over the running-jobs limit).
         self.jobs_running = Gauge(

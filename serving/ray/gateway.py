@@ -93,10 +93,10 @@ def lacking_replicas() -> str:
 
 class CapacityWatch:
     """`lacking_replicas`, polled on a thread every `period` seconds (a call to Serve's controller must not block
-    the gateway's loop); `now()` is the last answer, a change is logged."""
+    the gateway's loop); `now()` is the last answer, a change is logged and sets semgen_backend_degraded."""
 
-    def __init__(self, period: float = 1.0):
-        self.state, self._stop = "", threading.Event()
+    def __init__(self, metrics: ServingMetrics, period: float = 1.0):
+        self.state, self._stop, self._metrics = "", threading.Event(), metrics
         self._thread = threading.Thread(target=self._run, args=(period,), daemon=True, name="semgen-ray-capacity")
         self._thread.start()
 
@@ -112,6 +112,7 @@ class CapacityWatch:
             if state != self.state:
                 log.warning("Ray Serve capacity: %s", state or "all replicas running again")
                 self.state = state
+                self._metrics.backend_degraded.set(1 if state else 0)
 
     def stop(self) -> None:
         self._stop.set()
@@ -151,7 +152,7 @@ def load_ray(opts, metrics: ServingMetrics):
     try:
         engines = asyncio.run(connect_engines(client, opts.models))
         engines.higan = embedded_higan(opts, metrics)
-        watch.append(CapacityWatch())
+        watch.append(CapacityWatch(metrics))
         engines.backend_degraded = watch[0].now
     except BaseException:
         asyncio.run(client.close())

@@ -126,6 +126,11 @@ def test_the_gateway_serves_from_a_two_node_cluster_on_loopback(cluster, tmp_pat
         assert list(client.sample(latents=ws, head="mine").masks) == list(fitted[0].masks)
 
 
+def scrape(metrics_url: str, name: str) -> float:
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        return next(float(line.split()[-1]) for line in reply.read().decode().splitlines() if line.startswith(name + " "))
+
+
 def readyz(http_url: str) -> str:
     with urllib.request.urlopen(f"{http_url}/readyz", timeout=10) as reply:
         return reply.read().decode().strip()
@@ -162,6 +167,7 @@ def test_a_node_lost_under_load_fails_only_its_calls_and_the_rest_go_on(cluster,
         cluster.tell("remove")
         time.sleep(15)
         degraded = readyz(server.http_url)  # 200 all the while: urlopen raises on any other status
+        flagged = scrape(server.metrics_url, "semgen_backend_degraded")
         stop.set()
         for t in callers:
             t.join(60)
@@ -170,12 +176,15 @@ def test_a_node_lost_under_load_fails_only_its_calls_and_the_rest_go_on(cluster,
         while (state := readyz(server.http_url)) != "ready" and time.monotonic() - back < 120:
             time.sleep(0.5)
         full = time.monotonic() - back
+        time.sleep(1.5)  # the watch sets the gauge on its next look
+        scrape_after = scrape(server.metrics_url, "semgen_backend_degraded")
         with SemanticsClient(server.address, timeout=30) as client:
             later = [client.sample(seeds=[k], head="lse") for k in range(5)]
     codes = {code for _, code in records}
     assert codes <= {"OK", "UNAVAILABLE"}, codes
     assert sum(code == "OK" for t, code in records if t < lost) > 0 and len(later) == 5
     assert degraded.startswith("ready (degraded: semgen-") and state == "ready", (degraded, state)
+    assert (flagged, scrape_after) == (1.0, 0.0)
     after = [(t, code) for t, code in sorted(records) if t >= lost]
     streak = next(i for i in range(len(after)) if all(code == "OK" for _, code in after[i:i + 5]))
     print(f"node lost: {sum(c != 'OK' for _, c in after)} of {len(after)} calls after it failed UNAVAILABLE; "
