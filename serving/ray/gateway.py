@@ -6,8 +6,8 @@ the forward models (Generate, Repaint, Composite, Sample, Segment; `--ray-replic
 `--ray-job-replicas`). The gateway stays ours: the same gRPC API, checks and metrics; the engines are
 serving/remote.py's, on a RayServeClient. HiganService stays embedded in the gateway. The bundle travels to the
 replicas through the object store (serving/ray/package.py); user heads through a mirror actor, with the gateway's
---heads-dir as their record (serving/ray/heads.py). With --ray-address the applications join that cluster (and are deleted
-from it at the end); otherwise a local Ray is started on loopback and stopped at the end.
+--heads-dir as their record (serving/ray/heads.py). With --ray-address the applications join that cluster (and
+are deleted from it at the end); otherwise a local Ray is started on loopback and stopped at the end.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def lacking_replicas() -> str:
     for app, overview in sorted(serve.status().applications.items()):
         for deployment in overview.deployments.values():
             if str(deployment.status) not in ("HEALTHY", "DeploymentStatus.HEALTHY"):
-                states = ", ".join(f"{getattr(k, 'value', k)} {n}" for k, n in sorted(deployment.replica_states.items()))
+                states = ", ".join(f"{getattr(k, 'value', k)} {n}"
+                                   for k, n in sorted(deployment.replica_states.items()))
                 problems.append(f"{app}: {getattr(deployment.status, 'value', deployment.status)} ({states})")
     return "; ".join(problems)
 

@@ -59,7 +59,8 @@ def test_a_direction_is_imported_at_unit_length_with_its_spread_and_edits_along_
 def test_a_second_direction_is_added_and_one_of_the_same_name_needs_replace(bundle, tmp_path, capsys):
     for name, seed in (("smile", 0), ("age", 1)):
         np.save(tmp_path / f"{name}.npy", np.random.default_rng(seed).normal(size=64))  # (w_dim,) works too
-        assert semgen(["import", "direction", name, str(tmp_path / f"{name}.npy"), "--models", str(bundle)], capsys)[0] == 0
+        npy = str(tmp_path / f"{name}.npy")
+        assert semgen(["import", "direction", name, npy, "--models", str(bundle)], capsys)[0] == 0
     assert list(load_boundaries(bundle / "boundaries")) == ["smile", "age"]
     code, _, err = semgen(["import", "direction", "age", str(tmp_path / "smile.npy"), "--models", str(bundle)], capsys)
     assert code == 2 and "already has a direction 'age'; pass --replace" in err

@@ -128,7 +128,8 @@ def test_the_gateway_serves_from_a_two_node_cluster_on_loopback(cluster, tmp_pat
 
 def scrape(metrics_url: str, name: str) -> float:
     with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-        return next(float(line.split()[-1]) for line in reply.read().decode().splitlines() if line.startswith(name + " "))
+        lines = reply.read().decode().splitlines()
+    return next(float(line.split()[-1]) for line in lines if line.startswith(name + " "))
 
 
 def readyz(http_url: str) -> str:
