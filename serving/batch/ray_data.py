@@ -3,8 +3,9 @@ bundle's embedded engine once.
 
 Each actor hosts the gateway with the embedded engines in its own process, on a unix socket (`ServerThread`), and
 calls its items with the online executor's `Caller`: the same checks, the same statuses and the same bytes as a job
-sent to `semgen serve`. The driver reads every request's files and ships the request bytes, so the actors need no
-access to the inputs; it writes each result into the job folder as it streams back, so a killed job resumes like an
+sent to `semgen serve`. The driver reads every request's files and ships the request bytes, and the bundle with its
+export through Ray's object store (each node unpacks it once into its cache), so the actors need no access to the
+inputs or the models; it writes each result into the job folder as it streams back, so a killed job resumes like an
 online one. Without --ray-address a local Ray is started on 127.0.0.1 and stopped at the end.
 """
 
@@ -17,7 +18,6 @@ import os
 import sys
 import tempfile
 import threading
-from pathlib import Path
 
 import ray
 
@@ -27,6 +27,7 @@ from serving.batch.online import Caller, RetryPolicy, open_aio_channel
 from serving.batch.progress import progress_bar
 from serving.batch.store import JobFolder, Result
 from serving.ray.cluster import start_ray
+from serving.ray.package import materialize, pack_bundle
 
 ROWS_PER_BATCH = 8  # the actor sends a batch's items at once, so its engine's dynamic batcher can group them
 
@@ -34,7 +35,7 @@ ROWS_PER_BATCH = 8  # the actor sends a batch's items at once, so its engine's d
 class BatchActor:
     """One Ray Data actor: the bundle served in this process, and a Caller on it."""
 
-    def __init__(self, models: str, onnx_dir: str, timeout_s: float, max_attempts: int, torch_threads: int):
+    def __init__(self, package: dict, timeout_s: float, max_attempts: int, torch_threads: int):
         import torch
 
         from serving.options import ServeOptions  # the engines load in the actor, never on the driver
@@ -45,8 +46,10 @@ class BatchActor:
         torch.set_num_threads(torch_threads)
 
         self._socket_dir = tempfile.mkdtemp(prefix="semgen-actor-")
-        opts = ServeOptions(models=models, onnx_dir=onnx_dir, port=0, metrics_port=0, log_level="WARNING",
-                            heads_dir=os.path.join(self._socket_dir, "heads"))
+        # the driver's bundle and export, unpacked into this node's cache unless it holds them (serving/ray/package.py)
+        folder, _ = materialize(package["key"], lambda: ray.get(package["blob"]))
+        opts = ServeOptions(models=str(folder / "models"), onnx_dir=str(folder / "onnx"), port=0, metrics_port=0,
+                            log_level="WARNING", heads_dir=os.path.join(self._socket_dir, "heads"))
         self._server = ServerThread(opts, f"unix://{self._socket_dir}/grpc.sock")
         # Ray calls __call__ from a thread of its own: the channel lives on a loop in a thread of ours
         self._loop = asyncio.new_event_loop()
@@ -102,9 +105,10 @@ def run_on_ray(todo: list[Item], folder: JobFolder, o) -> tuple[int, bool]:
         return 0, False
     import torch  # for its thread count only; the models load in the actors
 
-    models, onnx_dir = str(Path(o.models).resolve()), str(Path(o.onnx_dir).resolve())
-    Bundle(models).exported_onnx(onnx_dir)  # ExportMissing names the command, before Ray starts
+    export = Bundle(o.models).exported_onnx(o.onnx_dir)  # ExportMissing names the command, before Ray starts
+    key, blob = pack_bundle(o.models, export)
     started_here = start_ray(o.ray_address)
+    package = {"key": key, "blob": ray.put(blob)}  # the actors' nodes need not share the driver's disk
     quiet_ray_data()
     by_key = {item.key: item for item in todo}
     bar = progress_bar(len(todo), o.progress)
@@ -113,8 +117,8 @@ def run_on_ray(todo: list[Item], folder: JobFolder, o) -> tuple[int, bool]:
         rows = [{"line": item.line, "rpc": item.rpc, "key": item.key, "request": item.request().SerializeToString()}
                 for item in todo]
         dataset = ray.data.from_items(rows).map_batches(
-            BatchActor, fn_constructor_kwargs=dict(models=models, onnx_dir=onnx_dir, timeout_s=o.timeout,
-                                                   max_attempts=o.max_attempts, torch_threads=torch.get_num_threads()),
+            BatchActor, fn_constructor_kwargs=dict(package=package, timeout_s=o.timeout, max_attempts=o.max_attempts,
+                                                   torch_threads=torch.get_num_threads()),
             concurrency=o.concurrency, batch_size=ROWS_PER_BATCH, num_cpus=1)
         for row in dataset.iter_rows():
             bar.done(folder.write(decode_result(by_key[row["key"]], row["result"])))
