@@ -29,12 +29,11 @@ def detect_format(path: Path) -> str:
             return "port"
         f.seek(0)
         try:
-            if any(isinstance(arg, str) and arg.startswith("torch_utils.persistence")
-                   for _, arg, _ in pickletools.genops(f)):
-                return "nvlabs"
-        except Exception:  # not a pickle
-            pass
-    return "port"
+            persistent = any(isinstance(arg, str) and arg.startswith("torch_utils.persistence")
+                             for _, arg, _ in pickletools.genops(f))
+        except Exception:  # not a pickle: the port's loader says what it is
+            persistent = False
+    return "nvlabs" if persistent else "port"
 
 
 def import_stylegan2(src: str | Path, out: str | Path, fmt: str = "auto", network: str = "", size: int = 0,

@@ -48,19 +48,18 @@ def replica_options(opts) -> dict:
             "tls_cert": "", "tls_key": "", "tls_client_ca": ""}
 
 
-def publish_bundle(opts) -> dict:
-    """The bundle (and the export it serves) packed once into Ray's object store: what a replica on any node
-    unpacks into its node's cache (serving/ray/package.py), so no node needs the gateway's disk."""
-    export = Bundle(opts.models).exported_onnx(opts.onnx_dir) if opts.runtime == "onnx" else None
+def publish_bundle(opts, export: Path | None) -> dict:
+    """The bundle (and `export`, the ONNX export it serves) packed once into Ray's object store: what a replica on
+    any node unpacks into its node's cache (serving/ray/package.py), so no node needs the gateway's disk."""
     key, blob = pack_bundle(opts.models, export)
     log.info("bundle %s: %.1f MiB in the object store", key, len(blob) / 2**20)
     return {"key": key, "blob": ray.put(blob)}  # in a dict: Ray hands the replica the reference, not the bytes
 
 
-def deploy(opts) -> tuple:
+def deploy(opts, export: Path | None) -> tuple:
     """Run both applications on the cluster; their handles."""
     serve.start(http_options={"location": "NoServer"})  # handles only: no HTTP proxy
-    options, package = replica_options(opts), publish_bundle(opts)
+    options, package = replica_options(opts), publish_bundle(opts, export)
     # the gateway's --heads-dir is the record of the user heads: the mirror starts from it
     ray.get(mirror().seed.remote(user_heads(Path(opts.heads_dir))))
     actor = {"num_cpus": opts.ray_replica_cpus, "num_gpus": opts.ray_replica_gpus}
@@ -85,7 +84,7 @@ def lacking_replicas() -> str:
     problems = []
     for app, overview in sorted(serve.status().applications.items()):
         for deployment in overview.deployments.values():
-            if str(deployment.status) not in ("HEALTHY", "DeploymentStatus.HEALTHY"):
+            if deployment.status != "HEALTHY":  # a str enum, or a plain str
                 states = ", ".join(f"{getattr(k, 'value', k)} {n}"
                                    for k, n in sorted(deployment.replica_states.items()))
                 problems.append(f"{app}: {getattr(deployment.status, 'value', deployment.status)} ({states})")
@@ -122,8 +121,8 @@ class CapacityWatch:
 
 def load_ray(opts, metrics: ServingMetrics):
     """Engines for `opts` (a ServeOptions) that forward to Ray Serve; blocking (runs in a thread)."""
-    if opts.runtime == "onnx":
-        Bundle(opts.models).exported_onnx(opts.onnx_dir)  # ExportMissing names the command, before Ray starts
+    # ExportMissing names the command, before Ray starts
+    export = Bundle(opts.models).exported_onnx(opts.onnx_dir) if opts.runtime == "onnx" else None
     # the least the cluster must hold; autoscaling adds forward replicas up to --ray-max-replicas where it can
     replicas = opts.ray_replicas + opts.ray_job_replicas
     started_here = start_ray(opts.ray_address, opts.ray_replica_cpus * replicas, opts.ray_replica_gpus * replicas)
@@ -141,7 +140,7 @@ def load_ray(opts, metrics: ServingMetrics):
             ray.shutdown()
 
     try:
-        forward, jobs = deploy(opts)
+        forward, jobs = deploy(opts, export)
     except BaseException:
         stop()
         raise

@@ -100,8 +100,8 @@ def check_sample(request, info: SemanticsInfo, limits: Limits) -> SamplingArgs:
         errors.append(f"seeds: give 1 to {limits.max_samples} seeds (or latents), got {len(request.seeds)}")
     else:
         seeds = list(request.seeds)
-    _check_working_bytes(len(seeds) if seeds else len(latents) if latents is not None else 0,
-                         "seeds" if seeds else "latents", bool(request.head), info, limits, errors)
+    samples = len(seeds) if seeds else 0 if latents is None else len(latents)
+    _check_working_bytes(samples, "seeds" if seeds else "latents", bool(request.head), info, limits, errors)
     psi = _check_psi(request, errors)
     raise_invalid(errors)
     head = request.head or None

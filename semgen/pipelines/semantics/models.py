@@ -57,18 +57,19 @@ class SemanticModels:
             self.add_head(name, head)
         self.image_size = generator.image_size
         self.latent_shape = (generator.num_ws, generator.w_dim)
+        # floats of every feature map a head reads, per sample: sample_bytes runs per request, the sum once here
+        self.feature_floats = sum(c * r * r for c, r in zip(generator.layer_channels(), generator.layer_resolutions()))
 
     def sample_bytes(self, predictor: str | None = None) -> int:
         """Estimated working memory of one generated sample, float32: its image and, with a predictor, every
         generator feature map a head reads (with the pass's short-lived tensors: TRANSIENT_FACTOR) and the logits.
         What batches, requests and SCS's candidate chunks are bounded by: with a head, an FFHQ-sized 1024 px
         generator needs ~270x what the bundled 64 px one does."""
-        g, side = self.generator, self.image_size
+        side = self.image_size
         if predictor is None:
             return 4 * 3 * side * side
-        features = sum(c * r * r for c, r in zip(g.layer_channels(), g.layer_resolutions()))
         classes = len(self.predictor_classes(predictor))
-        return 4 * (3 * side * side + TRANSIENT_FACTOR * features + classes * side * side)
+        return 4 * (3 * side * side + TRANSIENT_FACTOR * self.feature_floats + classes * side * side)
 
     # ---- predictors ---------------------------------------------------------------------
 
