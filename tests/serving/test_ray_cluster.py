@@ -18,8 +18,10 @@ def _fake_ray(monkeypatch, failures: list[Exception]):
     return calls
 
 
-def test_a_start_that_timed_out_is_tried_again_from_a_clean_state(monkeypatch):
-    calls = _fake_ray(monkeypatch, [Exception("The current node timed out during startup. ...")])
+@pytest.mark.parametrize("message", ["The current node timed out during startup. ...",
+                                     "Timed out waiting for file /tmp/ray/session_x/gcs_server_port_0a1b"])
+def test_a_start_that_timed_out_is_tried_again_from_a_clean_state(monkeypatch, message):
+    calls = _fake_ray(monkeypatch, [RuntimeError(message)])
     cluster.start_local_ray(2)
     assert calls == ["init", "shutdown", "init"]
 
