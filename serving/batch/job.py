@@ -92,7 +92,11 @@ def run_batch(o: BatchOptions) -> int:
     if o.check:
         print(f"{len(items)} requests OK")
         return 0
-    folder = JobFolder(o.out)
+    try:
+        folder = JobFolder(o.out)
+    except ValueError as e:  # another run holds the folder
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     write_options(o, o.out, "batch_options")
     todo = [item for item in items if item.key not in folder.done]
     print(f"{len(items)} requests, {len(items) - len(todo)} done before, {len(todo)} to run", file=sys.stderr,

@@ -3,16 +3,19 @@
     OUT/outputs/<key>[_s<seed>]_<field>_<nn>.png   one file per output, named from the item alone
     OUT/results.jsonl                              one record per item: status, outputs, latency, attempts
     OUT/summary.json                               the counts of the last run
+    OUT/.lock                                      held (flock) by the run writing the folder
 
 An output is written to a temporary file, fsynced and renamed, so a file under its final name is whole. An item's
 record is appended (and fsynced) after all its outputs are in place, so an item with a record is done; one killed
 before its record is run again and rewrites the same names with the same bytes. Opening the folder drops a torn
 last line of results.jsonl, the records of items that failed with a status worth retrying (they run again) and
-temporary files a killed run left.
+temporary files a killed run left. One run at a time: a second one on the same folder (a job resubmitted to Ray
+before the stopped one ended) is refused; the lock goes with the process, however it ends.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -116,6 +119,13 @@ class JobFolder:
         self.root = Path(root)
         self.outputs = self.root / "outputs"
         self.outputs.mkdir(parents=True, exist_ok=True)
+        self._held = open(self.root / ".lock", "a")
+        try:
+            fcntl.flock(self._held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._held.close()
+            raise ValueError(f"--out {self.root}: another batch job is writing to this folder; run this one when it "
+                             "has ended") from None
         self.results = self.root / "results.jsonl"
         for stale in self.outputs.glob("*" + TMP_SUFFIX):
             stale.unlink()
@@ -190,3 +200,4 @@ class JobFolder:
 
     def close(self) -> None:
         self._log.close()
+        self._held.close()  # releases the lock

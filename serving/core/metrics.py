@@ -84,6 +84,10 @@ class ServingMetrics:
             "semgen_backend_degraded", "1 while the backend serves with replicas missing (Ray Serve: a deployment "
             "not HEALTHY, e.g. after a node was lost), else 0.", registry=r,
         )
+        self.backend_replicas = Gauge(
+            "semgen_backend_replicas", "Replicas running now, by Ray Serve application (autoscaling moves the "
+            "forward one between --ray-replicas and --ray-max-replicas).", ["application"], registry=r,
+        )
         # Iterative jobs (head fitting, SCS, SIE): how many run now, and how each ended
         # (ok, cancelled, deadline, invalid, error; rejected = over the running-jobs limit).
         self.jobs_running = Gauge(

@@ -78,22 +78,29 @@ def deploy(opts, export: Path | None) -> tuple:
     return tuple(handles)
 
 
-def lacking_replicas() -> str:
-    """What of the two applications Ray Serve does not run as asked ("" when all is healthy), e.g.
-    "semgen-forward: UNHEALTHY (RUNNING 1, PENDING_ALLOCATION 1)": replicas lost with a node and not placed again."""
-    problems = []
+SCALING = ("UPSCALING", "DOWNSCALING")  # autoscaling at work: not capacity lost
+
+
+def serve_capacity() -> tuple[str, dict[str, int]]:
+    """(what of the two applications Ray Serve does not run as asked, "" when all is well, e.g.
+    "semgen-forward: UNHEALTHY (RUNNING 1, PENDING_ALLOCATION 1)": replicas lost with a node and not placed again;
+    the replicas RUNNING per application)."""
+    problems, running = [], {}
     for app, overview in sorted(serve.status().applications.items()):
+        running[app] = 0
         for deployment in overview.deployments.values():
-            if deployment.status != "HEALTHY":  # a str enum, or a plain str
-                states = ", ".join(f"{getattr(k, 'value', k)} {n}"
-                                   for k, n in sorted(deployment.replica_states.items()))
-                problems.append(f"{app}: {getattr(deployment.status, 'value', deployment.status)} ({states})")
-    return "; ".join(problems)
+            states = {getattr(k, "value", k): n for k, n in deployment.replica_states.items()}  # str enums or str
+            running[app] += states.get("RUNNING", 0)
+            status = getattr(deployment.status, "value", deployment.status)
+            if status not in ("HEALTHY", *SCALING):
+                problems.append(f"{app}: {status} ({', '.join(f'{k} {n}' for k, n in sorted(states.items()))})")
+    return "; ".join(problems), running
 
 
 class CapacityWatch:
-    """`lacking_replicas`, polled on a thread every `period` seconds (a call to Serve's controller must not block
-    the gateway's loop); `now()` is the last answer, a change is logged and sets semgen_backend_degraded."""
+    """`serve_capacity`, polled on a thread every `period` seconds (a call to Serve's controller must not block
+    the gateway's loop); `now()` is the last answer, a change is logged and sets semgen_backend_degraded; the
+    running replicas go to semgen_backend_replicas."""
 
     def __init__(self, metrics: ServingMetrics, period: float = 1.0):
         self.state, self._stop, self._metrics = "", threading.Event(), metrics
@@ -106,9 +113,11 @@ class CapacityWatch:
     def _run(self, period: float) -> None:
         while not self._stop.wait(period):
             try:
-                state = lacking_replicas()
+                state, running = serve_capacity()
             except Exception as e:  # the controller unreachable for a moment: say so, keep watching
-                state = f"Ray Serve status unavailable ({type(e).__name__})"
+                state, running = f"Ray Serve status unavailable ({type(e).__name__})", {}
+            for app, count in running.items():
+                self._metrics.backend_replicas.labels(app).set(count)
             if state != self.state:
                 log.warning("Ray Serve capacity: %s", state or "all replicas running again")
                 self.state = state

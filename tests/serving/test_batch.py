@@ -123,6 +123,29 @@ def test_the_job_folder_drops_a_torn_record_retryable_failures_and_temporary_fil
     reopened.close()
 
 
+def test_a_second_run_on_a_folder_in_use_is_refused_until_the_first_ends(tmp_path):
+    """A job resubmitted (to Ray Jobs, say) while the stopped run still writes: refused, naming --out; the lock
+    goes with the first run, even when it is killed."""
+    first = JobFolder(tmp_path / "out")
+    with pytest.raises(ValueError, match=r"--out .*out: another batch job is writing to this folder"):
+        JobFolder(tmp_path / "out")
+    (tmp_path / "m.jsonl").write_text('{"rpc": "Generate", "image": "a.png"}\n')
+    (tmp_path / "a.png").write_bytes(png(0))
+    refused = batch("--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "out"), "--address", "x:1")
+    assert refused.returncode == 2 and "another batch job is writing" in refused.stderr
+    first.close()
+    hold = (f"import sys; from serving.batch.store import JobFolder; held = JobFolder({str(tmp_path / 'out')!r}); "
+            "print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(ValueError, match="another batch job"):
+        JobFolder(tmp_path / "out")
+    holder.kill()
+    holder.wait()
+    JobFolder(tmp_path / "out").close()  # a killed holder leaves no lock behind
+
+
 # ---- retries ------------------------------------------------------------------------------------------
 
 class FlakyPyramid:
