@@ -21,7 +21,7 @@ WORDS = {  # first word -> (help, the layer module holding its commands)
     "batch": ("a resumable job over many requests: through a server, or on Ray Data", "serving.cli"),
 }
 # commands held by another layer than their first word's
-ELSEWHERE = {("bench", word): "serving.cli" for word in ("serve", "soak", "batch", "golden")}
+ELSEWHERE = {("bench", word): "serving.cli" for word in ("serve", "soak", "batch", "golden", "autoscale")}
 
 
 def layers(argv: list[str] | None) -> list[tuple[str, str]]:

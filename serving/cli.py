@@ -37,13 +37,14 @@ def bench_options(name: str) -> type:
 
 def _benches() -> dict:
     """name -> (options dataclass, run(options, progress) -> result dict)."""
+    from serving.bench.autoscale import AutoscaleBench, bench_autoscale
     from serving.bench.batch import BatchBench, bench_batch
     from serving.bench.cross_kernels import GoldenBench, bench_golden
     from serving.bench.serve import ServeBench, bench_serve
     from serving.bench.soak import SoakBench, bench_soak
 
     return {"serve": (ServeBench, bench_serve), "soak": (SoakBench, bench_soak), "batch": (BatchBench, bench_batch),
-            "golden": (GoldenBench, bench_golden)}
+            "golden": (GoldenBench, bench_golden), "autoscale": (AutoscaleBench, bench_autoscale)}
 
 
 def run_bench(name: str, o) -> int:
@@ -91,9 +92,11 @@ def register(parsers: dict) -> None:
                                      "Runtime and by engine; ONNX Runtime over eager torch"),
                            ("soak", "a server under mixed load, crafted and malformed calls, cancels and deadlines: "
                                     "codes, RSS, fds, threads and jobs left; exit 1 on a missed target"),
-                           ("batch", "batch jobs of Generate requests online and on Ray Data, images/s against the "
-                                     "in-process limit; a job SIGKILLed 20 times and resumed: lost, duplicated, "
-                                     "mismatched"),
+                           ("batch", "batch jobs of Generate requests online, on Ray Data and through Ray Jobs on "
+                                     "a two-node cluster, images/s against the in-process limit; jobs killed 20 "
+                                     "times and resumed: lost, duplicated, mismatched"),
+                           ("autoscale", "Ray Serve autoscaling 1-2 forward replicas on a two-node cluster under a "
+                                         "load ramp: replicas over time, throughput per replica"),
                            ("golden", "the replies under other CPU kernel sets against the golden record: pixel and "
                                       "float differences per RPC, within tolerance or not; drift of the iterative "
                                       "jobs over their iterations; exit 1 outside tolerance")):

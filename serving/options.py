@@ -61,6 +61,10 @@ class ServeOptions:
     ray_replicas: int = opt(1, "with --engine ray: replicas of the forward models (autoscaled from here up to "
                                "--ray-max-replicas when that is higher)")
     ray_max_replicas: int = opt(0, "with --engine ray: the most forward replicas autoscaling may run (0: fixed)")
+    ray_upscale_delay_s: float = opt(30.0, "with --ray-max-replicas: seconds the load stays above the target "
+                                           "before Serve adds a forward replica (Ray Serve's upscale_delay_s)")
+    ray_downscale_delay_s: float = opt(600.0, "with --ray-max-replicas: seconds it stays below before Serve "
+                                              "removes one (Ray Serve's downscale_delay_s)")
     ray_job_replicas: int = opt(1, "with --engine ray: replicas for the iterative jobs (--max-jobs each)")
     ray_replica_cpus: float = opt(1.0, "with --engine ray: CPUs Ray reserves for each replica")
     ray_replica_gpus: float = opt(0.0, "with --engine ray: GPUs each replica takes (a fraction shares one; its "
@@ -127,6 +131,8 @@ class ServeOptions:
         if min(self.ray_replicas, self.ray_job_replicas) < 1 or self.ray_replica_cpus <= 0 or self.ray_replica_gpus < 0:
             raise ValueError("--ray-replicas and --ray-job-replicas must be >= 1, --ray-replica-cpus > 0, "
                              "--ray-replica-gpus >= 0")
+        if min(self.ray_upscale_delay_s, self.ray_downscale_delay_s) < 0:
+            raise ValueError("--ray-upscale-delay-s and --ray-downscale-delay-s must be >= 0")
         if self.torchserve_address and not self.torchserve_address.startswith("http://"):
             raise ValueError(f"--torchserve-address must be an http:// URL, got {self.torchserve_address!r}")
         if self.torchserve_key_file and not (self.torchserve_address and Path(self.torchserve_key_file).is_file()):

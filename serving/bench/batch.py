@@ -1,26 +1,25 @@
 """`semgen bench batch`: batch jobs of Generate requests (a) through a running server on the embedded engine,
-(b) through `semgen serve --engine ray` with 1 and 2 forward replicas, (c) on Ray Data with 1 and 2 actors, in
-images/s and as ratios to the in-process limit, each job's bytes checked against (a)'s; and the kill test: a job
-SIGKILLed at random moments and resumed, checked against an uninterrupted run for lost, duplicated and mismatched
-outputs. Writes reports/batch/batch.json and .png.
+(b) through `semgen serve --engine ray` with 1 and 2 forward replicas, (c) on Ray Data with 1 and 2 actors, (d)
+submitted to Ray Jobs on a two-node cluster on loopback, in images/s and as ratios to the in-process limit, each
+job's bytes checked against (a)'s; and the kill test: a job killed at random moments and resumed (a), and the same
+for the Ray Jobs job (d), checked against an uninterrupted run for lost, duplicated and mismatched outputs. Writes
+reports/batch/batch.json and .png.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from semgen.options import opt
+from serving.bench.batch_checks import LocalRun, images_per_s, kill_test, mismatched_files, results_s
 from serving.bench.inprocess import LEVEL  # every request: one sample from the in-process limit's level
 from serving.bench.process import export_onnx, server_process
 
@@ -35,6 +34,7 @@ class BatchBench:
     ray_actors: tuple[int, ...] = opt((1, 2), "Ray Data actors, one job each (empty: none)")
     ray_replicas: tuple[int, ...] = opt((1, 2), "forward replicas of `semgen serve --engine ray`, one job each "
                                                 "(empty: none)")
+    cluster: bool = opt(True, "the Ray Jobs case: the job, and the kill test, submitted to a two-node cluster")
     kills: int = opt(20, "SIGKILLs of the kill test")
     kill_requests: int = opt(500, "requests of the kill test's job")
     seed: int = opt(0, "seed of the kill moments")
@@ -69,65 +69,6 @@ def run_job(cmd: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def kill_test(cmd: list[str], out: Path, reference: Path, kills: int, work_s: float, rng: random.Random,
-              progress: Callable[[str], None]) -> dict:
-    """Start the job `cmd` (writing to `out`) `kills` times and SIGKILL it at a random moment each time, then let it
-    finish; compare its outputs and records with the uninterrupted run in `reference`, which took `work_s` from
-    its first line to its end. One kill in five lands in the start-up (reading results.jsonl), the others in the
-    work, spread so that the kills cover the job."""
-    landed = 0
-    for k in range(kills):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if rng.random() < 0.2:
-            time.sleep(rng.uniform(0.0, 1.0))
-        else:
-            proc.stderr.readline()  # "N requests, M done before, K to run": the work starts
-            time.sleep(rng.uniform(0.0, 1.5 * work_s / kills))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            landed += 1
-        proc.wait()
-        proc.stderr.close()
-        progress(f"kill {k + 1}/{kills}: {len(_records(out))} items recorded")
-    summary = run_job(cmd)
-    expected, got = _outputs(reference), _outputs(out)
-    keys = [r["key"] for r in _records(out, all_lines=True)]
-    return {
-        "kills": kills, "kills_mid_job": landed, "items": summary["items"], "outputs": len(got),
-        "lost": len(expected.keys() - got.keys()),
-        "duplicated": (len(keys) - len(set(keys))) + len(got.keys() - expected.keys()),
-        "mismatched": sum(got[name] != data for name, data in expected.items() if name in got),
-        "stray_files": sorted(p.name for p in (out / "outputs").iterdir() if p.name.endswith(".tmp")),
-    }
-
-
-def _records(out: Path, all_lines: bool = False) -> list[dict]:
-    path = out / "results.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            records.append(json.loads(line))
-    return records if all_lines else [r for r in records if r.get("status") == "OK"]
-
-
-def mismatched_files(reference: Path, job: Path) -> int:
-    """Outputs of `job` missing from `reference`'s or not the same bytes, and outputs of `reference` it lacks."""
-    want, got = (_outputs(reference), _outputs(job))
-    return len(want.keys() ^ got.keys()) + sum(got[name] != data for name, data in want.items() if name in got)
-
-
-def _outputs(job: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in (job / "outputs").iterdir()}
-
-
-def images_per_s(summary: dict) -> float:
-    """Outputs per second of a job's run, after its first result (Ray's and the models' start-up left out)."""
-    run = summary["this_run"]
-    return round((summary["outputs"] - 1) / max(1e-9, run["elapsed_s"] - run["first_result_s"]), 2)
-
-
 def bench_batch(opts: BatchBench, progress: Callable[[str], None]) -> dict:
     from serving.bench.inprocess import inprocess_throughput, load_pipelines, reference
 
@@ -154,8 +95,9 @@ def bench_batch(opts: BatchBench, progress: Callable[[str], None]) -> dict:
                 (tmp / "kill").mkdir()
                 small = write_manifest(tmp / "kill", opts.kill_requests)
                 args = ("--address", server.address, "--concurrency", str(opts.concurrency))
-                work_s = run_job(batch_command(small, tmp / "kill-ref", *args))["this_run"]["elapsed_s"]
-                result["kill_test"] = kill_test(batch_command(small, tmp / "kill-job", *args), tmp / "kill-job",
+                work_s = results_s(run_job(batch_command(small, tmp / "kill-ref", *args)))
+                cmd = batch_command(small, tmp / "kill-job", *args)
+                result["kill_test"] = kill_test(lambda k: LocalRun(cmd), lambda: run_job(cmd), tmp / "kill-job",
                                                 tmp / "kill-ref", opts.kills, work_s, random.Random(opts.seed),
                                                 progress)
                 progress(f"kill test: {json.dumps(result['kill_test'])}")
@@ -168,6 +110,14 @@ def bench_batch(opts: BatchBench, progress: Callable[[str], None]) -> dict:
             jobs[f"ray_serve_{replicas}_replicas"] = summary
             progress(f"online (--engine ray, {replicas} replica(s)): {images_per_s(summary)} images/s")
             summary["mismatched_vs_online"] = mismatched_files(tmp / "online", tmp / f"serve{replicas}")
+        if opts.cluster:
+            from serving.bench.ray_jobs import cluster_case  # imports Ray's job client: only when asked
+
+            kill = (tmp / "kill" / "manifest.jsonl", tmp / "kill-ref") if opts.kills else (None, None)
+            case = cluster_case(opts.models, opts.onnx_dir, manifest, tmp / "online", *kill, opts.kills, opts.seed,
+                                tmp, progress)
+            jobs["ray_jobs_2_nodes"] = case.pop("job")
+            result["cluster"] = case
         for actors in opts.ray_actors:
             summary = run_job(batch_command(manifest, tmp / f"ray{actors}", "--ray", "--models", opts.models,
                                             "--onnx-dir", opts.onnx_dir, "--concurrency", str(actors)))
@@ -181,9 +131,10 @@ def bench_batch(opts: BatchBench, progress: Callable[[str], None]) -> dict:
                              **({"mismatched_vs_online": s["mismatched_vs_online"]} if "mismatched_vs_online" in s
                                 else {})}
                       for name, s in jobs.items()}
-    kill = result.get("kill_test", {})
-    result.update(lost=kill.get("lost"), duplicated=kill.get("duplicated"), mismatched=kill.get("mismatched"))
-    result["passed"] = bool(kill) and kill["lost"] == kill["duplicated"] == kill["mismatched"] == 0 and all(
+    kill_tests = [result.get("kill_test", {}), *([result["cluster"].get("kill_test", {})] if opts.cluster else [])]
+    for name in ("lost", "duplicated", "mismatched"):  # over the kill tests
+        result[name] = sum(k.get(name, 0) for k in kill_tests) if all(kill_tests) else None
+    result["passed"] = all(kill_tests) and result["lost"] == result["duplicated"] == result["mismatched"] == 0 and all(
         j["failed"] == 0 and j.get("mismatched_vs_online", 0) == 0 for j in result["jobs"].values())
     (out / "batch.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, out / "batch.png")

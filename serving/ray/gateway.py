@@ -64,7 +64,9 @@ def deploy(opts, export: Path | None) -> tuple:
     ray.get(mirror().seed.remote(user_heads(Path(opts.heads_dir))))
     actor = {"num_cpus": opts.ray_replica_cpus, "num_gpus": opts.ray_replica_gpus}
     scaling = ({"autoscaling_config": {"min_replicas": opts.ray_replicas, "max_replicas": opts.ray_max_replicas,
-                                       "target_ongoing_requests": opts.max_batch}}
+                                       "target_ongoing_requests": opts.max_batch,
+                                       "upscale_delay_s": opts.ray_upscale_delay_s,
+                                       "downscale_delay_s": opts.ray_downscale_delay_s}}
                if opts.ray_max_replicas > opts.ray_replicas else {"num_replicas": opts.ray_replicas})
     forward = serve.deployment(Replica, name="forward").options(
         ray_actor_options=actor, max_ongoing_requests=2 * opts.max_batch, **scaling)

@@ -321,6 +321,7 @@ def test_ray_data_writes_the_bytes_of_the_online_job(server, onnx_dir, tmp_path)
 
 def test_bench_batch_kills_a_job_at_random_moments_and_loses_nothing(onnx_dir, tmp_path):
     result = bench_batch(BatchBench(models=str(MODELS), requests=40, concurrency=4, ray_actors=(), ray_replicas=(),
+                                    cluster=False,
                                     kills=4, kill_requests=60, out=str(tmp_path / "report"), onnx_dir=str(onnx_dir)),
                          progress=lambda message: None)
     assert result["passed"] and result["lost"] == result["duplicated"] == result["mismatched"] == 0

@@ -4,12 +4,9 @@ the cluster torn down with nothing of it left running."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import signal
+import json
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import urllib.request
@@ -21,67 +18,30 @@ import pytest
 
 from random_bundles import make_random_bundle, make_random_semantics_bundle
 from semgen.bundle import Bundle
+from serving.bench.batch_checks import records, wait_for_work
+from serving.bench.cluster import loopback_cluster
+from serving.bench.ray_jobs import RayJobRun, job_entrypoint, run_to_end
 from serving.ray.cluster import is_loopback
 from serving.semantics.client import SemanticsClient, mask_array
 from servingkit import serve_subprocess
 
 SIZE = 32
-CLUSTER = textwrap.dedent("""
-    import sys
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
-                                                            "include_dashboard": False})
-    worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-    cluster.wait_for_nodes()
-    print(cluster.address, flush=True)
-    try:
-        for line in sys.stdin:  # "remove": the worker node's processes killed at once; "add": a new worker node
-            if line.strip() == "remove":
-                cluster.remove_node(worker, allow_graceful=False)
-            elif line.strip() == "add":
-                worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-                cluster.wait_for_nodes()
-            print("done", flush=True)
-    finally:
-        cluster.shutdown()
-""")
+ITEMS = 400  # Sample requests of the Ray Jobs test: enough that a kill lands mid-job
 
 
 def ray_processes() -> set[int]:
     return {p.pid for p in psutil.process_iter(["name", "cmdline"])
-            if any(part in " ".join(p.info["cmdline"] or []) for part in ("raylet", "gcs_server"))}
-
-
-@dataclasses.dataclass
-class LoopbackCluster:
-    address: str
-    proc: subprocess.Popen
-
-    def tell(self, command: str) -> None:
-        """"remove" the worker node (its processes killed) or "add" one, and wait until it is done."""
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "done"
+            if any(part in " ".join(p.info["cmdline"] or []) for part in ("raylet", "gcs_server", "ray/dashboard"))}
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """A two-node cluster on loopback; afterwards, every raylet and GCS it started is gone."""
     before = ray_processes()
-    proc = subprocess.Popen([sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
     try:
-        address = proc.stdout.readline().strip()
-        assert is_loopback(address), address
-        yield LoopbackCluster(address, proc)
+        with loopback_cluster() as made:
+            yield made
     finally:
-        proc.stdin.close()  # the script shuts the cluster down
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
         left = psutil.wait_procs([psutil.Process(p) for p in ray_processes() - before if psutil.pid_exists(p)],
                                  timeout=30)[1]
         assert not left, f"left running: {left}"
@@ -191,3 +151,41 @@ def test_a_node_lost_under_load_fails_only_its_calls_and_the_rest_go_on(cluster,
     print(f"node lost: {sum(c != 'OK' for _, c in after)} of {len(after)} calls after it failed UNAVAILABLE; "
           f"5 OK in a row {after[streak][0] - lost:.2f} s after the loss; /readyz said {degraded!r}; "
           f"full capacity {full:.1f} s after a node came back")
+
+
+def test_a_batch_job_submitted_to_ray_jobs_is_killed_twice_and_resumes_with_the_same_bytes(cluster, tmp_path):
+    """`ray job submit -- semgen batch --ray --ray-address auto …` on the cluster: stopped with Ray's `ray job stop`
+    once it has recorded an item, its driver SIGKILLed on the second submission, the third finishes it. Every item
+    is recorded once, and the outputs are the bytes of the same job run to its end by a driver that joined the
+    cluster by its address."""
+    from export.onnx import ensure_exported
+    from ray.job_submission import JobSubmissionClient
+
+    models = make_random_semantics_bundle(make_random_bundle(tmp_path / "models", image_size=SIZE), image_size=SIZE)
+    onnx = tmp_path / "onnx"
+    ensure_exported(models, onnx)
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"s{i:03d}", "rpc": "Sample", "seeds": [i, i + 1], "head": "lse"})
+                                + "\n" for i in range(ITEMS)))
+    client = JobSubmissionClient(cluster.dashboard)
+    out, kinds = tmp_path / "job", []
+    entrypoint = job_entrypoint(manifest, out, str(models), str(onnx), 2)
+    for hard in (False, True):
+        run = RayJobRun(client, entrypoint, out, hard=hard)
+        wait_for_work(run, out, len(records(out)))
+        assert run.running(), f"the job ended before it could be killed: {client.get_job_logs(run.id)[-2000:]}"
+        kinds.append(run.kill())
+        assert run.end() in ("STOPPED", "FAILED")
+    partial = len(records(out))
+    summary = run_to_end(client, entrypoint, out)
+    direct = subprocess.run([sys.executable, "-m", "semgen_cli", "batch", "--manifest", str(manifest), "--out",
+                             str(tmp_path / "direct"), "--no-progress", "--ray", "--ray-address", cluster.address,
+                             "--models", str(models), "--onnx-dir", str(onnx), "--concurrency", "2"],
+                            capture_output=True, text=True, timeout=600)
+    assert direct.returncode == 0, direct.stderr[-2000:]
+    assert kinds == ["ray job stop", "SIGKILL of the driver"] and 0 < partial < ITEMS
+    assert (summary["ok"], summary["missing"], summary["this_run"]["items"]) == (ITEMS, 0, ITEMS - partial)
+    keys = [r["key"] for r in records(out, all_lines=True)]
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == ITEMS
+    want = {p.name: p.read_bytes() for p in (tmp_path / "direct" / "outputs").iterdir()}
+    assert len(want) == 4 * ITEMS and {p.name: p.read_bytes() for p in (out / "outputs").iterdir()} == want
