@@ -81,13 +81,19 @@ async def load(address: str, ramp: tuple[int, ...], phase_s: float, png: bytes) 
 
 def summarize(ramp: tuple[int, ...], phase_s: float, start: float, trace: list[tuple[float, float]],
               calls: list[tuple[float, str]]) -> dict:
-    """Per phase: OK calls/s, mean replicas (time-weighted over the readings), calls/s per replica, and the
-    seconds from the phase's start to the first reading at a new replica count."""
+    """Per phase: OK calls/s, mean replicas over the readings, calls/s per replica, OK calls/s while each replica
+    count ran (`by_replicas`, from the readings' intervals), and the seconds from the phase's start to the first
+    reading at a new replica count."""
     phases = []
     for i, concurrency in enumerate(ramp):
         lo, hi = start + i * phase_s, start + (i + 1) * phase_s
         readings = [(t, n) for t, n in trace if lo <= t < hi]
         ok = sum(1 for t, code in calls if lo <= t < hi and code == "OK")
+        spans: dict[float, list[float]] = {}  # replicas -> [seconds, OK calls]
+        for (t0, n), (t1, _) in zip(readings, readings[1:]):
+            span = spans.setdefault(n, [0.0, 0])
+            span[0] += t1 - t0
+            span[1] += sum(1 for t, code in calls if t0 <= t < t1 and code == "OK")
         mean = sum(n for _, n in readings) / len(readings) if readings else 0.0
         before = next((n for t, n in reversed(trace) if t < lo), readings[0][1] if readings else 0.0)
         change = next(((t - lo, n) for t, n in readings if n != before), None)
@@ -95,6 +101,7 @@ def summarize(ramp: tuple[int, ...], phase_s: float, start: float, trace: list[t
                        "errors": sum(1 for t, code in calls if lo <= t < hi and code != "OK"),
                        "mean_replicas": round(mean, 2),
                        "calls_per_s_per_replica": round(ok / phase_s / mean, 2) if mean else None,
+                       "by_replicas": {f"{n:g}": round(c / d, 2) for n, (d, c) in sorted(spans.items()) if d},
                        "replicas_from": before, "replicas_to": change[1] if change else before,
                        "changed_after_s": round(change[0], 1) if change else None})
     return {"phases": phases, "trace": [[round(t - start, 2), n] for t, n in trace]}
