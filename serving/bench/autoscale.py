@@ -104,7 +104,9 @@ def summarize(ramp: tuple[int, ...], phase_s: float, start: float, trace: list[t
                        "by_replicas": {f"{n:g}": round(c / d, 2) for n, (d, c) in sorted(spans.items()) if d},
                        "replicas_from": before, "replicas_to": change[1] if change else before,
                        "changed_after_s": round(change[0], 1) if change else None})
-    return {"phases": phases, "trace": [[round(t - start, 2), n] for t, n in trace]}
+    # the replica count over time, as its steps: the first reading, each change, the last reading
+    steps = [(t, n) for k, (t, n) in enumerate(trace) if k in (0, len(trace) - 1) or n != trace[k - 1][1]]
+    return {"phases": phases, "replicas_over_time_s": [[round(t - start, 2), n] for t, n in steps]}
 
 
 def bench_autoscale(opts: AutoscaleBench, progress: Callable[[str], None]) -> dict:
@@ -154,14 +156,15 @@ def plot(result: dict, calls: list[tuple[float, str]], start: float, path: Path,
     from matplotlib.figure import Figure
 
     ramp, phase_s = result["ramp"], result["phase_s"]
-    end = max([t for t, _ in result["trace"]] + [0.0])
+    steps = result["replicas_over_time_s"]
+    end = max([t for t, _ in steps] + [0.0])
     buckets = [0] * (int(end // bucket_s) + 1)
     for t, code in calls:
         if code == "OK" and 0 <= (k := int((t - start) // bucket_s)) < len(buckets):
             buckets[k] += 1
     fig = Figure(figsize=(8, 5), dpi=100, layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
-    top.step([t for t, _ in result["trace"]], [n for _, n in result["trace"]], where="post")
+    top.step([t for t, _ in steps], [n for _, n in steps], where="post")
     top.set(ylabel="forward replicas", ylim=(0, 2.5),
             title=f"Ray Serve autoscaling on 2 nodes, ramp {ramp} calls in flight")
     bottom.bar([k * bucket_s for k in range(len(buckets))], [b / bucket_s for b in buckets], width=bucket_s,
