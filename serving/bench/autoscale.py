@@ -12,6 +12,7 @@ each phase's throughput, mean replicas and throughput per replica, and how long 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import threading
 import time
@@ -52,13 +53,15 @@ def replicas_now(metrics_url: str) -> float | None:
     return None
 
 
-async def load(address: str, ramp: tuple[int, ...], phase_s: float, png: bytes) -> list[tuple[float, str]]:
-    """(end time, status) of every call; `ramp[i]` callers during phase i, each calling until its phase ends."""
+async def load(address: str, ramp: tuple[int, ...], phase_s: float, png: bytes) -> tuple[list, list]:
+    """((end time, status) of every call, (end time, status, details) of those that failed); `ramp[i]` callers
+    during phase i, each calling until its phase ends."""
     import grpc
 
     from serving.core.protos import pyramid_pb2, pyramid_pb2_grpc
 
     done: list[tuple[float, str]] = []
+    failed: list[tuple[float, str, str]] = []
     seed = iter(range(10**9))
     async with grpc.aio.insecure_channel(address) as channel:
         generate = pyramid_pb2_grpc.PyramidServiceStub(channel).Generate
@@ -68,15 +71,15 @@ async def load(address: str, ramp: tuple[int, ...], phase_s: float, png: bytes) 
                 request = pyramid_pb2.GenerateRequest(image=png, level=LEVEL, num_samples=1, seed=next(seed))
                 try:
                     await generate(request, timeout=60)
-                    code = "OK"
+                    done.append((time.monotonic(), "OK"))
                 except grpc.aio.AioRpcError as e:
-                    code = e.code().name
-                done.append((time.monotonic(), code))
+                    done.append((time.monotonic(), e.code().name))
+                    failed.append((time.monotonic(), e.code().name, e.details()))
 
         for concurrency in ramp:
             until = time.monotonic() + phase_s
             await asyncio.gather(*(caller(until) for _ in range(concurrency)))
-    return done
+    return done, failed
 
 
 def summarize(ramp: tuple[int, ...], phase_s: float, start: float, trace: list[tuple[float, float]],
@@ -98,7 +101,7 @@ def summarize(ramp: tuple[int, ...], phase_s: float, start: float, trace: list[t
         before = next((n for t, n in reversed(trace) if t < lo), readings[0][1] if readings else 0.0)
         change = next(((t - lo, n) for t, n in readings if n != before), None)
         phases.append({"concurrency": concurrency, "calls_per_s": round(ok / phase_s, 2),
-                       "errors": sum(1 for t, code in calls if lo <= t < hi and code != "OK"),
+                       "errors": dict(collections.Counter(c for t, c in calls if lo <= t < hi and c != "OK")),
                        "mean_replicas": round(mean, 2),
                        "calls_per_s_per_replica": round(ok / phase_s / mean, 2) if mean else None,
                        "by_replicas": {f"{n:g}": round(c / d, 2) for n, (d, c) in sorted(spans.items()) if d},
@@ -133,13 +136,14 @@ def bench_autoscale(opts: AutoscaleBench, progress: Callable[[str], None]) -> di
         watcher.start()
         start = time.monotonic()
         progress(f"ramp {opts.ramp}, {opts.phase_s:g} s each")
-        calls = asyncio.run(load(server.address, opts.ramp, opts.phase_s, reference(0)[0]))
+        calls, failed = asyncio.run(load(server.address, opts.ramp, opts.phase_s, reference(0)[0]))
         stop.set()
         watcher.join()
     result = {"nodes": 2, "cpus_per_node": 1, "min_replicas": 1, "max_replicas": 2,
               **{k: getattr(opts, k) for k in ("ramp", "phase_s", "max_batch", "upscale_delay_s", "downscale_delay_s",
                                                "replica_cpus")},
-              **summarize(opts.ramp, opts.phase_s, start, trace, calls)}
+              **summarize(opts.ramp, opts.phase_s, start, trace, calls),
+              "failures": [[round(t - start, 2), code, details] for t, code, details in failed[:20]]}
     for phase in result["phases"]:
         progress(json.dumps(phase))
     phases = result["phases"]

@@ -14,7 +14,9 @@ A head travels as a tar of its checkpoint folder (safetensors + JSON).
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import socket
 import tarfile
 import tempfile
 from pathlib import Path
@@ -25,6 +27,29 @@ from serving.core.errors import Unavailable
 
 MIRROR, NAMESPACE = "semgen-heads", "semgen"
 HEAD_NODE = "node:__internal_head__"  # the resource only Ray's head node has
+
+
+def own_heads_folder(cache: Path) -> Path:
+    """A new folder for one replica's user heads in its node's cache, named `heads-<host>-<pid>-…`. The folders of
+    replicas gone from this host (restarted, removed by autoscaling, killed) are removed first; another host's are
+    left alone, should the cache be on a disk the nodes share."""
+    prefix = f"heads-{socket.gethostname()}-"
+    for folder in Path(cache).glob(prefix + "*"):
+        pid = folder.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=cache))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 @ray.remote(num_cpus=0)

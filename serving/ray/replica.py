@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from semgen.pipelines.forward import Op
 from serving.core import wire
 from serving.core.errors import DeadlineExceeded, InvalidInput
 from serving.core.graphs import graph_table
-from serving.ray.heads import HeadsFollower
+from serving.ray.heads import HeadsFollower, own_heads_folder
 from serving.ray.package import DEFAULT_CACHE, materialize
 
 FORWARD_OPS = tuple(Op)
@@ -50,7 +49,7 @@ class Replica:
             cache = Path(options["ray_bundle_cache"] or DEFAULT_CACHE)
             folder, fetched = materialize(package["key"], lambda: ray.get(package["blob"]), cache)
             # user heads: a folder of this replica's own, kept in step with the cluster's mirror
-            self.heads = HeadsFollower(Path(tempfile.mkdtemp(prefix="heads-", dir=cache)))
+            self.heads = HeadsFollower(own_heads_folder(cache))
             self.heads.sync_now()
             options = {**options, "models": str(folder / "models"), "onnx_dir": str(folder / "onnx"),
                        "heads_dir": str(self.heads.folder)}

@@ -18,5 +18,5 @@ def test_phases_report_throughput_per_replica_and_when_the_count_changed():
     assert (after["replicas_from"], after["replicas_to"], after["changed_after_s"]) == (2.0, 1.0, 6.0)
     assert busy["mean_replicas"] == 1.6 and busy["calls_per_s"] == 10.0 and busy["calls_per_s_per_replica"] == 6.25
     assert busy["by_replicas"] == {"1": 10.0, "2": 10.0} and quiet["by_replicas"] == {"1": 1.89}
-    assert quiet["calls_per_s"] == 1.9 and quiet["errors"] == 0 and after["errors"] == 1
+    assert quiet["calls_per_s"] == 1.9 and quiet["errors"] == {} and after["errors"] == {"UNAVAILABLE": 1}
     assert result["replicas_over_time_s"] == [[-2.0, 1.0], [14.0, 2.0], [26.0, 1.0], [29.0, 1.0]]

@@ -1,6 +1,7 @@
 """The bundle that travels with a Ray deployment (serving/ray/package.py): packed once, unpacked once per node's
 cache under a key of its contents, and the same bundle and export there as at the gateway."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,26 @@ def test_the_key_follows_the_weights_and_the_export_is_optional(bundle, tmp_path
         assert pack_bundle(models, export)[0] != key
     finally:
         weights.write_bytes(original)
+
+
+def test_a_replica_takes_a_heads_folder_of_its_own_and_removes_those_of_replicas_gone(tmp_path):
+    """Folders named by host and pid: a dead replica's on this host is removed, a live one's and another host's
+    (a cache on a shared disk) are kept."""
+    import socket
+    import subprocess
+    import sys
+
+    from serving.ray.heads import own_heads_folder
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    dead = tmp_path / f"heads-{host}-{gone.pid}-abc"
+    live = tmp_path / f"heads-{host}-1-def"  # pid 1 is always alive
+    elsewhere = tmp_path / f"heads-other.host-{gone.pid}-ghi"
+    for folder in (dead, live, elsewhere):
+        (folder / "mine").mkdir(parents=True)
+    mine = own_heads_folder(tmp_path)
+    assert mine.is_dir() and mine.name.startswith(f"heads-{host}-{os.getpid()}-") and not any(mine.iterdir())
+    assert not dead.exists() and live.is_dir() and elsewhere.is_dir()
+    assert own_heads_folder(tmp_path) != mine and mine.is_dir()  # this process lives: its folder stays
