@@ -35,7 +35,8 @@ class BatchBench:
     ray_replicas: tuple[int, ...] = opt((1, 2), "forward replicas of `semgen serve --engine ray`, one job each "
                                                 "(empty: none)")
     cluster: bool = opt(True, "the Ray Jobs case: the job, and the kill test, submitted to a two-node cluster")
-    kills: int = opt(20, "SIGKILLs of the kill test")
+    kills: int = opt(20, "kills of each kill test (online: SIGKILL; Ray Jobs: `ray job stop` and SIGKILL of the "
+                         "driver in turn)")
     kill_requests: int = opt(500, "requests of the kill test's job")
     seed: int = opt(0, "seed of the kill moments")
     out: str = opt("reports/batch", "where batch.json, batch.png and these options go")
