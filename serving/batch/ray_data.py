@@ -29,6 +29,7 @@ from serving.batch.store import JobFolder, Result
 from serving.ray.cluster import start_ray
 from serving.ray.package import materialize, pack_bundle
 
+ACTOR_FLAGS = {"CPU": "--concurrency: one CPU per Ray Data actor", "GPU": ""}
 ROWS_PER_BATCH = 8  # the actor sends a batch's items at once, so its engine's dynamic batcher can group them
 
 
@@ -99,6 +100,15 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+def say_if_waiting(actors: int) -> None:
+    """Each actor takes a CPU; where the cluster has fewer free (Serve replicas hold some), Ray Data waits for them
+    without a word: say so."""
+    free = ray.available_resources().get("CPU", 0.0)
+    if free < actors:
+        print(f"waiting for CPUs: {actors} Ray Data actors need {actors}, the cluster has {free:g} free now (other "
+              "work holds the rest; a lower --concurrency needs fewer)", file=sys.stderr, flush=True)
+
+
 def run_on_ray(todo: list[Item], folder: JobFolder, o) -> tuple[int, bool]:
     """(items finished, whether Ctrl-C stopped the job): `todo` mapped on Ray Data by `o.concurrency` actors."""
     if not todo:
@@ -107,7 +117,8 @@ def run_on_ray(todo: list[Item], folder: JobFolder, o) -> tuple[int, bool]:
 
     export = Bundle(o.models).exported_onnx(o.onnx_dir)  # ExportMissing names the command, before Ray starts
     key, blob = pack_bundle(o.models, export)
-    started_here = start_ray(o.ray_address)
+    started_here = start_ray(o.ray_address, cpus=o.concurrency, flags=ACTOR_FLAGS)
+    say_if_waiting(o.concurrency)
     package = {"key": key, "blob": ray.put(blob)}  # the actors' nodes need not share the driver's disk
     quiet_ray_data()
     by_key = {item.key: item for item in todo}

@@ -9,10 +9,15 @@ import os
 import ray
 
 
-def start_ray(address: str | None, cpus: float = 0.0, gpus: float = 0.0) -> bool:
+SERVE_FLAGS = {"CPU": "--ray-replicas, --ray-job-replicas, --ray-replica-cpus",
+               "GPU": "--ray-replicas, --ray-job-replicas, --ray-replica-gpus"}
+
+
+def start_ray(address: str | None, cpus: float = 0.0, gpus: float = 0.0, flags: dict[str, str] = SERVE_FLAGS) -> bool:
     """Join `address` (auto, ray://host:10001), or start a local Ray on 127.0.0.1 when it is empty; True when we
     started it (and must stop it with `ray.shutdown()`). A local Ray offers at least `cpus` logical CPUs: the
-    replicas asked for share this machine's cores; a cluster must have them, and `gpus` GPUs (ValueError)."""
+    work asked for shares this machine's cores; a cluster must have them, and `gpus` GPUs (ValueError naming the
+    `flags` that asked for each)."""
     started = False
     if not ray.is_initialized():
         if address:
@@ -23,12 +28,12 @@ def start_ray(address: str | None, cpus: float = 0.0, gpus: float = 0.0) -> bool
             start_local_ray(max(os.cpu_count() or 1, math.ceil(cpus)))
             started = True
     resources = ray.cluster_resources()
-    for kind, need, flag in (("CPU", cpus, "--ray-replica-cpus"), ("GPU", gpus, "--ray-replica-gpus")):
+    for kind, need in (("CPU", cpus), ("GPU", gpus)):
         if resources.get(kind, 0.0) < need:
             if started:
                 ray.shutdown()
-            raise ValueError(f"the Ray cluster has {resources.get(kind, 0.0):g} {kind}s; the replicas asked for need "
-                             f"{need:g} (--ray-replicas, --ray-job-replicas, {flag})")
+            raise ValueError(f"the Ray cluster has {resources.get(kind, 0.0):g} {kind}s; what was asked for needs "
+                             f"{need:g} ({flags[kind]})")
     return started
 
 

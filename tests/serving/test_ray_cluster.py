@@ -43,7 +43,7 @@ def test_a_cluster_without_the_gpus_asked_for_is_refused_by_flag(monkeypatch):
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
     assert cluster.start_ray("10.0.0.5:6379", cpus=1.5) is False  # joined: not ours to stop
-    with pytest.raises(ValueError, match=r"has 0 GPUs; the replicas asked for need 1 .*--ray-replica-gpus\)"):
+    with pytest.raises(ValueError, match=r"has 0 GPUs; what was asked for needs 1 .*--ray-replica-gpus\)"):
         cluster.start_ray("10.0.0.5:6379", cpus=1.0, gpus=1.0)
     assert calls == ["init", "init"]  # a cluster we joined is left as it is
     with pytest.raises(ValueError, match="GPUs"):
@@ -53,3 +53,19 @@ def test_a_cluster_without_the_gpus_asked_for_is_refused_by_flag(monkeypatch):
 
     with pytest.raises(ValueError, match="--ray-replica-gpus >= 0"):
         ServeOptions(engine="ray", ray_replica_gpus=-1).check()
+
+
+def test_a_batch_job_names_concurrency_when_the_cluster_is_too_small_and_says_when_it_waits(monkeypatch, capsys):
+    from serving.batch import ray_data
+
+    _fake_ray(monkeypatch, [])
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(ValueError, match=r"has 2 CPUs; what was asked for needs 4 \(--concurrency: one CPU per Ray"):
+        cluster.start_ray("10.0.0.5:6379", cpus=4, flags=ray_data.ACTOR_FLAGS)
+    monkeypatch.setattr(ray_data.ray, "available_resources", lambda: {"CPU": 0.5})  # Serve replicas hold 1.5
+    ray_data.say_if_waiting(2)
+    assert "waiting for CPUs: 2 Ray Data actors need 2, the cluster has 0.5 free now" in capsys.readouterr().err
+    monkeypatch.setattr(ray_data.ray, "available_resources", lambda: {"CPU": 2.0})
+    ray_data.say_if_waiting(2)
+    assert capsys.readouterr().err == ""
