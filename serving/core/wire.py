@@ -8,6 +8,7 @@ are packed as dicts of their fields. Streamed messages are framed with an 8-byte
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -68,9 +69,27 @@ def pack(obj: Any) -> bytes:
     return buf.getvalue()
 
 
+PARSE_ATTEMPTS = 3
+
+
+def _load_arrays(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of an npz. np.load parses each array's header with ast.literal_eval, and CPython 3.11's AST
+    constructor keeps its recursion depth in state the threads share: a parse racing one on another thread fails
+    with a spurious "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905; seen in a Ray
+    Serve replica under load). The bytes are whole, so they are parsed again; the last attempt's error is raised."""
+    for _ in range(PARSE_ATTEMPTS - 1):
+        with contextlib.suppress(SystemError):
+            return _read_npz(data)
+    return _read_npz(data)
+
+
+def _read_npz(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
 def unpack(data: bytes) -> Any:
-    with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
+    arrays = _load_arrays(bytes(data))
     structure = json.loads(arrays.pop(_STRUCTURE).tobytes())
 
     def decode(x):
