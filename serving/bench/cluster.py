@@ -58,7 +58,8 @@ def loopback_cluster(cpus_per_node: float = 1.0):
     """Two Ray nodes on 127.0.0.1, shut down on exit. Every process of the cluster runs with Ray's single-machine
     switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0): without it the nodes' own agents and the job drivers swap
     127.0.0.1 for the machine's routable address, where nothing listens, and no job can be submitted."""
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    # a loaded machine can take longer than Ray's 30 s for a GCS to write its port (seen in CI): 120 s
+    env = {"RAY_gcs_server_port_wait_time_s": "120", **os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(cpus_per_node)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, start_new_session=True, env=env)
     try:
