@@ -1,6 +1,6 @@
 """`semgen serve --engine ray --ray-address` joining a cluster it did not start: two Ray nodes on loopback (1 CPU
-each, made with Ray's own test cluster in a process of their own), the replicas across both, Sample served, and
-the cluster torn down with nothing of it left running."""
+each, with job agents; serving/bench/cluster.py), the replicas across both, Sample served, a node lost under load,
+a batch job submitted to Ray Jobs, killed and resumed, and the cluster torn down with nothing of it left running."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def ray_processes() -> set[int]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A two-node cluster on loopback; afterwards, every raylet and GCS it started is gone."""
+    """A two-node cluster on loopback; afterwards, every raylet, GCS and dashboard process it started is gone."""
     before = ray_processes()
     try:
         with loopback_cluster() as made:
