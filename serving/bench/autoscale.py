@@ -12,11 +12,11 @@ each phase's throughput, mean replicas and throughput per replica, and how long 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import json
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,7 +24,7 @@ from typing import Callable
 from semgen.options import opt
 from serving.bench.cluster import loopback_cluster
 from serving.bench.inprocess import LEVEL
-from serving.bench.process import export_onnx, server_process
+from serving.bench.process import export_onnx, metric_samples, server_process
 
 FORWARD = "semgen-forward"
 
@@ -46,11 +46,8 @@ class AutoscaleBench:
 
 def replicas_now(metrics_url: str) -> float | None:
     """semgen_backend_replicas of the forward application; None before the gateway has set it."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-        for line in reply.read().decode().splitlines():
-            if line.startswith("semgen_backend_replicas{") and f'application="{FORWARD}"' in line:
-                return float(line.split()[-1])
-    return None
+    return next((value for labels, value in metric_samples(metrics_url, "semgen_backend_replicas")
+                 if labels.get("application") == FORWARD), None)
 
 
 async def load(address: str, ramp: tuple[int, ...], phase_s: float, png: bytes) -> tuple[list, list]:
@@ -87,16 +84,21 @@ def summarize(ramp: tuple[int, ...], phase_s: float, start: float, trace: list[t
     """Per phase: OK calls/s, mean replicas over the readings, calls/s per replica, OK calls/s while each replica
     count ran (`by_replicas`, from the readings' intervals), and the seconds from the phase's start to the first
     reading at a new replica count."""
+    ok_times = sorted(t for t, code in calls if code == "OK")
+
+    def ok_between(t0: float, t1: float) -> int:  # OK calls that ended in [t0, t1)
+        return bisect.bisect_left(ok_times, t1) - bisect.bisect_left(ok_times, t0)
+
     phases = []
     for i, concurrency in enumerate(ramp):
         lo, hi = start + i * phase_s, start + (i + 1) * phase_s
         readings = [(t, n) for t, n in trace if lo <= t < hi]
-        ok = sum(1 for t, code in calls if lo <= t < hi and code == "OK")
+        ok = ok_between(lo, hi)
         spans: dict[float, list[float]] = {}  # replicas -> [seconds, OK calls]
         for (t0, n), (t1, _) in zip(readings, readings[1:]):
             span = spans.setdefault(n, [0.0, 0])
             span[0] += t1 - t0
-            span[1] += sum(1 for t, code in calls if t0 <= t < t1 and code == "OK")
+            span[1] += ok_between(t0, t1)
         mean = sum(n for _, n in readings) / len(readings) if readings else 0.0
         before = next((n for t, n in reversed(trace) if t < lo), readings[0][1] if readings else 0.0)
         change = next(((t - lo, n) for t, n in readings if n != before), None)

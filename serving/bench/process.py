@@ -1,5 +1,5 @@
 """A `semgen serve` subprocess for benches and tests: its exports made by the export commands when missing,
-started on free loopback ports, yielded once SERVING, always stopped; and CPU time of a process tree."""
+started on free loopback ports, yielded once SERVING, always stopped; CPU time of a process tree; its metrics."""
 
 from __future__ import annotations
 
@@ -106,6 +106,18 @@ def process_tree_cpu(pid: int) -> float:
             t = p.cpu_times()
             total += t.user + t.system
     return total
+
+
+def metric_samples(metrics_url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample of the metric `name` on a server's /metrics, read with Prometheus' parser."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    return [(s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == name]
 
 
 def own_cpu() -> float:

@@ -99,7 +99,7 @@ def cluster_case(models: str, onnx_dir: str, manifest: Path, reference: Path, ki
         if kill_manifest and kills:
             out = work / "jobs-kill"
             entrypoint = job_entrypoint(kill_manifest, out, models, onnx_dir, 2)
-            items = sum(1 for _ in kill_manifest.open())
+            items = len(kill_manifest.read_text().splitlines())
             result["kill_test"] = kill_test(
                 lambda k: RayJobRun(client, entrypoint, out, hard=k % 2 == 1),
                 lambda: run_to_end(client, entrypoint, out), out, kill_reference, kills,

@@ -30,7 +30,7 @@ from typing import Callable
 
 from semgen.options import opt
 from serving.bench.catalogue import crafted_calls, generator_and_head, long_jobs, mutated, valid_calls
-from serving.bench.process import export_onnx, export_torchserve, server_process
+from serving.bench.process import export_onnx, export_torchserve, metric_samples, server_process
 
 MiB = 1024 * 1024
 # what each kind of call is; weights of the mix
@@ -161,11 +161,7 @@ async def mixed_load(address: str, seconds: float, seed: int, opts: SoakBench, c
 
 def scrape_jobs_running(metrics_url: str) -> float:
     """The sum of semgen_jobs_running over its ops, from the server's /metrics."""
-    import urllib.request
-
-    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-        text = reply.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("semgen_jobs_running{"))
+    return sum(value for _, value in metric_samples(metrics_url, "semgen_jobs_running"))
 
 
 def settle(metrics_url: str, seconds: float) -> tuple[float, float]:

@@ -20,6 +20,7 @@ from random_bundles import make_random_bundle, make_random_semantics_bundle
 from semgen.bundle import Bundle
 from serving.bench.batch_checks import records, wait_for_work
 from serving.bench.cluster import loopback_cluster
+from serving.bench.process import metric_samples
 from serving.bench.ray_jobs import RayJobRun, job_entrypoint, run_to_end
 from serving.ray.cluster import is_loopback
 from serving.semantics.client import SemanticsClient, mask_array
@@ -87,9 +88,8 @@ def test_the_gateway_serves_from_a_two_node_cluster_on_loopback(cluster, tmp_pat
 
 
 def scrape(metrics_url: str, name: str) -> float:
-    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-        lines = reply.read().decode().splitlines()
-    return next(float(line.split()[-1]) for line in lines if line.startswith(name + " "))
+    (sample,) = metric_samples(metrics_url, name)
+    return sample[1]
 
 
 def readyz(http_url: str) -> str:
